@@ -1,0 +1,256 @@
+"""Streaming genome input: FASTA(.gz) files -> selected records -> windows of base codes -> contigs.
+
+Reading goes through pyfaidx (a maintained FASTA indexer with random access):
+memory stays bounded because a record is only ever read as windows of about a
+chunk, never whole (chr1 is 248 Mbp). pyfaidx needs an uncompressed file (or
+BGZF) for random access, so gzip input is first streamed to an uncompressed
+copy in a work directory; the .fai index is written there too, never next to
+the user's file.
+
+Contigs are the maximal runs of A/C/G/T (any case) inside one split segment:
+N runs, IUPAC letters and, with soft_masked="drop", lower-case bases end them
+(tokenization.acgt_runs does the splitting).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import os
+import shutil
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from dnavec_jax.data.settings import parse_chromosome_selection, record_selected
+from dnavec_jax.errors import DNAVecError
+from dnavec_jax.tokenization import BASE_CODES, INVALID_CODE, acgt_runs
+
+DEMO_FASTA = Path(__file__).resolve().parent / "human_chr22_20-21M.fa.gz"
+_GZIP_MAGIC = b"\x1f\x8b"
+_SNIFF_BYTES = 1 << 16
+_COPY_BUFFER = 1 << 22
+
+# Lower-case bases are not bases under soft_masked="drop": they end a contig like N.
+_UPPER_ONLY_CODES = BASE_CODES.copy()
+for _letter in b"acgt":
+    _UPPER_ONLY_CODES[_letter] = INVALID_CODE
+
+
+def base_code_table(soft_masked: str) -> np.ndarray:
+    """Byte -> 2-bit code table: 'upper' reads a/c/g/t like A/C/G/T, 'drop' makes them invalid."""
+    return BASE_CODES if soft_masked == "upper" else _UPPER_ONLY_CODES
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceFile:
+    """One input FASTA, made readable by pyfaidx."""
+
+    path: str  # as given (absolute)
+    sha256: str  # of the file as given (compressed bytes for .gz)
+    size_bytes: int
+    gzipped: bool
+    plain_path: str  # uncompressed FASTA that pyfaidx reads
+    index_path: str  # its .fai, in the work directory
+
+
+@dataclasses.dataclass(frozen=True)
+class GenomeRecord:
+    """A selected FASTA record; `index` is its position among all selected records."""
+
+    index: int
+    name: str
+    length: int
+    file_index: int
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(_COPY_BUFFER):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_fasta_head(head: bytes, path: str) -> None:
+    """Rejects binary content and text that does not start with a '>' header."""
+    if b"\x00" in head or any(byte >= 0x80 for byte in head):
+        raise DNAVecError(f"{path}: binary content, not a FASTA file")
+    for line in head.splitlines():
+        text = line.strip()
+        if not text or text.startswith(b";"):  # blank and ';' comment lines may precede the first record
+            continue
+        if not text.startswith(b">"):
+            raise DNAVecError(f"{path}: not a FASTA file (the first line is not a '>' header)")
+        return
+    raise DNAVecError(f"{path}: not a FASTA file (no '>' header)")
+
+
+def _check_exists(path: Path) -> int:
+    if not path.exists():
+        raise DNAVecError(f"{path}: FASTA file not found")
+    if path.is_dir():
+        raise DNAVecError(f"{path}: is a directory, not a FASTA file")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb"):
+            pass
+    except OSError as error:
+        raise DNAVecError(f"{path}: cannot read ({error.strerror})") from None
+    if size == 0:
+        raise DNAVecError(f"{path}: empty file")
+    return size
+
+
+def check_fasta_paths(paths: Sequence[str]) -> None:
+    """Cheap up-front checks (exists, is a file, not empty) before any work is done."""
+    for path in paths:
+        _check_exists(Path(path))
+
+
+def _decompress(path: Path, target: Path) -> None:
+    try:
+        with gzip.open(path, "rb") as source:
+            head = source.read(_SNIFF_BYTES)
+        if not head:
+            raise DNAVecError(f"{path}: empty file (nothing after decompression)")
+        _check_fasta_head(head, str(path))
+        with gzip.open(path, "rb") as source, open(target, "wb") as sink:
+            shutil.copyfileobj(source, sink, _COPY_BUFFER)
+    except EOFError:
+        raise DNAVecError(f"{path}: truncated gzip file (ends before the end-of-stream marker)") from None
+    except (gzip.BadGzipFile, zlib.error) as error:
+        raise DNAVecError(f"{path}: corrupt gzip data ({error})") from None
+
+
+def open_source(path: str, workdir: Path, file_index: int) -> SourceFile:
+    """Validates one FASTA(.gz), decompresses it if needed, and builds its pyfaidx index in workdir."""
+    import pyfaidx
+
+    source = Path(path)
+    size = _check_exists(source)
+    with open(source, "rb") as handle:
+        head = handle.read(_SNIFF_BYTES)
+    gzipped = head.startswith(_GZIP_MAGIC)
+    workdir.mkdir(parents=True, exist_ok=True)
+    stem = f"source{file_index:03d}"
+    if gzipped:
+        plain = workdir / f"{stem}.fa"
+        _decompress(source, plain)
+    else:
+        _check_fasta_head(head, path)
+        plain = source
+        if source.suffix.lower() in (".gz", ".bgz", ".bz2", ".zip"):
+            # pyfaidx picks its reader by file name: give a plain file a plain name.
+            plain = workdir / f"{stem}.fa"
+            os.symlink(source.resolve(), plain)
+    index = workdir / f"{stem}.fa.fai"
+    try:
+        faidx = pyfaidx.Faidx(str(plain), indexname=str(index))
+        faidx.close()
+    except pyfaidx.FastaIndexingError as error:
+        raise DNAVecError(f"{path}: not a valid FASTA file: {_one_line(error)}") from None
+    except UnicodeDecodeError:
+        raise DNAVecError(f"{path}: binary content, not a FASTA file") from None
+    except ValueError as error:  # pyfaidx: 'Duplicate key "chr1"'
+        raise DNAVecError(f"{path}: {_one_line(error)} (record names must be unique within a file)") from None
+    return SourceFile(str(source), _sha256(source), size, gzipped, str(plain), str(index))
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
+
+
+def read_index(source: SourceFile) -> list[tuple[str, int]]:
+    """(name, length) of every record, in file order, from the .fai index."""
+    records = []
+    with open(source.index_path, encoding="utf-8") as handle:
+        for line in handle:
+            fields = line.rstrip("\n").split("\t")
+            records.append((fields[0], int(fields[1])))
+    return records
+
+
+def select_records(sources: Sequence[SourceFile], chromosomes: str) -> tuple[list[GenomeRecord], list[str]]:
+    """The records the selection keeps (in file, then record order) and the names it leaves out."""
+    selection = parse_chromosome_selection(chromosomes)
+    selected: list[GenomeRecord] = []
+    skipped: list[str] = []
+    for file_index, source in enumerate(sources):
+        for name, length in read_index(source):
+            if record_selected(name, selection):
+                selected.append(GenomeRecord(len(selected), name, length, file_index))
+            else:
+                skipped.append(name)
+    if not selected:
+        files = ", ".join(source.path for source in sources)
+        examples = ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+        raise DNAVecError(
+            f"{files}: no record matches the chromosome selection {chromosomes!r} (records: {examples}); "
+            "use --chromosomes all or list the names"
+        )
+    return selected, skipped
+
+
+class RecordReader:
+    """Reads windows of records from the prepared sources (one per worker process)."""
+
+    def __init__(self, sources: Sequence[SourceFile]):
+        self._sources = list(sources)
+        self._open: dict[int, object] = {}
+
+    def read(self, record: GenomeRecord, start: int, end: int) -> np.ndarray:
+        """Raw bytes (uint8, case kept) of record[start:end], 0-based, end exclusive."""
+        import pyfaidx
+
+        faidx = self._open.get(record.file_index)
+        if faidx is None:
+            source = self._sources[record.file_index]
+            faidx = pyfaidx.Faidx(source.plain_path, indexname=source.index_path, rebuild=False)
+            self._open[record.file_index] = faidx
+        if end <= start:
+            return np.zeros(0, dtype=np.uint8)
+        text = faidx.from_file(record.name, start + 1, end)  # pyfaidx: 1-based, inclusive
+        try:
+            raw = text.encode("ascii")
+        except UnicodeEncodeError:
+            path = self._sources[record.file_index].path
+            raise DNAVecError(
+                f"{path}: record {record.name} has non-ASCII characters in bases {start}..{end}"
+            ) from None
+        if len(raw) != end - start:
+            path = self._sources[record.file_index].path
+            raise DNAVecError(
+                f"{path}: record {record.name} ended early reading bases {start}..{end} "
+                "(file changed or truncated since it was indexed)"
+            )
+        return np.frombuffer(raw, dtype=np.uint8)
+
+    def close(self) -> None:
+        for faidx in self._open.values():
+            faidx.close()
+        self._open.clear()
+
+
+def split_runs(runs: np.ndarray, cuts: np.ndarray) -> np.ndarray:
+    """Cuts (start, end) runs at the given positions (segment edges): no run crosses a cut."""
+    if len(cuts) == 0 or len(runs) == 0:
+        return runs
+    for cut in cuts:
+        inside = (runs[:, 0] < cut) & (cut < runs[:, 1])
+        if inside.any():
+            left = runs[inside].copy()
+            right = runs[inside].copy()
+            left[:, 1] = cut
+            right[:, 0] = cut
+            runs = np.concatenate([runs[~inside], left, right])
+    return runs[np.argsort(runs[:, 0], kind="stable")]
+
+
+def contig_runs(raw: np.ndarray, table: np.ndarray, cuts: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """Base codes of a window and its contigs: maximal valid runs, also cut at `cuts` (window offsets)."""
+    codes = table[raw]
+    return codes, split_runs(acgt_runs(codes), np.asarray(cuts, dtype=np.int64))

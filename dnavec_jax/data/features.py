@@ -1,0 +1,53 @@
+"""The features of a prepared example (names and dtypes as google-research/bert writes them).
+
+Cheap to import: no TensorFlow until tf_feature_spec is called.
+
+| feature | dtype | shape |
+|---|---|---|
+| input_ids | int64 | (seq_length,) [CLS] k-mers [SEP] then [PAD] = 0 |
+| input_mask | int64 | (seq_length,) 1 on [CLS], k-mers and [SEP]; 0 on padding |
+| segment_ids | int64 | (seq_length,) all 0 (one segment) |
+| masked_lm_positions | int64 | (max_predictions,) ascending, 0-padded |
+| masked_lm_ids | int64 | (max_predictions,) original ids, 0-padded |
+| masked_lm_weights | float32 | (max_predictions,) 1.0 real, 0.0 padding (BERT writes floats) |
+| record_index | int64 | () index into metadata["records"] |
+| start_offset | int64 | () 0-based position in the record of the first k-mer's first base |
+| dupe_index | int64 | () which differently tokenized/masked copy (0 for validation) |
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+SEQUENCE_FEATURES = ("input_ids", "input_mask", "segment_ids")
+PREDICTION_FEATURES = ("masked_lm_positions", "masked_lm_ids", "masked_lm_weights")
+TRACE_FEATURES = ("record_index", "start_offset", "dupe_index")
+BERT_FEATURES = SEQUENCE_FEATURES + PREDICTION_FEATURES
+ALL_FEATURES = BERT_FEATURES + TRACE_FEATURES
+
+
+def feature_shapes(seq_length: int, max_predictions: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """name -> (shape, numpy dtype) of every feature written to the shards."""
+    shapes: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+    for name in SEQUENCE_FEATURES:
+        shapes[name] = ((seq_length,), np.dtype(np.int64))
+    shapes["masked_lm_positions"] = ((max_predictions,), np.dtype(np.int64))
+    shapes["masked_lm_ids"] = ((max_predictions,), np.dtype(np.int64))
+    shapes["masked_lm_weights"] = ((max_predictions,), np.dtype(np.float32))
+    for name in TRACE_FEATURES:
+        shapes[name] = ((), np.dtype(np.int64))
+    return shapes
+
+
+def tf_feature_spec(seq_length: int, max_predictions: int) -> dict:
+    """{name: tf.io.FixedLenFeature} for tf.io.parse_example over the prepared shards."""
+    import tensorflow as tf
+
+    try:  # TensorFlow only parses records here: keep it off the GPUs JAX uses
+        tf.config.set_visible_devices([], "GPU")
+    except (RuntimeError, ValueError):
+        pass  # devices already initialised (then whoever did it decided)
+    return {
+        name: tf.io.FixedLenFeature(shape, tf.float32 if dtype == np.float32 else tf.int64)
+        for name, (shape, dtype) in feature_shapes(seq_length, max_predictions).items()
+    }

@@ -1,0 +1,395 @@
+"""Genome records -> tokenized, masked examples -> TFRecord shards, spread over worker processes.
+
+Work layout (none of it depends on the number of workers):
+- a record is cut into chunks of `chunk_length` bases (a whole number of
+  example lengths); a chunk is the streaming unit (read as one window with a
+  margin on each side) and the RNG unit: its generator is derived from
+  SeedSequence([seed, dupe index, record index, chunk index]);
+- consecutive chunks (of one or several records) are packed into tasks of at
+  most `shard_bases` bases; a (dupe, task) job writes one training shard and,
+  for dupe 0, one validation shard;
+- shards are numbered in (dupe, task) order, so the same inputs, settings and
+  seed give byte-identical shards with 1 or N workers.
+
+Examples: the k-mer tokens of a contig are cut into examples at positions that
+are multiples of seq_length - 2 in record coordinates (so chunk edges never
+cut one) and at contig ends. The examples of a chunk are masked together and
+written in a seeded random order.
+
+Splits: a record is divided into blocks of validation_block_size bases; a
+fixed, seed-independent choice of blocks (about validation_fraction of them,
+at least one per record of two or more blocks) forms the validation split.
+Contigs are cut where train and validation blocks meet and tokens never cross
+a cut, so the splits share no base. Validation is written once (dupe 0).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import math
+import multiprocessing
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from dnavec_jax.data.fasta import GenomeRecord, RecordReader, SourceFile, base_code_table, contig_runs
+from dnavec_jax.data.masking import MaskedBatch, Masker, leak_per_example
+from dnavec_jax.data.settings import PrepSettings
+from dnavec_jax.tokenization import CLS_ID, PAD_ID, SEP_ID
+
+SPLITS = ("train", "validation")
+STAT_KEYS = ("examples", "tokens", "predictions", "leaked", "contigs", "skipped_contigs", "contig_bases")
+
+
+def empty_stats() -> dict[str, dict[str, int]]:
+    return {split: dict.fromkeys(STAT_KEYS, 0) for split in SPLITS}
+
+
+def add_stats(total: dict[str, dict[str, int]], part: dict[str, dict[str, int]]) -> None:
+    for split in SPLITS:
+        for key in STAT_KEYS:
+            total[split][key] += int(part[split][key])
+
+
+# ---- the split --------------------------------------------------------------
+def validation_blocks(name: str, length: int, fraction: float, block_size: int) -> np.ndarray:
+    """Boolean per block of a record: True for held-out (validation) blocks.
+
+    The choice hashes (record name, block index) with SHA-256 and takes the
+    lowest `count` hashes: fixed across seeds, dupes and runs, spread at random
+    over the record.
+    """
+    num_blocks = max(1, math.ceil(length / block_size))
+    held_out = np.zeros(num_blocks, dtype=bool)
+    if num_blocks < 2 or fraction <= 0:
+        return held_out
+    count = max(1, math.floor(fraction * num_blocks + 0.5))
+    keys = [hashlib.sha256(f"{name}\t{block}".encode()).digest()[:8] for block in range(num_blocks)]
+    held_out[sorted(range(num_blocks), key=keys.__getitem__)[:count]] = True
+    return held_out
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordSplit:
+    held_out: np.ndarray  # bool per block
+    cuts: np.ndarray  # positions where a train block meets a validation block
+    block_size: int
+
+    def is_validation(self, positions: np.ndarray) -> np.ndarray:
+        return self.held_out[np.asarray(positions) // self.block_size]
+
+
+def record_split(record: GenomeRecord, settings: PrepSettings) -> RecordSplit:
+    held_out = validation_blocks(record.name, record.length, settings.validation_fraction,
+                                 settings.validation_block_size)
+    change = np.flatnonzero(held_out[1:] != held_out[:-1]) + 1
+    return RecordSplit(held_out, change.astype(np.int64) * settings.validation_block_size,
+                       settings.validation_block_size)
+
+
+# ---- planning ---------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Job:
+    dupe: int
+    task: int
+    units: tuple[tuple[int, int], ...]  # (record index, chunk index)
+    bases: int
+
+
+def plan_tasks(settings: PrepSettings, records: Sequence[GenomeRecord]) -> list[tuple[tuple[int, int], ...]]:
+    """Consecutive chunks packed into tasks of at most shard_bases bases (one shard each)."""
+    chunk = settings.chunk_length
+    tasks: list[tuple[tuple[int, int], ...]] = []
+    current: list[tuple[int, int]] = []
+    filled = 0
+    for record in records:
+        for chunk_index in range(math.ceil(record.length / chunk)):
+            size = min(chunk, record.length - chunk_index * chunk)
+            if current and filled + size > settings.shard_bases:
+                tasks.append(tuple(current))
+                current, filled = [], 0
+            current.append((record.index, chunk_index))
+            filled += size
+    if current:
+        tasks.append(tuple(current))
+    return tasks
+
+
+def plan_jobs(settings: PrepSettings, records: Sequence[GenomeRecord]) -> list[Job]:
+    chunk = settings.chunk_length
+    lengths = {record.index: record.length for record in records}
+    jobs = []
+    for dupe in range(settings.dupe_factor):
+        for task_index, units in enumerate(plan_tasks(settings, records)):
+            bases = sum(min(chunk, lengths[r] - c * chunk) for r, c in units)
+            jobs.append(Job(dupe, task_index, units, bases))
+    return jobs
+
+
+# ---- one chunk ----------------------------------------------------------------
+@dataclasses.dataclass
+class ChunkExamples:
+    """The masked examples of one chunk; `order` is the seeded order they are written in."""
+
+    true_ids: np.ndarray  # (n, seq_length) before masking
+    num_tokens: np.ndarray  # (n,) k-mer tokens per example
+    masked: MaskedBatch
+    start_offset: np.ndarray  # (n,) position in the record of the first token
+    is_validation: np.ndarray  # (n,) bool
+    order: np.ndarray  # (n,) permutation
+    stats: dict[str, dict[str, int]]
+
+
+class GenomeWorker:
+    """Everything one process needs to turn chunks into examples and jobs into shard files."""
+
+    def __init__(self, settings: PrepSettings, sources: Sequence[SourceFile], records: Sequence[GenomeRecord],
+                 out_dir: str):
+        self.settings = settings
+        self.records = {record.index: record for record in records}
+        self.out_dir = Path(out_dir)
+        self.tokenizer = settings.tokenizer()
+        self.kmer_lengths = self.tokenizer.kmer_lengths().astype(np.int8)
+        self.masker = Masker(self.tokenizer.vocab_size, settings.mask_rate, settings.max_predictions,
+                             settings.mask_strategy, settings.mask_span)
+        self.table = base_code_table(settings.soft_masked)
+        self.reader = RecordReader(sources)
+        self._splits: dict[int, RecordSplit] = {}
+
+    def split_of(self, record: GenomeRecord) -> RecordSplit:
+        if record.index not in self._splits:
+            self._splits[record.index] = record_split(record, self.settings)
+        return self._splits[record.index]
+
+    def chunk_examples(self, record: GenomeRecord, chunk_index: int, dupe: int) -> ChunkExamples:
+        s = self.settings
+        k_min, k_max, min_length = s.k_min, s.k_max, s.min_contig_length
+        chunk_start = chunk_index * s.chunk_length
+        chunk_end = min(chunk_start + s.chunk_length, record.length)
+        # Margins: min_length on the left decides whether a contig entering the
+        # chunk is long enough; max(min_length, k_max) on the right also gives
+        # the last tokens their bases.
+        window_start = max(0, chunk_start - min_length)
+        window_end = min(record.length, chunk_end + max(min_length, k_max))
+        split = self.split_of(record)
+        cuts = split.cuts[(split.cuts > window_start) & (split.cuts < window_end)] - window_start
+        codes, runs = contig_runs(self.reader.read(record, window_start, window_end), self.table, cuts)
+        rng = np.random.default_rng(np.random.SeedSequence([s.seed, dupe, record.index, chunk_index]))
+        # One k per chunk position (plus k_max - k_min for tokens past the end that are computed and dropped).
+        ks = self.tokenizer.sample_k(chunk_end - chunk_start + k_max - k_min, rng)
+
+        starts, ends = runs[:, 0] + window_start, runs[:, 1] + window_start
+        held_out = split.is_validation(starts) if len(starts) else np.zeros(0, bool)
+        long_enough = ends - starts >= min_length
+        stats = empty_stats()
+        if dupe == 0:
+            # A contig is counted by the chunk holding its first base.
+            owned = (starts >= chunk_start) & (starts < chunk_end)
+            overlap = np.clip(np.minimum(ends, chunk_end) - np.maximum(starts, chunk_start), 0, None)
+            for name, in_split in (("train", ~held_out), ("validation", held_out)):
+                stats[name]["contigs"] = int((owned & long_enough & in_split).sum())
+                stats[name]["skipped_contigs"] = int((owned & ~long_enough & in_split).sum())
+                stats[name]["contig_bases"] = int(overlap[long_enough & in_split].sum())
+
+        piece_ids, piece_positions = [], []
+        for start, end, validation in zip(starts[long_enough], ends[long_enough], held_out[long_enough]):
+            if validation and dupe > 0:
+                continue
+            first = max(int(start), chunk_start)
+            last = min(chunk_end, int(end) - k_min + 1)  # positions first..last-1 start a token
+            if last <= first:
+                continue
+            # Bases up to k_max - 1 past the last start suffice: k is clipped only at the true contig end.
+            stop = min(int(end), last + k_max - 1)
+            num = stop - first - k_min + 1
+            ids = self.tokenizer.encode_contig_codes(
+                codes[first - window_start : stop - window_start],
+                ks[first - chunk_start : first - chunk_start + num],
+            )[: last - first]
+            piece_ids.append(ids)
+            piece_positions.append(np.arange(first, last, dtype=np.int64))
+        return self._examples(piece_ids, piece_positions, split, rng, stats)
+
+    def _examples(self, piece_ids, piece_positions, split: RecordSplit, rng: np.random.Generator,
+                  stats) -> ChunkExamples:
+        s = self.settings
+        per_example = s.tokens_per_example
+        if not piece_ids:
+            none = np.zeros(0, np.int64)
+            true_ids = np.zeros((0, s.seq_length), np.int64)
+            return ChunkExamples(true_ids, none, self.masker.mask(true_ids, rng), none, none.astype(bool), none,
+                                 stats)
+        flat_ids = np.concatenate(piece_ids)
+        positions = np.concatenate(piece_positions)
+        piece_start = np.zeros(len(flat_ids), dtype=bool)
+        piece_start[np.cumsum([0] + [len(p) for p in piece_ids[:-1]])] = True
+        # A new example starts at each piece start and at each multiple of seq_length - 2.
+        new_example = piece_start | (positions % per_example == 0)
+        first_token = np.flatnonzero(new_example)
+        example_of = np.cumsum(new_example) - 1
+        column = np.arange(len(flat_ids)) - first_token[example_of]
+        num_tokens = np.diff(np.append(first_token, len(flat_ids)))
+        rows = len(first_token)
+        true_ids = np.full((rows, s.seq_length), PAD_ID, dtype=np.int64)
+        true_ids[:, 0] = CLS_ID
+        true_ids[example_of, column + 1] = flat_ids
+        true_ids[np.arange(rows), num_tokens + 1] = SEP_ID
+        start_offset = positions[first_token]
+        is_validation = split.is_validation(start_offset)
+
+        masked = self.masker.mask(true_ids, rng)
+        leaked, predicted = leak_per_example(true_ids, masked, self.kmer_lengths)
+        for name, in_split in (("train", ~is_validation), ("validation", is_validation)):
+            stats[name]["examples"] += int(in_split.sum())
+            stats[name]["tokens"] += int(num_tokens[in_split].sum())
+            stats[name]["predictions"] += int(predicted[in_split].sum())
+            stats[name]["leaked"] += int(leaked[in_split].sum())
+        order = rng.permutation(rows)
+        return ChunkExamples(true_ids, num_tokens, masked, start_offset, is_validation, order, stats)
+
+    def run_job(self, job: Job, on_bases: Callable[[int], None] | None = None) -> dict:
+        """Writes the job's shard part files; returns their paths, example counts, sizes and stats."""
+        from dnavec_jax.data.tfrecord import ExampleEncoder, TFRecordWriter
+
+        s = self.settings
+        encoder = ExampleEncoder(s.seq_length, s.max_predictions)
+        writers = {
+            split: TFRecordWriter(str(self.out_dir / part_name(split, job.dupe, job.task)))
+            for split in (SPLITS if job.dupe == 0 else ("train",))
+        }
+        stats = empty_stats()
+        try:
+            for record_index, chunk_index in job.units:
+                record = self.records[record_index]
+                chunk = self.chunk_examples(record, chunk_index, job.dupe)
+                add_stats(stats, chunk.stats)
+                masked = chunk.masked
+                for row in chunk.order:
+                    writer = writers["validation" if chunk.is_validation[row] else "train"]
+                    writer.write(encoder.encode(
+                        masked.input_ids[row], chunk.num_tokens[row] + 2, masked.masked_lm_positions[row],
+                        masked.masked_lm_ids[row], masked.masked_lm_weights[row], record_index,
+                        chunk.start_offset[row], job.dupe,
+                    ))
+                if on_bases is not None:
+                    on_bases(min(s.chunk_length, record.length - chunk_index * s.chunk_length))
+        finally:
+            files = {}
+            for split, writer in writers.items():
+                size = writer.close()
+                if writer.num_records:
+                    files[split] = (writer.path, writer.num_records, size)
+                else:
+                    os.remove(writer.path)
+        return {"dupe": job.dupe, "task": job.task, "files": files, "stats": stats}
+
+
+def part_name(split: str, dupe: int, task: int) -> str:
+    return f"part-{split}-{dupe:04d}-{task:06d}.tfrecord.tmp"
+
+
+# ---- running jobs in worker processes ------------------------------------------
+_WORKER: GenomeWorker | None = None
+_PROGRESS = None
+
+
+def _init_worker(settings_dict, sources, records, out_dir, progress_counter) -> None:
+    global _WORKER, _PROGRESS
+    _WORKER = GenomeWorker(PrepSettings.from_dict(settings_dict), [SourceFile(**s) for s in sources],
+                           [GenomeRecord(**r) for r in records], out_dir)
+    _PROGRESS = progress_counter
+
+
+def _count_bases(bases: int) -> None:
+    with _PROGRESS.get_lock():
+        _PROGRESS.value += bases
+
+
+def _run_job(job: Job) -> dict:
+    return _WORKER.run_job(job, _count_bases)
+
+
+def run_jobs(settings: PrepSettings, sources: Sequence[SourceFile], records: Sequence[GenomeRecord],
+             jobs: Sequence[Job], out_dir: str, num_workers: int, on_bases: Callable[[int], None]) -> list[dict]:
+    """Runs the jobs (in this process for one worker) and returns their results in job order."""
+    if num_workers <= 1 or len(jobs) <= 1:
+        worker = GenomeWorker(settings, sources, records, out_dir)
+        try:
+            return [worker.run_job(job, on_bases) for job in jobs]
+        finally:
+            worker.reader.close()
+    # spawn, not fork: the parent may hold TensorFlow/JAX threads that fork would copy half-initialised.
+    # ProcessPoolExecutor (not multiprocessing.Pool) fails fast if a worker dies (e.g. killed for memory).
+    context = multiprocessing.get_context("spawn")
+    counter = context.Value("q", 0)
+    init_args = (settings.to_dict(), [dataclasses.asdict(s) for s in sources],
+                 [dataclasses.asdict(r) for r in records], out_dir, counter)
+    reported = 0
+    with concurrent.futures.ProcessPoolExecutor(min(num_workers, len(jobs)), mp_context=context,
+                                                initializer=_init_worker, initargs=init_args) as pool:
+        futures = [pool.submit(_run_job, job) for job in jobs]
+        try:
+            pending = set(futures)
+            while pending:
+                done, pending = concurrent.futures.wait(pending, timeout=0.5,
+                                                        return_when=concurrent.futures.FIRST_EXCEPTION)
+                for future in done:
+                    future.result()  # raises a worker's error now, not after the other jobs
+                if counter.value > reported:
+                    on_bases(counter.value - reported)
+                    reported = counter.value
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+        return [future.result() for future in futures]
+
+
+def default_num_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def collect_shards(results: Sequence[dict], final_path: Callable[[str, int, int], str]) -> dict[str, dict]:
+    """Renames part files to their final shard names in (dupe, task) order; per split: files, lengths, bytes."""
+    ordered = sorted(results, key=lambda result: (result["dupe"], result["task"]))
+    splits = {}
+    for split in SPLITS:
+        parts = [result["files"][split] for result in ordered if split in result["files"]]
+        files = []
+        for index, (path, _, _) in enumerate(parts):
+            target = final_path(split, index, len(parts))
+            os.replace(path, target)
+            files.append(os.path.basename(target))
+        splits[split] = {
+            "files": files,
+            "shard_lengths": [count for _, count, _ in parts],
+            "num_bytes": sum(size for _, _, size in parts),
+        }
+    return splits
+
+
+class ProgressBar:
+    """tqdm over bases, showing bases/s (off when disabled)."""
+
+    def __init__(self, total: int, enabled: bool):
+        self._bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, unit="bp", unit_scale=True, desc="tokenize+mask+write", smoothing=0.05)
+
+    def update(self, bases: int) -> None:
+        if self._bar is not None:
+            self._bar.update(bases)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
