@@ -22,3 +22,62 @@ def chr22_fasta() -> Path:
     """1 Mbp of real human chr22 with a 100 kb N gap (the embedded demo corpus)."""
     assert DEMO_FASTA.exists(), DEMO_FASTA
     return DEMO_FASTA
+
+
+# ---- training-system fixtures (tests/test_train*.py, test_checkpoint*.py, test_input*.py) ----
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_config_file(name: str):
+    """get_config() of configs/<name>.py (an unlocked ml_collections ConfigDict)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"dnavec_config_{name}", REPO / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+@pytest.fixture
+def tiny_config():
+    """configs/tiny.py: a 2-layer, hidden-32 model on synthetic data (64 tokens, k 3..4)."""
+    return load_config_file("tiny")
+
+
+@pytest.fixture(scope="session")
+def compile_cache(tmp_path_factory):
+    """A persistent XLA compilation cache for the session (the same tiny programs compile many times).
+
+    Returns the environment a subprocess needs to share it.
+    """
+    import jax
+
+    path = tmp_path_factory.mktemp("jax_compile_cache")
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return {"JAX_COMPILATION_CACHE_DIR": str(path), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
+TINY_PREP = dict(k_min=3, k_max=4, seq_length=64, max_predictions=10, validation_fraction=0.05,
+                 validation_block_size=20_000, chunk_bases=100_000, shard_bases=200_000)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """The chr22 demo corpus prepared for configs/tiny.py: k 3..4, 64 tokens, 6 train / 2 validation shards."""
+    from dnavec_jax.data import PrepSettings, prepare_dataset
+
+    data_dir = tmp_path_factory.mktemp("tiny_dataset")
+    prepare_dataset(PrepSettings(**TINY_PREP), data_dir, progress=False)
+    return data_dir
+
+
+@pytest.fixture
+def tiny_tfrecord_config(tiny_config, tiny_dataset):
+    """configs/tiny.py reading the prepared chr22 shards of tiny_dataset."""
+    tiny_config.data.update(source="tfrecord", data_dir=str(tiny_dataset))
+    tiny_config.data.prep.update(**TINY_PREP)
+    return tiny_config

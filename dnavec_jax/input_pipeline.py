@@ -1,0 +1,262 @@
+"""Input pipeline: the prepared TFRecord shards (or synthetic data) -> this process's batches.
+
+Batches are dicts of numpy arrays (ids int32, masked_lm_weights float32):
+  train: (grad_accum_steps, per-process microbatch, ...) per step;
+  eval:  (per-process eval batch, ...).
+train.py turns them into global jax.Arrays with make_array_from_process_local_data.
+
+Determinism and resuming (rebuild and skip; tf.data's own iterator checkpoints
+are not used: they store shuffle buffers, are per process and tie the
+checkpoint to TensorFlow's graph format):
+- training: process p of P reads the shards files[p::P] (disjoint). Epoch e of
+  a process is its shards in a seeded order (seed, e), interleaved
+  deterministically, shuffled with a buffer seeded by (seed, e), cut into
+  fixed-size batches (the last partial batch of an epoch is dropped). A
+  position is (epoch, batches consumed in that epoch); resuming rebuilds epoch
+  e and skips the consumed examples before parsing them, so a resumed run sees
+  exactly the batches the uninterrupted run would have seen.
+- evaluation: every process reads all validation shards in file order and keeps
+  every P-th example (tf.data shard), no shuffling, no dropout in the step. The
+  last partial batch is padded with all-zero examples of masked_lm_weights 0,
+  and processes with fewer examples add all-padding batches, so every process
+  runs the same number of eval steps over the WHOLE split.
+TensorFlow is kept off accelerators and to a few threads (configure_tf).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from dnavec_jax.errors import DNAVecError
+from dnavec_jax.tokenization import CLS_ID, MASK_ID, NUM_SPECIAL, SEP_ID
+
+FEATURES = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids", "masked_lm_weights")
+Batch = dict[str, np.ndarray]
+Position = tuple[int, int]  # (epoch, batches consumed in that epoch) of one process
+
+
+def tf_thread_count(setting: int) -> int:
+    """TensorFlow threads for the input pipeline: the setting, or (0) a quarter of the cores, 1 to 8."""
+    return int(setting) if setting > 0 else max(1, min(8, (os.cpu_count() or 1) // 4))
+
+
+def configure_tf(threads: int = 0) -> None:
+    """Keeps TensorFlow off accelerators and to a few CPU threads (call before any TF op runs).
+
+    TF must not grab GPU/TPU memory next to JAX; and with TF's default thread
+    pools (one thread per core each) the input pipeline competes with XLA's CPU
+    threads: on a 2-core machine that doubled the step time of the demo.
+    """
+    import tensorflow as tf
+
+    for kind in ("GPU", "TPU"):
+        try:
+            tf.config.set_visible_devices([], kind)
+        except (RuntimeError, ValueError):
+            pass  # already initialised (then it was done earlier) or no such device type
+    count = tf_thread_count(threads)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(count)
+        tf.config.threading.set_inter_op_parallelism_threads(count)
+    except RuntimeError:
+        pass  # TF already running (e.g. several runs in one process): keep its pools
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchShape:
+    """Per-process batch geometry of one training step."""
+
+    grad_accum_steps: int
+    micro_batch: int  # examples per microbatch on this process
+    seq_length: int
+    max_predictions: int
+
+    @property
+    def examples(self) -> int:
+        return self.grad_accum_steps * self.micro_batch
+
+
+def zeros_batch(rows: int, seq_length: int, max_predictions: int) -> Batch:
+    """All-padding examples: contribute nothing to any sum (masked_lm_weights 0)."""
+    ints = lambda width: np.zeros((rows, width), np.int32)
+    return {
+        "input_ids": ints(seq_length), "input_mask": ints(seq_length), "segment_ids": ints(seq_length),
+        "masked_lm_positions": ints(max_predictions), "masked_lm_ids": ints(max_predictions),
+        "masked_lm_weights": np.zeros((rows, max_predictions), np.float32),
+    }
+
+
+def _parse_fn(seq_length: int, max_predictions: int):
+    import tensorflow as tf
+
+    from dnavec_jax.data import tf_feature_spec
+
+    spec = {name: feature for name, feature in tf_feature_spec(seq_length, max_predictions).items()
+            if name in FEATURES}  # the shards also hold trace features (record_index, ...)
+
+    def parse(serialized):
+        parsed = tf.io.parse_example(serialized, spec)
+        return {name: tf.cast(parsed[name], tf.float32 if name == "masked_lm_weights" else tf.int32)
+                for name in FEATURES}
+
+    return parse
+
+
+def process_files(files: Sequence[str], process_index: int, process_count: int, split: str = "train") -> list[str]:
+    """The disjoint share of the training shards that one process reads."""
+    files = [str(f) for f in files]
+    if len(files) < process_count:
+        raise DNAVecError(
+            f"the {split} split has {len(files)} shard file(s), fewer than the {process_count} processes; "
+            "prepare the dataset with at least one shard per process"
+        )
+    return files[process_index::process_count]
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def _epoch_dataset(files: Sequence[str], epoch: int, seed: int, shape: BatchShape, shuffle_buffer: int,
+                   skip_batches: int, compression: str | None):
+    import tensorflow as tf
+
+    order = np.random.default_rng([seed, epoch]).permutation(len(files))
+    ds = tf.data.Dataset.from_tensor_slices([files[i] for i in order])
+    ds = ds.interleave(
+        lambda path: tf.data.TFRecordDataset(path, compression_type=compression or ""),
+        cycle_length=min(len(files), 8), block_length=1,
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
+    )
+    if shuffle_buffer > 1:
+        ds = ds.shuffle(shuffle_buffer, seed=_epoch_seed(seed, epoch), reshuffle_each_iteration=False)
+    ds = ds.skip(skip_batches * shape.examples)  # serialized records: skipped without parsing
+    ds = ds.batch(shape.examples, drop_remainder=True)
+    ds = ds.map(_parse_fn(shape.seq_length, shape.max_predictions), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
+    ds = ds.map(lambda batch: {k: tf.reshape(v, [shape.grad_accum_steps, shape.micro_batch, -1])
+                               for k, v in batch.items()})
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.with_options(options).prefetch(2)
+
+
+def tfrecord_train_batches(files: Sequence[str], shape: BatchShape, seed: int, shuffle_buffer: int,
+                           start: Position = (0, 0), compression: str | None = None,
+                           ) -> Iterator[tuple[Batch, Position]]:
+    """Endless (batch, position after it) pairs over this process's shards, from `start`."""
+    epoch, skip = int(start[0]), int(start[1])
+    while True:
+        consumed = skip
+        for batch in _epoch_dataset(files, epoch, seed, shape, shuffle_buffer, skip, compression).as_numpy_iterator():
+            consumed += 1
+            yield batch, (epoch, consumed)
+        if consumed == 0:
+            raise DNAVecError(
+                f"the training shards of this process ({len(files)} file(s)) hold fewer than one batch "
+                f"({shape.examples} examples); use a smaller batch or more data"
+            )
+        epoch, skip = epoch + 1, 0
+
+
+def synthetic_examples(rng: np.random.Generator, rows: int, seq_length: int, max_predictions: int,
+                       vocab_size: int) -> Batch:
+    """Random examples with the shapes, dtypes and [CLS]/[SEP]/[MASK] layout of the real data."""
+    if max_predictions > seq_length - 2 or vocab_size <= NUM_SPECIAL:
+        raise DNAVecError(f"synthetic data needs max_predictions <= seq_length - 2 and a vocabulary above "
+                          f"{NUM_SPECIAL} ids (got {max_predictions}, {seq_length}, {vocab_size})")
+    ids = rng.integers(NUM_SPECIAL, vocab_size, size=(rows, seq_length), dtype=np.int32)
+    ids[:, 0], ids[:, -1] = CLS_ID, SEP_ID
+    positions = np.sort(np.argsort(rng.random((rows, seq_length - 2)), axis=1)[:, :max_predictions] + 1, axis=1)
+    positions = positions.astype(np.int32)
+    labels = np.take_along_axis(ids, positions, axis=1)
+    np.put_along_axis(ids, positions, MASK_ID, axis=1)
+    return {
+        "input_ids": ids, "input_mask": np.ones_like(ids), "segment_ids": np.zeros_like(ids),
+        "masked_lm_positions": positions, "masked_lm_ids": labels,
+        "masked_lm_weights": np.ones((rows, max_predictions), np.float32),
+    }
+
+
+def synthetic_train_batches(shape: BatchShape, vocab_size: int, seed: int, process_index: int,
+                            process_count: int, start: Position = (0, 0), pool_size: int = 4,
+                            ) -> Iterator[tuple[Batch, Position]]:
+    """Endless synthetic batches (for throughput runs and tests), cycling a pool of `pool_size` steps.
+
+    Microbatch a of pool step b is generated as one global array from seed
+    (seed, b, a) and each process keeps its rows, so the global batches do not
+    depend on the number of processes.
+    """
+    global_rows = shape.micro_batch * process_count
+    rows = slice(process_index * shape.micro_batch, (process_index + 1) * shape.micro_batch)
+    cache: dict[int, Batch] = {}
+
+    def pool_batch(b: int) -> Batch:
+        if b not in cache:
+            micro = [synthetic_examples(np.random.default_rng([seed, b, a]), global_rows, shape.seq_length,
+                                        shape.max_predictions, vocab_size)
+                     for a in range(shape.grad_accum_steps)]
+            cache[b] = {k: np.stack([m[k][rows] for m in micro]) for k in FEATURES}
+        return cache[b]
+
+    consumed = int(start[1])
+    while True:
+        batch = pool_batch(consumed % pool_size)
+        consumed += 1
+        yield {k: v.copy() for k, v in batch.items()}, (0, consumed)
+
+
+def num_eval_batches(num_examples: int, local_batch: int, process_count: int) -> int:
+    """Eval steps that cover the whole split on every process (process 0 has the most examples)."""
+    return max(1, math.ceil(math.ceil(num_examples / process_count) / local_batch))
+
+
+def pad_batch(batch: Batch, rows: int) -> Batch:
+    """Appends all-padding examples (masked_lm_weights 0) up to `rows`."""
+    have = batch["input_ids"].shape[0]
+    if have == rows:
+        return batch
+    pad = zeros_batch(rows - have, batch["input_ids"].shape[1], batch["masked_lm_ids"].shape[1])
+    return {k: np.concatenate([batch[k], pad[k]]) for k in FEATURES}
+
+
+def tfrecord_eval_batches(files: Sequence[str], local_batch: int, seq_length: int, max_predictions: int,
+                          process_index: int, process_count: int, num_batches: int,
+                          compression: str | None = None) -> Iterator[Batch]:
+    """The whole split, this process's every P-th example, in file order, padded to num_batches batches."""
+    import tensorflow as tf
+
+    ds = tf.data.TFRecordDataset([str(f) for f in files], compression_type=compression or "")
+    ds = ds.shard(process_count, process_index).batch(local_batch)
+    ds = ds.map(_parse_fn(seq_length, max_predictions), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    produced = 0
+    for batch in ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
+        produced += 1
+        if produced > num_batches:
+            raise DNAVecError(f"the validation shards hold more examples than their metadata says "
+                              f"({num_batches} batches of {local_batch} expected); re-prepare the dataset")
+        yield pad_batch(batch, local_batch)
+    for _ in range(num_batches - produced):
+        yield zeros_batch(local_batch, seq_length, max_predictions)
+
+
+def synthetic_eval_batches(num_examples: int, local_batch: int, seq_length: int, max_predictions: int,
+                           vocab_size: int, seed: int, process_index: int, process_count: int) -> Iterator[Batch]:
+    """A fixed synthetic 'validation split' of num_examples examples, split and padded like the real one."""
+    examples = synthetic_examples(np.random.default_rng([seed, 2**31 - 1]), num_examples, seq_length,
+                                  max_predictions, vocab_size)
+    mine = {k: v[process_index::process_count] for k, v in examples.items()}
+    for index in range(num_eval_batches(num_examples, local_batch, process_count)):
+        part = {k: v[index * local_batch:(index + 1) * local_batch] for k, v in mine.items()}
+        yield pad_batch(part, local_batch) if len(part["input_ids"]) else zeros_batch(
+            local_batch, seq_length, max_predictions)
+
+
+def describe_batch(batch: Batch) -> dict[str, Any]:
+    return {k: (v.shape, str(v.dtype)) for k, v in batch.items()}

@@ -1,0 +1,208 @@
+"""End to end: resume reproduces the uninterrupted run, SIGTERM saves, NaN stops, user errors come first."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import pytest
+from conftest import REPO
+
+from dnavec_jax import checkpointing, train
+from dnavec_jax.errors import DNAVecError
+
+pytestmark = pytest.mark.usefixtures("compile_cache")
+
+
+def rows(workdir, split=None):
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if split is None or r["split"] == split]
+
+
+def figures(row):
+    return {k: v for k, v in row.items() if k not in ("time", "step_time_s", "tokens_per_s", "eval_time_s")}
+
+
+@pytest.fixture(scope="module")
+def resume_runs(tmp_path_factory, compile_cache, tiny_dataset):
+    """On the prepared chr22 shards: one uninterrupted 7-step run; one preempted at step 3 and resumed."""
+    from conftest import TINY_PREP, load_config_file
+
+    config = load_config_file("tiny")
+    config.data.update(source="tfrecord", data_dir=str(tiny_dataset), shuffle_buffer=256)
+    config.data.prep.update(**TINY_PREP)
+    config.train.update(num_train_steps=7, checkpoint_every_steps=100, eval_every_steps=4)
+    base = tmp_path_factory.mktemp("resume")
+    full = train.train_and_evaluate(config, base / "full")
+    part = train.train_and_evaluate(config, base / "part", preempt_at_step=3)
+    after_interrupt = rows(base / "part")
+    resumed = train.train_and_evaluate(config, base / "part")
+    again = train.train_and_evaluate(config, base / "part")  # finished: evaluates the final checkpoint again
+    return base, full, part, resumed, again, after_interrupt
+
+
+def test_interrupt_and_resume_reproduce_the_uninterrupted_losses(resume_runs):
+    base, full, part, resumed, _, after_interrupt = resume_runs
+    assert part["preempted"] and part["step"] == 3 and not part["eval"]
+    assert [r["step"] for r in after_interrupt] == [1, 2, 3]
+    assert checkpointing.make_manager(base / "full", read_only=True).all_steps() == [7]
+    assert resumed["step"] == full["step"] == 7
+    full_rows, part_rows = rows(base / "full"), rows(base / "part")
+    assert [(r["step"], r["split"]) for r in part_rows[:9]] == [(r["step"], r["split"]) for r in full_rows]
+    # Bit for bit: same device count, same data position, same dropout (fold_in(rng, step)).
+    assert [r["loss"] for r in part_rows[:9]] == [r["loss"] for r in full_rows]
+    assert [figures(r) for r in part_rows[:9]] == [figures(r) for r in full_rows]
+    assert len({r["loss"] for r in full_rows if r["split"] == "train"}) == 7
+
+
+def test_the_same_checkpoint_gives_the_same_eval_figures(resume_runs, tiny_dataset):
+    from dnavec_jax.data import load_prepared
+
+    base, full, _, resumed, again, _ = resume_runs
+    assert again["step"] == 7 and again["train"] == {}
+    evals = rows(base / "part", "eval")
+    assert [r["step"] for r in evals] == [4, 7, 7]
+    assert figures(evals[1]) == figures(evals[2]) == figures(rows(base / "full", "eval")[-1])
+    dataset = load_prepared(tiny_dataset)  # the whole validation split, every real masked token once
+    assert evals[2]["examples"] == dataset.num_examples("validation") > 100
+    assert evals[2]["masked_tokens"] == dataset.metadata["num_predictions"]["validation"]
+
+
+def test_metrics_files(resume_runs):
+    base = resume_runs[0]
+    train_rows, eval_rows = rows(base / "full", "train"), rows(base / "full", "eval")
+    for row in train_rows:
+        assert {"step", "split", "time", "loss", "accuracy", "perplexity", "learning_rate", "grad_norm",
+                "step_time_s", "tokens_per_s", "masked_tokens"} <= set(row)
+        assert "mfu" not in row  # no known peak FLOP/s on CPU
+        assert row["perplexity"] == pytest.approx(2.718281828 ** row["loss"])
+    assert {"loss", "accuracy", "perplexity", "masked_tokens", "examples"} <= set(eval_rows[0])
+    assert [r["learning_rate"] for r in train_rows[:3]] == pytest.approx([0.0, 5e-4, 1e-3])
+    assert list((base / "full" / "tensorboard").glob("events.out.tfevents.*"))
+    saved = json.loads((base / "full" / "config.json").read_text())
+    assert saved["model"]["hidden_size"] == 32 and saved["data"]["prep"]["k_max"] == 4
+    assert not (base / "full" / "lock").exists()
+
+
+@pytest.fixture
+def no_compiling(monkeypatch):
+    """Every user error must surface before anything is compiled."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("compiled before the settings were checked")
+
+    monkeypatch.setattr(jax, "jit", refuse)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"train.global_batch_size": 6}, r"global_batch_size \(6\) must be divisible by the 4 data-parallel devices"),
+    ({"train.global_batch_size": 8, "train.grad_accum_steps": 4},
+     r"8 = 4 microbatches of 2\) must be divisible by the 4"),
+    ({"train.grad_accum_steps": 3}, r"divisible by train.grad_accum_steps \(3\)"),
+    ({"train.eval_batch_size": 6}, r"eval_batch_size \(6\) must be divisible by the 4"),
+    ({"model.hidden_size": 30}, r"hidden_size \(30\) must be divisible by model.num_heads \(4\)"),
+    ({"model.vocab_size": 100}, r"does not match the k-mer vocabulary of k 3..4 \(325 ids\)"),
+    ({"data.prep.seq_length": 128}, r"sequences of 128 tokens do not fit model.max_position_embeddings \(64\)"),
+    ({"train.schedule": "step"}, r"train.schedule must be one of linear, cosine, constant"),
+    ({"data.source": "tfrecord", "data.data_dir": ""}, r"set --config.data.data_dir.*prepare"),
+    ({"data.source": "tfrecord", "data.data_dir": "/nonexistent/x"}, r"x: does not exist; prepare it with"),
+])
+def test_user_errors_come_before_compiling(tiny_config, tmp_path, no_compiling, overrides, message):
+    for key, value in overrides.items():
+        section, name = key.rsplit(".", 1)
+        target = tiny_config
+        for part in section.split("."):
+            target = target[part]
+        target[name] = value
+    with pytest.raises(DNAVecError, match=message):
+        train.train_and_evaluate(tiny_config, tmp_path / "run")
+    assert not (tmp_path / "run" / "lock").exists()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"data.prep.k_max": 5, "model.vocab_size": 1349}, r"prepared with k_max=4, but config.data.prep.k_max is 5"),
+    ({"data.prep.seq_length": 32}, r"prepared with seq_length=64, but config.data.prep.seq_length is 32"),
+    ({"data.prep.max_predictions": 12}, r"prepared with max_predictions=10"),
+    ({"data.data_dir": "EMPTY"}, r"holds no complete prepared dataset; prepare it with .*prepare_if_missing"),
+])
+def test_data_errors_come_before_compiling(tiny_tfrecord_config, tmp_path, no_compiling, overrides, message):
+    (tmp_path / "empty").mkdir()
+    for key, value in overrides.items():
+        section, name = key.rsplit(".", 1)
+        target = tiny_tfrecord_config
+        for part in section.split("."):
+            target = target[part]
+        target[name] = str(tmp_path / "empty") if value == "EMPTY" else value
+    with pytest.raises(DNAVecError, match=message):
+        train.train_and_evaluate(tiny_tfrecord_config, tmp_path / "run")
+
+
+def test_incompatible_workdir_and_lock(resume_runs, tiny_config, no_compiling):
+    base = resume_runs[0]
+    tiny_config.model.update(hidden_size=64, intermediate_size=128)
+    with pytest.raises(DNAVecError, match=r"incompatible config \(model.hidden_size 32 there, 64 now"):
+        train.train_and_evaluate(tiny_config, base / "full")
+    tiny_config.model.update(hidden_size=32, intermediate_size=64)
+    with checkpointing.WorkdirLock(base / "full"):
+        with pytest.raises(DNAVecError, match="in use by another run"):
+            train.train_and_evaluate(tiny_config, base / "full")
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_config, tmp_path):
+    tiny_config.train.update(learning_rate=1e30, warmup_steps=0, grad_clip_norm=0.0, checkpoint_every_steps=1,
+                             num_train_steps=6, schedule="constant")
+    with pytest.raises(DNAVecError, match=r"step (\d): the loss or gradient is not finite") as error:
+        train.train_and_evaluate(tiny_config, tmp_path)
+    bad = int(error.value.args[0].split(":")[0].split()[1])
+    assert f"last good checkpoint: {bad - 1}" in str(error.value)
+    assert checkpointing.make_manager(tmp_path, read_only=True).latest_step() == bad - 1
+    assert all(r["step"] < bad for r in rows(tmp_path))
+    assert not (tmp_path / "lock").exists()
+
+
+def _env(compile_cache):
+    return {**os.environ, **compile_cache, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu",
+            "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+
+
+def test_cli_errors_are_one_line(tmp_path, compile_cache):
+    proc = subprocess.run(
+        [sys.executable, "run_pretrain.py", "--config", "configs/tiny.py", "--workdir", str(tmp_path),
+         "--config.data.source=tfrecord", f"--config.data.data_dir={tmp_path / 'missing'}"],
+        cwd=REPO, env=_env(compile_cache), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr
+    assert "missing" in errors[0] and "prepare" in errors[0]
+
+
+def test_sigterm_saves_a_restorable_checkpoint(tmp_path, compile_cache):
+    workdir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "run_pretrain.py", "--config", "configs/tiny.py", "--workdir", str(workdir),
+         "--config.train.num_train_steps=100000", "--config.train.checkpoint_every_steps=100000",
+         "--config.train.eval_every_steps=0"],
+        cwd=REPO, env=_env(compile_cache), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            metrics = workdir / "metrics.jsonl"
+            if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+                break
+            assert proc.poll() is None, proc.stderr.read()[-2000:]
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "preemption: saved step" in stderr
+    params, _, config, step = checkpointing.load_for_inference(workdir)
+    assert 3 <= step < 100000 and config["train"]["num_train_steps"] == 100000
+    assert max(r["step"] for r in rows(workdir)) == step
+    assert not (workdir / "lock").exists()
