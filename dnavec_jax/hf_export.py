@@ -1,0 +1,753 @@
+"""Hugging Face export and import: Flax params <-> a transformers BertForMaskedLM directory.
+
+transformers 5 has no Flax classes, so the export targets the PyTorch ones. It
+is written from numpy (safetensors.numpy, the `tokenizers` library and JSON):
+exporting needs neither torch nor transformers.
+
+An export directory holds:
+  config.json              BertForMaskedLM / model_type bert, sizes from the model config
+  model.safetensors        PyTorch names and (out, in) layouts, metadata {"format": "pt"};
+                           the decoder is tied to the word embeddings (not stored), its
+                           bias is cls.predictions.bias; the pooler is stored for AutoModel
+  vocab.txt                the k-mer vocabulary in id order
+  tokenizer.json           fast WordPiece tokenizer: whitespace split, no lower-casing,
+                           [CLS] $A [SEP] template
+  tokenizer_config.json    BertTokenizer, do_lower_case false, model_max_length
+  special_tokens_map.json
+  dnavec.json              what transformers does not need: k range and weights, the
+                           Flax model config, the step (read back by load_hf_pretrained)
+  README.md                model card
+
+One checkpoint cannot load into both heads without a report: BertForMaskedLM has
+no pooler (transformers reports bert.pooler.* as unexpected) and BertModel has no
+MLM head (cls.predictions.* unexpected). Nothing is ever missing; see docs/export.md.
+
+Name mapping (Flax path -> PyTorch name; Dense kernels are transposed):
+  embeddings/{word,position,token_type}_embeddings/embedding -> bert.embeddings.*.weight
+  embeddings/LayerNorm/{scale,bias}                      -> bert.embeddings.LayerNorm.{weight,bias}
+  encoder/layer_N/attention/{query,key,value}           -> bert.encoder.layer.N.attention.self.*
+  encoder/layer_N/attention/output                      -> ...attention.output.dense
+  encoder/layer_N/attention/LayerNorm                   -> ...attention.output.LayerNorm
+  encoder/layer_N/intermediate                          -> ...intermediate.dense
+  encoder/layer_N/output                                -> ...output.dense
+  encoder/layer_N/output_LayerNorm                      -> ...output.LayerNorm
+  pooler                                                -> bert.pooler.dense
+  mlm_transform, mlm_transform_LayerNorm                -> cls.predictions.transform.{dense,LayerNorm}
+  mlm_bias                                              -> cls.predictions.bias
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy, so bf16 safetensors files load)
+import numpy as np
+from flax import traverse_util
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
+
+from dnavec_jax import model as model_lib
+from dnavec_jax.errors import DNAVecError
+from dnavec_jax.tokenization import CLS_ID, NUM_SPECIAL, SEP_ID, SPECIAL_TOKENS, KmerTokenizer
+
+EXPORT_FORMAT = "dnavec-hf-export"
+EXPORT_VERSION = 1
+WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+DNAVEC_FILE = "dnavec.json"
+
+# Shape-defining settings: an imported checkpoint must agree on these with a given model config.
+_SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+                 "max_position_embeddings", "type_vocab_size")
+# Names a Hugging Face BERT checkpoint may hold that our model does not use.
+_IGNORED_HF_PREFIXES = ("cls.seq_relationship.",)  # BertForPreTraining's next-sentence head
+_IGNORED_HF_SUFFIXES = (".position_ids", ".token_type_ids")  # old persistent buffers
+_DECODER_WEIGHT = "cls.predictions.decoder.weight"
+_DECODER_BIAS = "cls.predictions.decoder.bias"
+# Parts load_hf_pretrained may initialise afresh when a checkpoint lacks them.
+_PART_PREFIXES = {"pooler": ("pooler",), "mlm_head": ("mlm_transform", "mlm_transform_LayerNorm", "mlm_bias")}
+
+
+# ---- names ----------------------------------------------------------------
+
+def _dense(flax_path: str, hf_name: str) -> list[tuple[str, str, bool]]:
+    return [(f"{flax_path}/kernel", f"{hf_name}.weight", True), (f"{flax_path}/bias", f"{hf_name}.bias", False)]
+
+
+def _layer_norm(flax_path: str, hf_name: str) -> list[tuple[str, str, bool]]:
+    return [(f"{flax_path}/scale", f"{hf_name}.weight", False), (f"{flax_path}/bias", f"{hf_name}.bias", False)]
+
+
+def name_table(num_layers: int) -> list[tuple[str, str, bool]]:
+    """(Flax path joined by '/', PyTorch name, transpose?) for every parameter, in a stable order."""
+    table = [
+        (f"embeddings/{kind}_embeddings/embedding", f"bert.embeddings.{kind}_embeddings.weight", False)
+        for kind in ("word", "position", "token_type")
+    ]
+    table += _layer_norm("embeddings/LayerNorm", "bert.embeddings.LayerNorm")
+    for n in range(num_layers):
+        flax, hf = f"encoder/layer_{n}", f"bert.encoder.layer.{n}"
+        for proj in ("query", "key", "value"):
+            table += _dense(f"{flax}/attention/{proj}", f"{hf}.attention.self.{proj}")
+        table += _dense(f"{flax}/attention/output", f"{hf}.attention.output.dense")
+        table += _layer_norm(f"{flax}/attention/LayerNorm", f"{hf}.attention.output.LayerNorm")
+        table += _dense(f"{flax}/intermediate", f"{hf}.intermediate.dense")
+        table += _dense(f"{flax}/output", f"{hf}.output.dense")
+        table += _layer_norm(f"{flax}/output_LayerNorm", f"{hf}.output.LayerNorm")
+    table += _dense("pooler", "bert.pooler.dense")
+    table += _dense("mlm_transform", "cls.predictions.transform.dense")
+    table += _layer_norm("mlm_transform_LayerNorm", "cls.predictions.transform.LayerNorm")
+    table.append(("mlm_bias", "cls.predictions.bias", False))
+    return table
+
+
+def expected_param_shapes(model_config: model_lib.BertConfig) -> dict[str, tuple[int, ...]]:
+    """Flax path -> shape of every parameter of model.BertForMaskedLM (traced, nothing allocated)."""
+    abstract = jax.eval_shape(lambda: model_lib.init_params(model_config, jax.random.key(0)))
+    shapes = {"/".join(path): tuple(leaf.shape) for path, leaf in traverse_util.flatten_dict(abstract).items()}
+    table_paths = {flax for flax, _, _ in name_table(model_config.num_layers)}
+    if table_paths != set(shapes):  # model.py changed without this table: a bug, not a user mistake
+        raise AssertionError(f"hf_export name table out of date: {sorted(table_paths ^ set(shapes))[:5]}")
+    return shapes
+
+
+def _flatten(params: Mapping) -> dict[str, Any]:
+    if "params" in params and len(params) == 1:
+        params = params["params"]
+    return {"/".join(path): leaf for path, leaf in traverse_util.flatten_dict(_as_dict(params)).items()}
+
+
+def _as_dict(tree):
+    return {key: _as_dict(value) for key, value in tree.items()} if isinstance(tree, Mapping) else tree
+
+
+def _check_params(flat: Mapping[str, Any], model_config: model_lib.BertConfig) -> None:
+    shapes = expected_param_shapes(model_config)
+    missing = sorted(set(shapes) - set(flat))
+    unexpected = sorted(set(flat) - set(shapes))
+    if missing or unexpected:
+        detail = "; ".join(part for part in (
+            f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}" if missing else "",
+            f"unexpected {', '.join(unexpected[:3])}{' ...' if len(unexpected) > 3 else ''}" if unexpected else "",
+        ) if part)
+        raise DNAVecError(f"parameters do not match the model config ({detail})")
+    for path, shape in shapes.items():
+        if tuple(np.shape(flat[path])) != shape:
+            raise DNAVecError(
+                f"parameter {path} has shape {tuple(np.shape(flat[path]))}, the model config needs {shape} "
+                "(incompatible model config)"
+            )
+
+
+# ---- Flax <-> PyTorch state ------------------------------------------------
+
+def flax_to_hf_state(params: Mapping, model_config: model_lib.BertConfig) -> dict[str, np.ndarray]:
+    """PyTorch state dict (numpy, float32, C-contiguous) of BertForMaskedLM plus the BertModel pooler.
+
+    The tied decoder weight and bias are not stored (transformers ties them on load).
+    """
+    flat = _flatten(params)
+    _check_params(flat, model_config)
+    state = {}
+    for flax_path, hf_name, transpose in name_table(model_config.num_layers):
+        array = np.asarray(jax.device_get(flat[flax_path]), dtype=np.float32)
+        state[hf_name] = np.ascontiguousarray(array.T if transpose else array)
+    return state
+
+
+def hf_state_to_flax(state: Mapping[str, np.ndarray], model_config: model_lib.BertConfig) -> dict:
+    """Nested Flax params (numpy float32) from a complete PyTorch-named state; inverse of flax_to_hf_state."""
+    shapes = expected_param_shapes(model_config)
+    flat = {}
+    for flax_path, hf_name, transpose in name_table(model_config.num_layers):
+        array = np.asarray(state[hf_name], dtype=np.float32)
+        array = np.ascontiguousarray(array.T if transpose else array)
+        if array.shape != shapes[flax_path]:
+            raise DNAVecError(
+                f"{hf_name} has shape {tuple(np.shape(state[hf_name]))}, the config needs "
+                f"{shapes[flax_path][::-1] if transpose else shapes[flax_path]} (incompatible config)"
+            )
+        flat[flax_path] = array
+    return traverse_util.unflatten_dict({tuple(path.split("/")): value for path, value in flat.items()})
+
+
+# ---- config and tokenizer files -------------------------------------------
+
+def hf_config_dict(model_config: model_lib.BertConfig) -> dict[str, Any]:
+    """config.json for transformers' BertForMaskedLM (sizes from our model config)."""
+    return {
+        "architectures": ["BertForMaskedLM"],
+        "model_type": "bert",
+        "vocab_size": model_config.vocab_size,
+        "hidden_size": model_config.hidden_size,
+        "num_hidden_layers": model_config.num_layers,
+        "num_attention_heads": model_config.num_heads,
+        "intermediate_size": model_config.intermediate_size,
+        "hidden_act": "gelu",  # exact erf GELU, as model.gelu
+        "hidden_dropout_prob": model_config.hidden_dropout_rate,
+        # jax.nn.dot_product_attention has no dropout on attention probabilities.
+        "attention_probs_dropout_prob": 0.0,
+        "max_position_embeddings": model_config.max_position_embeddings,
+        "type_vocab_size": model_config.type_vocab_size,
+        "initializer_range": model_config.initializer_range,
+        "layer_norm_eps": model_config.layer_norm_eps,
+        "pad_token_id": 0,
+        "tie_word_embeddings": True,
+        "is_decoder": False,
+        "add_cross_attention": False,
+        "classifier_dropout": None,
+        "use_cache": False,
+        "dtype": "float32",
+    }
+
+
+def model_config_from_hf(hf_config: Mapping[str, Any], base: model_lib.BertConfig | None = None,
+                         source: str = "config.json") -> model_lib.BertConfig:
+    """Our BertConfig from a transformers BERT config.json dict; DNAVecError if the model cannot be ours.
+
+    With `base`, the shape settings must agree with it and the rest (dtype, dropout,
+    attention implementation, remat) is taken from it.
+    """
+    model_type = hf_config.get("model_type")
+    if model_type != "bert":
+        raise DNAVecError(f"{source}: model_type is {model_type!r}; only BERT (model_type 'bert') can be loaded")
+    checks = (
+        ("hidden_act", "gelu", "our model uses the exact erf GELU"),
+        ("position_embedding_type", "absolute", "our model has absolute position embeddings only"),
+        ("is_decoder", False, "our model is a bidirectional encoder"),
+        ("add_cross_attention", False, "our model has no cross-attention"),
+        ("tie_word_embeddings", True, "our MLM decoder is tied to the word embeddings"),
+    )
+    for key, wanted, why in checks:
+        if key in hf_config and hf_config[key] != wanted:
+            raise DNAVecError(f"{source}: {key} is {hf_config[key]!r}, needs {wanted!r} ({why})")
+    try:
+        values = {
+            "vocab_size": int(hf_config["vocab_size"]),
+            "hidden_size": int(hf_config["hidden_size"]),
+            "num_layers": int(hf_config["num_hidden_layers"]),
+            "num_heads": int(hf_config["num_attention_heads"]),
+            "intermediate_size": int(hf_config["intermediate_size"]),
+            "max_position_embeddings": int(hf_config.get("max_position_embeddings", 512)),
+            "type_vocab_size": int(hf_config.get("type_vocab_size", 2)),
+            "layer_norm_eps": float(hf_config.get("layer_norm_eps", 1e-12)),
+        }
+    except KeyError as error:
+        raise DNAVecError(f"{source}: missing setting {error.args[0]!r}") from None
+    except (TypeError, ValueError) as error:
+        raise DNAVecError(f"{source}: bad value ({error})") from None
+    if base is not None:
+        for name in _SHAPE_FIELDS:
+            if values[name] != getattr(base, name):
+                raise DNAVecError(
+                    f"{source}: {name} is {values[name]}, the model config has {getattr(base, name)} "
+                    "(incompatible config)"
+                )
+        if values["layer_norm_eps"] != base.layer_norm_eps:
+            raise DNAVecError(f"{source}: layer_norm_eps is {values['layer_norm_eps']}, "
+                              f"the model config has {base.layer_norm_eps} (incompatible config)")
+        return base
+    values["hidden_dropout_rate"] = float(hf_config.get("hidden_dropout_prob", 0.1))
+    values["initializer_range"] = float(hf_config.get("initializer_range", 0.02))
+    try:
+        return model_lib.BertConfig(**values)
+    except ValueError as error:
+        raise DNAVecError(f"{source}: {error}") from None
+
+
+def build_fast_tokenizer(tokenizer: KmerTokenizer):
+    """A `tokenizers.Tokenizer` giving exactly KmerTokenizer's ids on k-mer text (see kmer_text).
+
+    WordPiece over the vocabulary, split on whitespace only, no normaliser (so no
+    lower-casing: k-mers are upper case), [CLS] $A [SEP] / [CLS] $A [SEP] $B [SEP].
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers, processors
+    from tokenizers.models import WordPiece
+
+    vocab = {token: index for index, token in enumerate(tokenizer.vocab)}
+    fast = Tokenizer(WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    fast.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast.decoder = decoders.WordPiece(prefix="##")
+    fast.post_processor = processors.TemplateProcessing(
+        single="[CLS]:0 $A:0 [SEP]:0",
+        pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", CLS_ID), ("[SEP]", SEP_ID)],
+    )
+    fast.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in SPECIAL_TOKENS])
+    return fast
+
+
+def tokenizer_config_dict(model_max_length: int) -> dict[str, Any]:
+    return {
+        "tokenizer_class": "BertTokenizer",
+        "do_lower_case": False,  # otherwise k-mers are lower-cased into [UNK]
+        "tokenize_chinese_chars": False,
+        "strip_accents": False,
+        "model_max_length": model_max_length,
+        "unk_token": "[UNK]",
+        "sep_token": "[SEP]",
+        "pad_token": "[PAD]",
+        "cls_token": "[CLS]",
+        "mask_token": "[MASK]",
+        "clean_up_tokenization_spaces": False,
+    }
+
+
+def special_tokens_map() -> dict[str, str]:
+    return {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
+            "mask_token": "[MASK]"}
+
+
+def dna_to_kmer_text(sequence: str | bytes, tokenizer: KmerTokenizer | None = None, *, seed: int | None = 0,
+                     k: int | None = None) -> str:
+    """DNA string -> space-separated k-mers for AutoTokenizer (KmerTokenizer.kmer_text; 3..8 by default).
+
+    seed: the per-position k is drawn from the tokenizer's k distribution with this
+    seed (as in training); k: a fixed k instead. AutoTokenizer on the returned text
+    gives [CLS] + KmerTokenizer.encode(sequence, seed=seed, k=k) + [SEP].
+    Non-ACGT letters raise ValueError: split at N first.
+    """
+    return (tokenizer or KmerTokenizer(3, 8)).kmer_text(sequence, seed=seed, k=k)
+
+
+def kmer_tokenizer_from_export(hf_dir: str | os.PathLike) -> KmerTokenizer:
+    """The KmerTokenizer of an export (k range and weights from dnavec.json, else from vocab.txt)."""
+    hf_dir = Path(hf_dir)
+    info = _read_json(hf_dir / DNAVEC_FILE) if (hf_dir / DNAVEC_FILE).is_file() else {}
+    settings = info.get("tokenizer")
+    vocab_path = hf_dir / "vocab.txt"
+    if not vocab_path.is_file():
+        raise DNAVecError(f"{vocab_path}: not found (a DNAVec export has a vocab.txt)")
+    vocab = vocab_path.read_text(encoding="utf-8").splitlines()
+    try:
+        if settings:
+            tokenizer = KmerTokenizer(settings["k_min"], settings["k_max"], settings.get("k_weights"))
+        else:
+            if len(vocab) <= NUM_SPECIAL:
+                raise ValueError("no k-mers")
+            tokenizer = KmerTokenizer(len(vocab[NUM_SPECIAL]), len(vocab[-1]))
+    except (ValueError, KeyError, TypeError) as error:
+        raise DNAVecError(f"{vocab_path}: not a DNAVec k-mer vocabulary ({error})") from None
+    if vocab != tokenizer.vocab:
+        raise DNAVecError(
+            f"{vocab_path}: not the DNAVec k-mer vocabulary for k {tokenizer.k_min}..{tokenizer.k_max} "
+            f"({len(vocab):,} lines, expected {tokenizer.vocab_size:,})"
+        )
+    return tokenizer
+
+
+# ---- export ----------------------------------------------------------------
+
+def export_to_hf(params: Mapping, model_config: model_lib.BertConfig, tokenizer: KmerTokenizer,
+                 output_dir: str | os.PathLike, *, overwrite: bool = False, step: int | None = None,
+                 train_config: Mapping[str, Any] | None = None) -> Path:
+    """Writes a transformers BertForMaskedLM directory from Flax params; returns its path.
+
+    Everything is written into a temporary directory next to output_dir and renamed
+    at the end, so a failure leaves no half-written export. An existing non-empty
+    output_dir is refused unless overwrite.
+    """
+    output_dir = check_output_dir(output_dir, overwrite)
+    if tokenizer.vocab_size != model_config.vocab_size:
+        raise DNAVecError(
+            f"the tokenizer (k {tokenizer.k_min}..{tokenizer.k_max}) has {tokenizer.vocab_size:,} ids but "
+            f"the model's vocab_size is {model_config.vocab_size:,} (incompatible config)"
+        )
+    state = flax_to_hf_state(params, model_config)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
+    try:
+        _write_export(staging, state, model_config, tokenizer, step, train_config)
+        _move_into_place(staging, output_dir, overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output_dir
+
+
+def check_output_dir(output_dir: str | os.PathLike, overwrite: bool) -> Path:
+    """Raises DNAVecError unless output_dir is absent, an empty directory, or overwrite is set."""
+    output_dir = Path(output_dir).absolute()
+    if output_dir.exists() or output_dir.is_symlink():
+        if not output_dir.is_dir():
+            raise DNAVecError(f"--output_dir {output_dir} exists and is not a directory")
+        if any(output_dir.iterdir()) and not overwrite:
+            raise _not_empty(output_dir)
+    return output_dir
+
+
+def _not_empty(output_dir: Path) -> DNAVecError:
+    return DNAVecError(f"--output_dir {output_dir} exists and is not empty (pass --overwrite to replace it)")
+
+
+def _write_export(directory: Path, state: dict[str, np.ndarray], model_config: model_lib.BertConfig,
+                  tokenizer: KmerTokenizer, step: int | None, train_config: Mapping[str, Any] | None) -> None:
+    max_length = model_config.max_position_embeddings
+    _write_json(directory / "config.json", hf_config_dict(model_config))
+    save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+    tokenizer.write_vocab(directory / "vocab.txt")
+    build_fast_tokenizer(tokenizer).save(str(directory / "tokenizer.json"))
+    _write_json(directory / "tokenizer_config.json", tokenizer_config_dict(max_length))
+    _write_json(directory / "special_tokens_map.json", special_tokens_map())
+    k_weights = None if tokenizer.k_probs is None else [float(p) for p in tokenizer.k_probs]
+    _write_json(directory / DNAVEC_FILE, {
+        "format": EXPORT_FORMAT,
+        "version": EXPORT_VERSION,
+        "step": step,
+        "tokenizer": {"k_min": tokenizer.k_min, "k_max": tokenizer.k_max, "k_weights": k_weights},
+        "model": model_config.to_dict(),
+    })
+    (directory / "README.md").write_text(model_card(model_config, tokenizer, step, train_config), encoding="utf-8")
+    mode = 0o666 & ~_umask()  # safetensors writes 0600; mkdtemp makes the directory 0700
+    for path in directory.iterdir():
+        os.chmod(path, mode)
+    os.chmod(directory, 0o777 & ~_umask())
+
+
+def _move_into_place(staging: Path, output_dir: Path, overwrite: bool) -> None:
+    old = None
+    if output_dir.exists():
+        if any(output_dir.iterdir()):
+            if not overwrite:  # appeared while we were writing
+                raise _not_empty(output_dir)
+            old = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
+            os.replace(output_dir, old / "export")
+        else:
+            output_dir.rmdir()
+    os.replace(staging, output_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DNAVecError(f"{path}: cannot read JSON ({error})") from None
+    if not isinstance(value, dict):
+        raise DNAVecError(f"{path}: expected a JSON object")
+    return value
+
+
+def export_checkpoint(workdir: str | os.PathLike, output_dir: str | os.PathLike, step: int | None = None,
+                      overwrite: bool = False) -> tuple[Path, int]:
+    """`dnavec export-hf`: the training run in workdir (latest step by default) -> (output_dir, step)."""
+    check_output_dir(output_dir, overwrite)  # fail before loading a large checkpoint
+    if not Path(workdir).is_dir():
+        raise DNAVecError(f"--workdir {workdir}: no such directory")
+    from dnavec_jax import checkpointing  # the trainer's module (Orbax); only this command needs it
+
+    params, model_config, config, loaded_step = checkpointing.load_for_inference(workdir, step=step)
+    tokenizer = tokenizer_from_train_config(config, source=str(Path(workdir) / "config.json"))
+    path = export_to_hf(params, model_config, tokenizer, output_dir, overwrite=overwrite, step=loaded_step,
+                        train_config=config)
+    return path, int(loaded_step)
+
+
+def tokenizer_from_train_config(config: Mapping[str, Any], source: str = "training config") -> KmerTokenizer:
+    """KmerTokenizer of a training config (config['data']['prep'] k_min, k_max and optional k_weights)."""
+    try:
+        prep = config["data"]["prep"]
+        return KmerTokenizer(int(prep["k_min"]), int(prep["k_max"]), prep.get("k_weights"))
+    except (KeyError, TypeError) as error:
+        raise DNAVecError(f"{source}: no data.prep.k_min/k_max ({error})") from None
+    except ValueError as error:
+        raise DNAVecError(f"{source}: {error}") from None
+
+
+# ---- model card ------------------------------------------------------------
+
+def model_card(model_config: model_lib.BertConfig, tokenizer: KmerTokenizer, step: int | None,
+               train_config: Mapping[str, Any] | None) -> str:
+    k_range = f"{tokenizer.k_min}..{tokenizer.k_max}"
+    if tokenizer.k_probs is None:
+        k_rule = f"k drawn uniformly from {k_range} per position"
+    else:
+        probabilities = [round(float(p), 4) for p in tokenizer.k_probs]
+        k_rule = f"k drawn per position from {k_range} with probabilities {probabilities}"
+    data = (train_config or {}).get("data")
+    if hasattr(data, "to_dict"):  # an ml_collections ConfigDict
+        data = data.to_dict()
+    data_text = (
+        "Training data settings (from the training config):\n\n```json\n"
+        + json.dumps(data, indent=2, default=str) + "\n```\n"
+        if data else "The training data settings were not recorded with this export.\n"
+    )
+    rows = [("vocab_size", f"{model_config.vocab_size:,}"), ("hidden_size", model_config.hidden_size),
+            ("num_hidden_layers", model_config.num_layers), ("num_attention_heads", model_config.num_heads),
+            ("intermediate_size", model_config.intermediate_size),
+            ("max_position_embeddings", model_config.max_position_embeddings),
+            ("hidden_act", "gelu (exact erf)"), ("layer_norm_eps", model_config.layer_norm_eps),
+            ("hidden_dropout_prob", model_config.hidden_dropout_rate), ("attention_probs_dropout_prob", 0.0)]
+    table = "\n".join(f"| {name} | {value} |" for name, value in rows)
+    step_text = f"training step {step}" if step is not None else "an unrecorded training step"
+    fixed_k = min(max(6, tokenizer.k_min), tokenizer.k_max)
+    k_weights_arg = "" if tokenizer.k_probs is None else f", k_weights={[float(p) for p in tokenizer.k_probs]}"
+    return f"""---
+library_name: transformers
+pipeline_tag: fill-mask
+tags:
+- dna
+- genomics
+- bert
+- k-mer
+- dnavec
+---
+
+# DNAVec BERT ({model_config.num_layers} layers, hidden {model_config.hidden_size}, k {k_range})
+
+A BERT masked language model pretrained with DNAVec-JAX (JAX/Flax) on genomic
+DNA cut into variable-length k-mer tokens, exported from {step_text} to the
+PyTorch `BertForMaskedLM` layout of transformers.
+
+## Data
+
+{data_text}
+## Tokenization
+
+Every position i of an A/C/G/T run starts one token, the k-mer `S[i:i+k]`, with
+{k_rule}; near the end of a run k is limited to the bases left.
+Runs of `N` (or any other letter) split a sequence: tokenize each A/C/G/T run
+separately.
+The vocabulary (`vocab.txt`, line number = id) is `[PAD] [UNK] [CLS] [SEP] [MASK]`
+followed by all {tokenizer.k_min}-mers, ..., all {tokenizer.k_max}-mers, each length in
+A<C<G<T lexicographic order: {tokenizer.vocab_size:,} ids. A run of L bases gives
+L - {tokenizer.k_min - 1} tokens (L - k + 1 with a fixed k), plus `[CLS]` and `[SEP]`;
+with random k, windows of up to {model_config.max_position_embeddings - 3 + tokenizer.k_min:,} bases fit the
+model's {model_config.max_position_embeddings:,} positions.
+
+The Hugging Face tokenizer does not cut DNA into k-mers: it maps **space-separated
+k-mer text** one token per k-mer (WordPiece over the vocabulary, whitespace split,
+no lower-casing, `[CLS] ... [SEP]` added). Turn DNA into k-mer text with DNAVec-JAX:
+
+```python
+from dnavec_jax.tokenization import KmerTokenizer
+
+kmers = KmerTokenizer({tokenizer.k_min}, {tokenizer.k_max}{k_weights_arg})
+text = kmers.kmer_text("GATCCCACGTTAGC", seed=0)  # random k per position, as in training
+text = kmers.kmer_text("GATCCCACGTTAGC", k={fixed_k})     # or one fixed k
+```
+
+or, for a fixed k, without it:
+
+```python
+seq, k = "GATCCCACGTTAGC", {fixed_k}
+text = " ".join(seq[i:i + k] for i in range(len(seq) - k + 1))
+```
+
+## Model
+
+| setting | value |
+|---|---|
+{table}
+
+The MLM decoder is tied to the word embeddings (its bias is `cls.predictions.bias`).
+The BertModel pooler is included so `AutoModel` loads every weight; MLM pretraining
+does not train it. Loading `BertForMaskedLM` reports the pooler as unused
+("unexpected") and `AutoModel` reports the MLM head as unused: both expected,
+nothing is missing.
+
+## How to load
+
+```python
+import torch
+from transformers import AutoTokenizer, BertForMaskedLM, AutoModel
+
+tokenizer = AutoTokenizer.from_pretrained("path/to/this/directory")
+model = BertForMaskedLM.from_pretrained("path/to/this/directory").eval()   # or AutoModel for hidden states
+batch = tokenizer([text], return_tensors="pt")
+with torch.no_grad():
+    logits = model(**batch).logits                        # (1, tokens, {model_config.vocab_size})
+```
+
+`dnavec.json` records the k range and the Flax model config; DNAVec-JAX reads
+this directory back with `dnavec_jax.hf_export.load_hf_pretrained`.
+"""
+
+
+# ---- import ------------------------------------------------------------------
+
+class HFImport(NamedTuple):
+    params: dict  # nested Flax params, numpy float32, as model.init_params produces
+    model_config: model_lib.BertConfig
+    tokenizer: KmerTokenizer | None  # None if the directory has no DNAVec k-mer vocab.txt
+    initialized: tuple[str, ...]  # parts the checkpoint lacked, freshly initialised ("pooler", "mlm_head")
+
+
+def read_hf_state(hf_dir: str | os.PathLike) -> dict[str, np.ndarray]:
+    """All tensors of model.safetensors (or its sharded index) as numpy arrays; no pickle is ever read."""
+    hf_dir = Path(hf_dir)
+    single, index = hf_dir / WEIGHTS_NAME, hf_dir / WEIGHTS_INDEX_NAME
+    if single.is_file():
+        files = [single]
+    elif index.is_file():
+        weight_map = _read_json(index).get("weight_map", {})
+        files = [hf_dir / name for name in sorted(set(weight_map.values()))]
+    elif any((hf_dir / name).exists() for name in ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")):
+        raise DNAVecError(f"{hf_dir}: only model.safetensors weights can be loaded (no pickle); "
+                          "re-save the model with save_pretrained(safe_serialization=True)")
+    else:
+        raise DNAVecError(f"{hf_dir}: no {WEIGHTS_NAME} found")
+    state = {}
+    for path in files:
+        try:
+            with safe_open(str(path), framework="np") as handle:
+                for key in handle.keys():
+                    state[key] = handle.get_tensor(key)
+        except (OSError, ValueError, TypeError, SafetensorError) as error:
+            raise DNAVecError(f"{path}: cannot read safetensors weights ({error})") from None
+    return state
+
+
+def _canonical_hf_names(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """BertModel-only names gain the 'bert.' prefix; old LayerNorm gamma/beta become weight/bias."""
+    out = {}
+    for name, value in state.items():
+        if name.startswith(("embeddings.", "encoder.", "pooler.")):
+            name = "bert." + name
+        if ".LayerNorm." in name and name.endswith((".gamma", ".beta")):
+            name = name.rsplit(".", 1)[0] + (".weight" if name.endswith(".gamma") else ".bias")
+        out[name] = value
+    return out
+
+
+def load_hf_pretrained(hf_dir: str | os.PathLike, model_config: model_lib.BertConfig | None = None, *,
+                       allow_init: Sequence[str] = ("pooler",), seed: int = 0) -> HFImport:
+    """A Hugging Face BERT directory (ours or any of matching shape) -> Flax params.
+
+    model_config: if given, the checkpoint must have its shapes (to continue a
+      training run's pretraining from it); otherwise the config comes from config.json.
+    allow_init: parts a checkpoint may lack and that are then initialised as in
+      model.init_params(seed): "pooler" (transformers' BertForMaskedLM.save_pretrained
+      has none), "mlm_head" (a BertModel checkpoint). Anything else missing is an error.
+    The tied decoder (cls.predictions.decoder.*) is accepted only if equal to the word
+    embeddings and cls.predictions.bias; the NSP head and position_ids buffers are ignored.
+    """
+    unknown_parts = sorted(set(allow_init) - set(_PART_PREFIXES))
+    if unknown_parts:
+        raise ValueError(f"allow_init: unknown part(s) {unknown_parts}; known: {sorted(_PART_PREFIXES)}")
+    hf_dir = Path(hf_dir)
+    if not hf_dir.is_dir():
+        raise DNAVecError(f"{hf_dir}: no such directory")
+    config_path = hf_dir / "config.json"
+    if not config_path.is_file():
+        raise DNAVecError(f"{config_path}: not found (a Hugging Face model directory has a config.json)")
+    model_config = model_config_from_hf(_read_json(config_path), model_config, source=str(config_path))
+    state = _canonical_hf_names(read_hf_state(hf_dir))
+
+    decoder_weight, decoder_bias = state.pop(_DECODER_WEIGHT, None), state.pop(_DECODER_BIAS, None)
+    if decoder_bias is not None:
+        if "cls.predictions.bias" not in state:
+            state["cls.predictions.bias"] = decoder_bias
+        elif not np.array_equal(decoder_bias, state["cls.predictions.bias"]):
+            raise DNAVecError(f"{hf_dir}: {_DECODER_BIAS} differs from cls.predictions.bias (untied decoder bias)")
+    if decoder_weight is not None:
+        word = state.get("bert.embeddings.word_embeddings.weight")
+        if word is None or not np.array_equal(decoder_weight, word):
+            raise DNAVecError(f"{hf_dir}: {_DECODER_WEIGHT} differs from the word embeddings; our MLM decoder "
+                              "is tied to them (incompatible checkpoint)")
+
+    table = name_table(model_config.num_layers)
+    known = {hf for _, hf, _ in table}
+    unexpected = sorted(name for name in state if name not in known
+                        and not name.startswith(_IGNORED_HF_PREFIXES) and not name.endswith(_IGNORED_HF_SUFFIXES))
+    if unexpected:
+        raise DNAVecError(f"{hf_dir}: weights our model does not have: {', '.join(unexpected[:3])}"
+                          f"{' ...' if len(unexpected) > 3 else ''} (incompatible checkpoint)")
+
+    missing = [(flax, hf) for flax, hf, _ in table if hf not in state]
+    initialized = []
+    for part, prefixes in _PART_PREFIXES.items():
+        part_missing = [flax for flax, _ in missing if flax.split("/")[0] in prefixes]
+        if part_missing and part in allow_init:
+            initialized.append(part)
+    fill = {flax for flax, _ in missing if any(flax.split("/")[0] in _PART_PREFIXES[p] for p in initialized)}
+    still_missing = [hf for flax, hf in missing if flax not in fill]
+    if still_missing:
+        raise DNAVecError(f"{hf_dir}: weights missing: {', '.join(still_missing[:3])}"
+                          f"{' ...' if len(still_missing) > 3 else ''}"
+                          + (" (a BertModel checkpoint has no MLM head: allow_init=('pooler', 'mlm_head') "
+                             "starts it fresh)" if any(n.startswith("cls.") for n in still_missing) else ""))
+    if fill:
+        fresh = _flatten(jax.device_get(model_lib.init_params(model_config, jax.random.key(seed))))
+        by_flax = {flax: (hf, transpose) for flax, hf, transpose in table}
+        for flax in fill:
+            hf, transpose = by_flax[flax]
+            array = np.asarray(fresh[flax], dtype=np.float32)
+            state[hf] = array.T if transpose else array
+
+    params = hf_state_to_flax(state, model_config)
+    tokenizer = None
+    if (hf_dir / "vocab.txt").is_file():
+        try:
+            tokenizer = kmer_tokenizer_from_export(hf_dir)
+        except DNAVecError:
+            tokenizer = None  # a BERT of matching shape with some other vocabulary
+    if tokenizer is not None and tokenizer.vocab_size != model_config.vocab_size:
+        raise DNAVecError(f"{hf_dir}: vocab.txt has {tokenizer.vocab_size:,} tokens, config.json vocab_size is "
+                          f"{model_config.vocab_size:,} (incompatible config)")
+    return HFImport(params, model_config, tokenizer, tuple(initialized))
+
+
+# ---- evaluation with transformers -------------------------------------------
+
+def mlm_accuracy_hf(model_or_dir, examples: Mapping[str, np.ndarray], batch_size: int = 16) -> float:
+    """MLM accuracy of a transformers BertForMaskedLM: sum(w * (argmax == id)) / sum(w).
+
+    examples: input_ids, input_mask, masked_lm_positions, masked_lm_ids, masked_lm_weights
+    (and optionally segment_ids), numpy arrays with a leading example axis, as the
+    trainer's eval batches. model_or_dir: a loaded BertForMaskedLM or an export
+    directory. Needs torch. The MLM head runs only at the masked positions, as in
+    the Flax model; logits are computed in float32.
+    """
+    import torch
+
+    if isinstance(model_or_dir, (str, os.PathLike)):
+        from transformers import BertForMaskedLM
+
+        model = BertForMaskedLM.from_pretrained(str(model_or_dir), dtype=torch.float32)
+    else:
+        model = model_or_dir
+    model.eval()
+    names = ("input_ids", "input_mask", "masked_lm_positions", "masked_lm_ids", "masked_lm_weights")
+    missing = [name for name in names if name not in examples]
+    if missing:
+        raise ValueError(f"examples lack {missing}")
+    arrays = {name: np.asarray(value) for name, value in examples.items()}
+    total = arrays["input_ids"].shape[0]
+    correct = weight = 0.0
+    with torch.no_grad():
+        for start in range(0, total, batch_size):
+            batch = {name: torch.from_numpy(np.ascontiguousarray(value[start:start + batch_size]))
+                     for name, value in arrays.items()}
+            segment = batch.get("segment_ids")
+            hidden = model.bert(
+                input_ids=batch["input_ids"].long(),
+                attention_mask=batch["input_mask"].long(),
+                token_type_ids=None if segment is None else segment.long(),
+            ).last_hidden_state
+            positions = batch["masked_lm_positions"].long()
+            picked = torch.gather(hidden, 1, positions[..., None].expand(-1, -1, hidden.shape[-1]))
+            logits = model.cls(picked.float())
+            hits = (logits.argmax(-1) == batch["masked_lm_ids"].long()).double()
+            weights = batch["masked_lm_weights"].double()
+            correct += float((hits * weights).sum())
+            weight += float(weights.sum())
+    return correct / weight if weight > 0 else float("nan")

@@ -1,0 +1,462 @@
+"""Hugging Face export without torch: files, names and layouts, round trip, tokenizer.json, errors, CLI.
+
+The transformers/torch parity tests are in test_hf_export_torch.py (they import helpers from here).
+"""
+
+import gzip
+import json
+import os
+import re
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from safetensors import safe_open
+from safetensors.numpy import load_file, save_file
+
+import dnavec_jax
+from dnavec_jax import cli, hf_export
+from dnavec_jax import model as model_lib
+from dnavec_jax.errors import DNAVecError
+from dnavec_jax.tokenization import KmerTokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---- helpers shared with test_hf_export_torch.py ------------------------------
+
+def small_setup(seed: int = 0):
+    """k 3..5 tokenizer (1,349 ids), hidden 64, 2 layers, 4 heads; every parameter perturbed.
+
+    init_params leaves biases at 0 and LayerNorm scales at 1, which would hide a
+    swapped or dropped bias/scale: random noise on every leaf makes each one matter.
+    """
+    tokenizer = KmerTokenizer(3, 5)
+    config = model_lib.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_layers=2, num_heads=4,
+                                  intermediate_size=128, max_position_embeddings=128, hidden_dropout_rate=0.05)
+    return tokenizer, config, perturbed_params(config, seed)
+
+
+def perturbed_params(config, seed: int = 0):
+    params = jax.device_get(model_lib.init_params(config, jax.random.key(seed)))
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda x: (np.asarray(x) + rng.normal(0.0, 0.05, x.shape)).astype(np.float32), params)
+
+
+def chr22_sequence(fasta_path) -> str:
+    with gzip.open(fasta_path, "rt") as handle:
+        return "".join(line.strip() for line in handle if not line.startswith(">")).upper()
+
+
+def chr22_windows(fasta_path, lengths, first_start: int = 123_457, gap: int = 97_003) -> list[str]:
+    """A/C/G/T-only windows of real chr22, one per length, spread over the megabase (N gap skipped)."""
+    sequence = chr22_sequence(fasta_path)
+    windows, start = [], first_start
+    for length in lengths:
+        while not re.fullmatch(r"[ACGT]+", sequence[start:start + length]):
+            start = (start + 10_007) % (len(sequence) - length)
+        windows.append(sequence[start:start + length])
+        start = (start + gap) % (len(sequence) - length)
+    return windows
+
+
+def flat_params(params) -> dict:
+    return {"/".join(key.key for key in path): leaf
+            for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+
+
+@pytest.fixture(scope="module")
+def small_export(tmp_path_factory):
+    tokenizer, config, params = small_setup()
+    out = tmp_path_factory.mktemp("hf") / "export"
+    hf_export.export_to_hf(params, config, tokenizer, out, step=1234,
+                           train_config={"data": {"prep": {"k_min": 3, "k_max": 5, "seq_length": 128}}})
+    return out, tokenizer, config, params
+
+
+# ---- files, names, layouts ---------------------------------------------------
+
+def test_export_files_and_config(small_export):
+    out, tokenizer, config, _ = small_export
+    assert sorted(os.listdir(out)) == sorted([
+        "config.json", "model.safetensors", "vocab.txt", "tokenizer.json", "tokenizer_config.json",
+        "special_tokens_map.json", "dnavec.json", "README.md"])
+    hf = json.loads((out / "config.json").read_text())
+    assert hf["architectures"] == ["BertForMaskedLM"] and hf["model_type"] == "bert"
+    assert (hf["vocab_size"], hf["hidden_size"], hf["num_hidden_layers"], hf["num_attention_heads"],
+            hf["intermediate_size"], hf["max_position_embeddings"]) == (1349, 64, 2, 4, 128, 128)
+    assert hf["hidden_act"] == "gelu" and hf["layer_norm_eps"] == 1e-12 and hf["pad_token_id"] == 0
+    assert hf["attention_probs_dropout_prob"] == 0.0 and hf["hidden_dropout_prob"] == 0.05
+    assert hf["tie_word_embeddings"] is True
+    tok_config = json.loads((out / "tokenizer_config.json").read_text())
+    assert tok_config["tokenizer_class"] == "BertTokenizer" and tok_config["do_lower_case"] is False
+    assert tok_config["model_max_length"] == 128
+    assert json.loads((out / "special_tokens_map.json").read_text())["mask_token"] == "[MASK]"
+    assert (out / "vocab.txt").read_text().splitlines() == tokenizer.vocab
+    info = json.loads((out / "dnavec.json").read_text())
+    assert info["step"] == 1234 and info["tokenizer"] == {"k_min": 3, "k_max": 5, "k_weights": None}
+    assert model_lib.BertConfig.from_dict(info["model"]) == config
+    # Readable by others, like any file we write (safetensors itself writes 0600).
+    mode = 0o666 & ~hf_export._umask()
+    assert {oct(path.stat().st_mode & 0o777) for path in out.iterdir()} == {oct(mode)}
+
+
+def test_safetensors_names_layouts_and_metadata(small_export):
+    out, _, config, params = small_export
+    with safe_open(str(out / "model.safetensors"), framework="np") as handle:
+        assert handle.metadata() == {"format": "pt"}
+        names = set(handle.keys())
+    state = load_file(str(out / "model.safetensors"))
+    assert all(value.dtype == np.float32 for value in state.values())
+    expected = {hf for _, hf, _ in hf_export.name_table(2)}
+    assert names == expected and len(names) == len(flat_params(params))
+    assert "cls.predictions.decoder.weight" not in names and "cls.predictions.decoder.bias" not in names
+    layer = params["encoder"]["layer_1"]
+    np.testing.assert_array_equal(state["bert.encoder.layer.1.intermediate.dense.weight"],
+                                  layer["intermediate"]["kernel"].T)  # (out, in) = (128, 64)
+    assert state["bert.encoder.layer.1.intermediate.dense.weight"].shape == (128, 64)
+    np.testing.assert_array_equal(state["bert.encoder.layer.1.attention.self.key.weight"],
+                                  layer["attention"]["key"]["kernel"].T)
+    np.testing.assert_array_equal(state["bert.encoder.layer.1.attention.output.LayerNorm.weight"],
+                                  layer["attention"]["LayerNorm"]["scale"])
+    np.testing.assert_array_equal(state["bert.encoder.layer.1.output.LayerNorm.bias"],
+                                  layer["output_LayerNorm"]["bias"])
+    np.testing.assert_array_equal(state["bert.embeddings.word_embeddings.weight"],
+                                  params["embeddings"]["word_embeddings"]["embedding"])
+    np.testing.assert_array_equal(state["cls.predictions.bias"], params["mlm_bias"])
+    np.testing.assert_array_equal(state["bert.pooler.dense.weight"], params["pooler"]["kernel"].T)
+
+
+def test_round_trip_flax_hf_flax_is_identical(small_export):
+    out, tokenizer, config, params = small_export
+    loaded = hf_export.load_hf_pretrained(out)
+    assert loaded.model_config == config and loaded.initialized == ()
+    assert loaded.tokenizer.vocab == tokenizer.vocab
+    assert jax.tree.structure(loaded.params) == jax.tree.structure(params)
+    for (path, a), b in zip(flat_params(params).items(), flat_params(loaded.params).values()):
+        assert a.dtype == b.dtype == np.float32 and a.shape == b.shape, path
+        np.testing.assert_array_equal(a, b, err_msg=path)
+    # Into a training run's config: shapes must agree; non-shape settings come from it.
+    run_config = model_lib.BertConfig(**{**config.to_dict(), "dtype": "bfloat16", "remat": True})
+    assert hf_export.load_hf_pretrained(out, run_config).model_config is run_config
+
+
+def test_fast_tokenizer_gives_project_ids_on_chr22(small_export, chr22_fasta):
+    from tokenizers import Tokenizer
+
+    out, tokenizer, _, _ = small_export
+    fast = Tokenizer.from_file(str(out / "tokenizer.json"))
+    for index, window in enumerate(chr22_windows(chr22_fasta, [60, 125, 200])):
+        for seed, k in ((index, None), (None, None), (0, 3), (0, 5)):
+            if seed is None and k is None:
+                continue
+            text = hf_export.dna_to_kmer_text(window, tokenizer, seed=seed, k=k)
+            assert text == tokenizer.kmer_text(window, seed=seed, k=k)
+            expected = [2, *tokenizer.encode(window, seed=seed, k=k).tolist(), 3]
+            assert fast.encode(text).ids == expected
+    assert fast.encode("ACG [MASK] TTTT acg ACGTAC").ids == [2, 5 + 6, 4, 5 + 64 + 255, 1, 1, 3]
+    assert fast.encode("ACG", "TTT").type_ids == [0, 0, 0, 1, 1]
+
+
+def test_model_card_and_its_fixed_k_snippet(small_export):
+    out, tokenizer, _, _ = small_export
+    card = (out / "README.md").read_text()
+    for needed in ("pipeline_tag: fill-mask", "training step 1234", "k 3..5", "seq_length", "BertForMaskedLM",
+                   "AutoTokenizer", "kmer_text", "1,349"):
+        assert needed in card, needed
+    snippets = re.findall(r"```python\n(.*?)```", card, flags=re.S)
+    namespace = {}
+    exec(next(s for s in snippets if "dnavec_jax" not in s and "seq, k" in s), namespace)  # the pure-Python one
+    assert namespace["text"] == KmerTokenizer(3, 5).kmer_text(namespace["seq"], k=namespace["k"])
+    exec(next(s for s in snippets if "KmerTokenizer" in s), namespace)
+    assert namespace["text"] == tokenizer.kmer_text("GATCCCACGTTAGC", k=5)
+
+
+def test_full_vocabulary_files(tmp_path, chr22_fasta):
+    from tokenizers import Tokenizer
+
+    tokenizer = KmerTokenizer(3, 8)
+    config = model_lib.BertConfig(hidden_size=8, num_layers=1, num_heads=2, intermediate_size=16,
+                                  max_position_embeddings=64)
+    assert config.vocab_size == tokenizer.vocab_size == 87_365
+    params = jax.device_get(model_lib.init_params(config, jax.random.key(1)))
+    out = hf_export.export_to_hf(params, config, tokenizer, tmp_path / "full")
+    assert json.loads((out / "config.json").read_text())["vocab_size"] == 87_365
+    assert (out / "vocab.txt").read_text().splitlines() == tokenizer.vocab
+    fast = Tokenizer.from_file(str(out / "tokenizer.json"))
+    assert fast.get_vocab_size() == 87_365
+    window = chr22_windows(chr22_fasta, [62])[0]
+    for k in (None, 3, 8):
+        text = tokenizer.kmer_text(window, seed=7, k=k)
+        assert fast.encode(text).ids == [2, *tokenizer.encode(window, seed=7, k=k).tolist(), 3]
+
+
+# ---- bad input -----------------------------------------------------------------
+
+def _no_leftovers(parent: Path, name: str):
+    return not [p for p in parent.iterdir() if p.name.startswith(f".{name}.")]
+
+
+def test_output_dir_rules(tmp_path):
+    tokenizer, config, params = small_setup()
+    out = tmp_path / "out"
+    out.mkdir()  # an empty directory is fine
+    hf_export.export_to_hf(params, config, tokenizer, out)
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    with pytest.raises(DNAVecError, match=r"exists and is not empty \(pass --overwrite"):
+        hf_export.export_to_hf(params, config, tokenizer, out)
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    (out / "stale.txt").write_text("old")
+    hf_export.export_to_hf(params, config, tokenizer, out, overwrite=True, step=5)
+    assert not (out / "stale.txt").exists() and json.loads((out / "dnavec.json").read_text())["step"] == 5
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DNAVecError, match="exists and is not a directory"):
+        hf_export.export_to_hf(params, config, tokenizer, tmp_path / "file")
+    assert _no_leftovers(tmp_path, "out") and _no_leftovers(tmp_path, "file")
+
+
+def test_failed_export_leaves_nothing(tmp_path, monkeypatch):
+    tokenizer, config, params = small_setup()
+
+    def broken_save(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(hf_export, "save_file", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        hf_export.export_to_hf(params, config, tokenizer, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+    # With --overwrite the old export survives a failed one.
+    monkeypatch.undo()
+    hf_export.export_to_hf(params, config, tokenizer, tmp_path / "out", step=1)
+    monkeypatch.setattr(hf_export, "save_file", broken_save)
+    with pytest.raises(OSError):
+        hf_export.export_to_hf(params, config, tokenizer, tmp_path / "out", overwrite=True, step=2)
+    assert json.loads((tmp_path / "out" / "dnavec.json").read_text())["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_incompatible_config_is_one_clear_error(tmp_path):
+    tokenizer, config, params = small_setup()
+    with pytest.raises(DNAVecError, match=r"tokenizer \(k 3..8\) has 87,365 ids but the model's vocab_size is 1,349"):
+        hf_export.export_to_hf(params, config, KmerTokenizer(3, 8), tmp_path / "a")
+    wider = model_lib.BertConfig(**{**config.to_dict(), "intermediate_size": 256})
+    with pytest.raises(DNAVecError,
+                       match=r"layer_0/intermediate/bias has shape \(128,\), the model config needs \(256,\)"):
+        hf_export.export_to_hf(params, wider, tokenizer, tmp_path / "b")
+    deeper = model_lib.BertConfig(**{**config.to_dict(), "num_layers": 3})
+    with pytest.raises(DNAVecError, match="missing encoder/layer_2"):
+        hf_export.export_to_hf(params, deeper, tokenizer, tmp_path / "c")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_import_rejects_incompatible_directories(small_export, tmp_path):
+    out, _, config, _ = small_export
+
+    def variant(name, config_changes=None, drop=(), add=None, weights=True):
+        target = tmp_path / name
+        target.mkdir()
+        hf = json.loads((out / "config.json").read_text())
+        hf.update(config_changes or {})
+        (target / "config.json").write_text(json.dumps(hf))
+        if weights:
+            state = load_file(str(out / "model.safetensors"))
+            state = {k: v for k, v in state.items() if not k.startswith(drop)} if drop else state
+            state.update(add or {})
+            save_file(state, str(target / "model.safetensors"), metadata={"format": "pt"})
+        return target
+
+    with pytest.raises(DNAVecError, match="model_type is 'roberta'"):
+        hf_export.load_hf_pretrained(variant("roberta", {"model_type": "roberta"}))
+    with pytest.raises(DNAVecError, match="hidden_act is 'gelu_new', needs 'gelu'"):
+        hf_export.load_hf_pretrained(variant("act", {"hidden_act": "gelu_new"}))
+    with pytest.raises(DNAVecError, match="num_layers is 2, the model config has 12"):
+        hf_export.load_hf_pretrained(out, model_lib.BertConfig(vocab_size=1349, hidden_size=64, num_heads=4,
+                                                               intermediate_size=128, max_position_embeddings=128))
+    with pytest.raises(DNAVecError, match=r"hidden_size \(64\) must be divisible by model.num_heads \(5\)"):
+        hf_export.load_hf_pretrained(variant("heads", {"num_attention_heads": 5}))
+    with pytest.raises(DNAVecError, match="no model.safetensors"):
+        hf_export.load_hf_pretrained(variant("empty", weights=False))
+    pickled = variant("pickle", weights=False)
+    (pickled / "pytorch_model.bin").write_bytes(b"not read")
+    with pytest.raises(DNAVecError, match="only model.safetensors weights can be loaded"):
+        hf_export.load_hf_pretrained(pickled)
+    with pytest.raises(DNAVecError, match=r"weights missing: bert.encoder.layer.1"):
+        hf_export.load_hf_pretrained(variant("short", drop=("bert.encoder.layer.1.",)))
+    with pytest.raises(DNAVecError, match="weights our model does not have: bert.encoder.layer.2"):
+        extra_layer = {"bert.encoder.layer.2.output.dense.bias": np.zeros(64, np.float32)}
+        hf_export.load_hf_pretrained(variant("long", add=extra_layer))
+    untied = {"cls.predictions.decoder.weight": np.ones((1349, 64), np.float32)}
+    with pytest.raises(DNAVecError, match="differs from the word embeddings"):
+        hf_export.load_hf_pretrained(variant("untied", add=untied))
+    with pytest.raises(DNAVecError, match="intermediate.dense.weight has shape"):
+        hf_export.load_hf_pretrained(variant("wider", {"intermediate_size": 256}))
+    with pytest.raises(DNAVecError, match="no such directory"):
+        hf_export.load_hf_pretrained(tmp_path / "absent")
+
+
+def test_import_fills_pooler_and_head_only_when_allowed(small_export, tmp_path):
+    out, _, config, params = small_export
+    state = load_file(str(out / "model.safetensors"))
+    # A BertModel checkpoint: names without "bert.", no MLM head, no pooler.
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text((out / "config.json").read_text())
+    save_file({k[len("bert."):]: v for k, v in state.items() if k.startswith("bert.") and "pooler" not in k},
+              str(base / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(DNAVecError, match=r"cls.predictions.*allow_init=\('pooler', 'mlm_head'\)"):
+        hf_export.load_hf_pretrained(base)
+    loaded = hf_export.load_hf_pretrained(base, allow_init=("pooler", "mlm_head"), seed=3)
+    assert loaded.initialized == ("pooler", "mlm_head") and loaded.tokenizer is None
+    np.testing.assert_array_equal(loaded.params["encoder"]["layer_0"]["output"]["kernel"],
+                                  params["encoder"]["layer_0"]["output"]["kernel"])
+    fresh = jax.device_get(model_lib.init_params(config, jax.random.key(3)))
+    np.testing.assert_array_equal(loaded.params["mlm_transform"]["kernel"], fresh["mlm_transform"]["kernel"])
+    # Tied decoder copies and the NSP head of BertForPreTraining are accepted.
+    full = tmp_path / "pretraining"
+    full.mkdir()
+    (full / "config.json").write_text((out / "config.json").read_text())
+    extra = {"cls.predictions.decoder.weight": state["bert.embeddings.word_embeddings.weight"],
+             "cls.predictions.decoder.bias": state["cls.predictions.bias"],
+             "cls.seq_relationship.weight": np.zeros((2, 64), np.float32)}
+    save_file({**state, **extra}, str(full / "model.safetensors"))
+    assert hf_export.load_hf_pretrained(full).initialized == ()
+    # bfloat16 weights (a common save dtype) load as float32.
+    import ml_dtypes
+
+    half = tmp_path / "bf16"
+    half.mkdir()
+    (half / "config.json").write_text((out / "config.json").read_text())
+    save_file({k: v.astype(ml_dtypes.bfloat16) for k, v in state.items()}, str(half / "model.safetensors"))
+    loaded = hf_export.load_hf_pretrained(half).params["encoder"]["layer_1"]["attention"]["value"]["kernel"]
+    original = params["encoder"]["layer_1"]["attention"]["value"]["kernel"]
+    assert loaded.dtype == np.float32
+    np.testing.assert_array_equal(loaded, original.astype(ml_dtypes.bfloat16).astype(np.float32))
+
+
+# ---- command line ------------------------------------------------------------
+
+@pytest.fixture
+def fake_checkpointing(monkeypatch):
+    """Stands in for dnavec_jax.checkpointing.load_for_inference (the trainer's module)."""
+    tokenizer, config, params = small_setup()
+    calls = []
+
+    def load_for_inference(workdir, step=None):
+        calls.append((workdir, step))
+        if step not in (None, 20):
+            raise DNAVecError(f"{workdir}: no checkpoint for step {step} (have: 10, 20)")
+        train_config = {"data": {"prep": {"k_min": 3, "k_max": 5, "seq_length": 128}}}
+        return params, config, train_config, 20
+
+    fake = types.ModuleType("dnavec_jax.checkpointing")
+    fake.load_for_inference = load_for_inference
+    monkeypatch.setitem(sys.modules, "dnavec_jax.checkpointing", fake)
+    monkeypatch.setattr(dnavec_jax, "checkpointing", fake, raising=False)
+    return calls, params
+
+
+def test_cli_export_hf(tmp_path, capsys, fake_checkpointing):
+    calls, params = fake_checkpointing
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    assert cli.main(["export-hf", "--workdir", str(workdir), "--output_dir", str(tmp_path / "hf")]) == 0
+    assert "exported step 20" in capsys.readouterr().out
+    assert calls == [(str(workdir), None)]
+    loaded = hf_export.load_hf_pretrained(tmp_path / "hf")
+    np.testing.assert_array_equal(loaded.params["mlm_bias"], params["mlm_bias"])
+    assert json.loads((tmp_path / "hf" / "dnavec.json").read_text())["step"] == 20
+
+    def fails(argv, message):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+
+    fails(["export-hf", "--workdir", str(workdir), "--output_dir", str(tmp_path / "hf")],
+          "exists and is not empty (pass --overwrite")
+    fails(["export-hf", "--workdir", str(workdir), "--output_dir", str(tmp_path / "hf2"), "--step", "15"],
+          "no checkpoint for step 15")
+    fails(["export-hf", "--workdir", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "hf3")],
+          "no such directory")
+    assert not (tmp_path / "hf2").exists() and not (tmp_path / "hf3").exists()
+    assert _no_leftovers(tmp_path, "hf2")
+    assert cli.main(["export-hf", "--workdir", str(workdir), "--output_dir", str(tmp_path / "hf"),
+                     "--step", "20", "--overwrite"]) == 0
+
+
+def test_cli_with_the_trainers_checkpoints(tmp_path, capsys):
+    """A real Orbax checkpoint written with checkpointing.save, exported by `dnavec export-hf`."""
+    checkpointing = pytest.importorskip("dnavec_jax.checkpointing")
+    tokenizer, config, params = small_setup()
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+
+    def fails(argv, message):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+
+    out = ["--output_dir", str(tmp_path / "hf")]
+    fails(["export-hf", "--workdir", str(workdir), *out], "no config.json")
+    train_config = {"model": config.to_dict(), "data": {"prep": {"k_min": 3, "k_max": 5, "seq_length": 128}}}
+    checkpointing.write_config(workdir, train_config)
+    fails(["export-hf", "--workdir", str(workdir), *out], "no checkpoints")
+    manager = checkpointing.make_manager(workdir, async_save=False)
+    for step, scale in ((10, 0.5), (20, 1.0)):
+        step_params = jax.tree.map(lambda x, s=scale: (x * s).astype(np.float32), params)
+        checkpointing.save(manager, step, step_params, {"count": np.zeros((), np.int32)}, {"step": step})
+    manager.wait_until_finished()
+    manager.close()
+    fails(["export-hf", "--workdir", str(workdir), *out, "--step", "15"], "no checkpoint for step 15")
+    assert not (tmp_path / "hf").exists() and _no_leftovers(tmp_path, "hf")
+
+    assert cli.main(["export-hf", "--workdir", str(workdir), *out]) == 0
+    assert "exported step 20" in capsys.readouterr().out
+    loaded = hf_export.load_hf_pretrained(tmp_path / "hf")
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(loaded.params)):
+        np.testing.assert_array_equal(a, b)
+    assert loaded.tokenizer.vocab == tokenizer.vocab
+    assert '"seq_length": 128' in (tmp_path / "hf" / "README.md").read_text()
+    assert cli.main(["export-hf", "--workdir", str(workdir), *out, "--step", "10", "--overwrite"]) == 0
+    loaded = hf_export.load_hf_pretrained(tmp_path / "hf")
+    np.testing.assert_array_equal(loaded.params["mlm_bias"], params["mlm_bias"] * np.float32(0.5))
+    assert json.loads((tmp_path / "hf" / "dnavec.json").read_text())["step"] == 10
+
+
+def test_python_m_entry_point(tmp_path):
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "x").write_text("x")
+    result = subprocess.run(
+        [sys.executable, "-m", "dnavec_jax.cli", "export-hf", "--workdir", str(tmp_path), "--output_dir", str(out)],
+        capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: --output_dir") and result.stderr.count("\n") == 1
+    assert "Traceback" not in result.stderr
+    help_text = subprocess.run([sys.executable, "-m", "dnavec_jax.cli", "export-hf", "--help"], capture_output=True,
+                               text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert help_text.returncode == 0 and "--output_dir" in help_text.stdout and "--step" in help_text.stdout
+
+
+def test_k_weights_are_recorded_and_restored(tmp_path):
+    _, config, params = small_setup()
+    tokenizer = KmerTokenizer(3, 5, k_weights=[1, 0, 3])
+    out = hf_export.export_to_hf(params, config, tokenizer, tmp_path / "weighted")
+    assert json.loads((out / "dnavec.json").read_text())["tokenizer"]["k_weights"] == [0.25, 0.0, 0.75]
+    restored = hf_export.load_hf_pretrained(out).tokenizer
+    sequence = "GATTACA" * 30
+    assert restored.kmer_text(sequence, seed=3) == tokenizer.kmer_text(sequence, seed=3)
+    card = (out / "README.md").read_text()
+    namespace = {}
+    exec(next(s for s in re.findall(r"```python\n(.*?)```", card, flags=re.S) if "KmerTokenizer" in s), namespace)
+    assert namespace["kmers"].kmer_text(sequence, seed=3) == tokenizer.kmer_text(sequence, seed=3)
+    # Without dnavec.json the k range still comes from vocab.txt (weights are then unknown: uniform).
+    (out / "dnavec.json").unlink()
+    assert hf_export.kmer_tokenizer_from_export(out).vocab == tokenizer.vocab
+    (out / "vocab.txt").write_text("\n".join(tokenizer.vocab[:-1]) + "\n")
+    with pytest.raises(DNAVecError, match=r"not the DNAVec k-mer vocabulary for k 3..5 \(1,348 lines, expected 1,349"):
+        hf_export.kmer_tokenizer_from_export(out)
