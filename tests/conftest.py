@@ -81,3 +81,33 @@ def tiny_tfrecord_config(tiny_config, tiny_dataset):
     tiny_config.data.update(source="tfrecord", data_dir=str(tiny_dataset))
     tiny_config.data.prep.update(**TINY_PREP)
     return tiny_config
+
+
+# ---- a trained model for the export and analysis tests ----
+
+@pytest.fixture(scope="session")
+def trained_workdir(tmp_path_factory, compile_cache, tiny_dataset) -> Path:
+    """configs/tiny.py trained for 40 steps on the prepared chr22 shards (k 3..4, 64 tokens).
+
+    A stand-in for a demo run: real data, real checkpoints, a metrics.jsonl whose
+    last eval row covers the whole validation split.
+    """
+    from dnavec_jax import train
+
+    config = load_config_file("tiny")
+    config.data.update(source="tfrecord", data_dir=str(tiny_dataset), shuffle_buffer=256)
+    config.data.prep.update(**TINY_PREP)
+    config.train.update(num_train_steps=40, warmup_steps=5, log_every_steps=10, eval_every_steps=0,
+                        checkpoint_every_steps=20, async_checkpointing=False)
+    workdir = tmp_path_factory.mktemp("trained") / "run"
+    train.train_and_evaluate(config, workdir)
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def trained_export(trained_workdir, tmp_path_factory) -> Path:
+    """trained_workdir's latest checkpoint exported as a Hugging Face directory."""
+    from dnavec_jax import hf_export
+
+    output_dir, _ = hf_export.export_checkpoint(trained_workdir, tmp_path_factory.mktemp("export") / "hf")
+    return Path(output_dir)

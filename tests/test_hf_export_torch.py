@@ -197,3 +197,28 @@ def test_base_size_model_matches_flax_at_512_tokens(tmp_path, chr22_fasta):
     out = hf_export.export_to_hf(params, config, tokenizer, tmp_path / "base")
     windows = chr22_windows(chr22_fasta, [512, 300], first_start=300_001)  # 510 k-mers + [CLS]/[SEP]
     check_parity(out, tokenizer, config, params, windows, seeds=[21, 22])
+
+
+def test_exported_mlm_accuracy_equals_the_trainers_final_eval(trained_workdir, trained_export):
+    """Same validation examples, same masked positions: transformers' accuracy is the metrics.jsonl figure."""
+    import json
+
+    from dnavec_jax.data import load_prepared
+    from dnavec_jax.input_pipeline import tfrecord_eval_batches
+
+    config = json.loads((trained_workdir / "config.json").read_text())
+    dataset = load_prepared(config["dataset"]["path"])
+    batches = list(tfrecord_eval_batches(dataset.files("validation"), 64, dataset.metadata["seq_length"],
+                                         dataset.metadata["max_predictions"], 0, 1, 10**6 // 64))
+    examples = {name: np.concatenate([b[name] for b in batches]) for name in batches[0]}
+    real = examples["input_mask"].max(axis=1) > 0
+    examples = {name: value[real] for name, value in examples.items()}
+    assert len(examples["input_ids"]) == dataset.num_examples("validation") > 0
+
+    rows = [json.loads(line) for line in (trained_workdir / "metrics.jsonl").read_text().splitlines()]
+    final_eval = [row for row in rows if row["split"] == "eval"][-1]
+    assert final_eval["step"] == 40 and final_eval["masked_tokens"] == examples["masked_lm_weights"].sum()
+    accuracy = hf_export.mlm_accuracy_hf(trained_export, examples)
+    # Equal up to float32 ties between near-equal logits (none expected in a trained model's argmax).
+    assert abs(accuracy - final_eval["accuracy"]) <= 1e-7, (accuracy, final_eval["accuracy"])
+    assert 0.0 < accuracy < 1.0
