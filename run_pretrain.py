@@ -8,6 +8,7 @@ num_processes and process_id. See docs/training.md.
 
 import os
 import sys
+from pathlib import Path
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -59,10 +60,19 @@ def main(argv) -> None:
     tf.config.set_visible_devices([], "GPU")
 
     def run() -> None:
+        import jax
+
         maybe_initialize_distributed(FLAGS.config.distributed)
         from dnavec_jax import train
 
-        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        export_dir = FLAGS.config.export.hf_dir
+        if export_dir and not result["preempted"] and jax.process_index() == 0:
+            from dnavec_jax import hf_export
+
+            target = Path(FLAGS.workdir) / export_dir  # an absolute hf_dir stays as it is
+            output_dir, step = hf_export.export_checkpoint(FLAGS.workdir, target, overwrite=True)
+            logging.info("exported step %d as a Hugging Face model to %s", step, output_dir)
 
     status = run_cli(run)
     if status:

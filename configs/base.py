@@ -97,6 +97,12 @@ def get_config() -> ml_collections.ConfigDict:
         async_checkpointing=True,
     ))
 
+    # ---- export: after a completed (not preempted) run, the final checkpoint as a
+    # Hugging Face BertForMaskedLM directory (dnavec export-hf does the same by hand) ----
+    config.export = ml_collections.ConfigDict(dict(
+        hf_dir="hf",  # relative to the workdir (or absolute); "" disables
+    ))
+
     # ---- multi-host ----
     config.distributed = ml_collections.ConfigDict(dict(
         # "auto": jax.distributed.initialize() when a coordinator is set here or a
