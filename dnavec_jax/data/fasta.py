@@ -40,6 +40,12 @@ for _letter in b"acgt":
     _UPPER_ONLY_CODES[_letter] = INVALID_CODE
 
 
+def file_digest(path: str | os.PathLike, algorithm: str) -> str:
+    """Hex digest of a file's bytes (read in blocks; genome-sized files welcome)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, algorithm).hexdigest()
+
+
 def base_code_table(soft_masked: str) -> np.ndarray:
     """Byte -> 2-bit code table: 'upper' reads a/c/g/t like A/C/G/T, 'drop' makes them invalid."""
     return BASE_CODES if soft_masked == "upper" else _UPPER_ONLY_CODES
@@ -65,14 +71,6 @@ class GenomeRecord:
     name: str
     length: int
     file_index: int
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(_COPY_BUFFER):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _check_fasta_head(head: bytes, path: str) -> None:
@@ -157,7 +155,7 @@ def open_source(path: str, workdir: Path, file_index: int) -> SourceFile:
         raise DNAVecError(f"{path}: binary content, not a FASTA file") from None
     except ValueError as error:  # pyfaidx: 'Duplicate key "chr1"'
         raise DNAVecError(f"{path}: {_one_line(error)} (record names must be unique within a file)") from None
-    return SourceFile(str(source), _sha256(source), size, gzipped, str(plain), str(index))
+    return SourceFile(str(source), file_digest(source, "sha256"), size, gzipped, str(plain), str(index))
 
 
 def _one_line(error: Exception) -> str:

@@ -16,7 +16,6 @@ and checked, so an interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import sys
@@ -24,6 +23,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from dnavec_jax.data.fasta import file_digest
 from dnavec_jax.errors import DNAVecError
 
 HG38_URL = "https://hgdownload.soe.ucsc.edu/goldenPath/hg38/bigZips/hg38.fa.gz"
@@ -62,14 +62,6 @@ def _published_md5(url: str, file_name: str) -> str | None:
         if match and match.group(2) == file_name:
             return match.group(1)
     return None
-
-
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        while block := handle.read(_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def download_hg38(output_dir: str | os.PathLike, url: str = HG38_URL, md5sum_url: str | None = MD5SUM_URL,
@@ -125,7 +117,7 @@ def download_hg38(output_dir: str | os.PathLike, url: str = HG38_URL, md5sum_url
             raise DNAVecError(f"{part}: not gzip data; delete it and run again")
     if md5sum_url:
         expected = _published_md5(md5sum_url, file_name)
-        if expected is not None and _md5(part) != expected:
+        if expected is not None and file_digest(part, "md5") != expected:
             raise DNAVecError(f"{part}: MD5 differs from UCSC's md5sum.txt; delete it and run again")
     part.rename(target)
     return target
