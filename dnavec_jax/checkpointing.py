@@ -14,13 +14,20 @@ NamedShardings, so a checkpoint written on 4 devices restores onto 2 (or 1, or
 another mesh shape); restore_train_state checks the shardings it got back.
 load_for_inference is the entry point for export/analysis code: host numpy
 parameters, no mesh and no optimizer state needed.
+
+Faults: Orbax writes a step into `<step>.orbax-checkpoint-tmp` and renames it
+when complete, so a save cut short is never listed or loaded (and the next
+training run deletes it). A write that fails (disk full, unwritable workdir)
+raises a one-line DNAVecError naming the last complete checkpoint, which stays.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -76,13 +83,89 @@ def make_manager(workdir: str | os.PathLike, keep: int | None = None, async_save
 
 
 def save(manager: ocp.CheckpointManager, step: int, params: Any, opt_state: Any, meta: dict[str, Any]) -> bool:
-    """Starts an (async) save of one step; returns once the arrays are copied off the devices."""
+    """Starts an (async) save of one step; returns once the arrays are copied off the devices.
+
+    A write that fails (disk full, unwritable workdir), this save's or the
+    previous async one's (Orbax reports it here), raises a one-line DNAVecError
+    naming the last complete checkpoint, which stays on disk.
+    """
     args = ocp.args.Composite(
         params=ocp.args.StandardSave(params),
         opt_state=ocp.args.StandardSave(opt_state),
         meta=ocp.args.JsonSave(meta),
     )
-    return manager.save(step, args=args, force=True)
+    try:
+        return manager.save(step, args=args, force=True)
+    except (OSError, ValueError) as error:
+        if not _is_write_failure(error):
+            raise
+        raise _save_failed(manager, step, error) from None
+
+
+def wait(manager: ocp.CheckpointManager) -> None:
+    """Blocks until the pending async save is on disk; a failed write raises a one-line DNAVecError."""
+    try:
+        manager.wait_until_finished()
+    except (OSError, ValueError) as error:
+        if not _is_write_failure(error):
+            raise
+        raise _save_failed(manager, None, error) from None
+
+
+def complete_steps(directory: str | os.PathLike) -> list[int]:
+    """Steps with a complete checkpoint on disk.
+
+    Orbax writes a step into `<step>.orbax-checkpoint-tmp` and renames it to
+    `<step>` once every item is written, so a save cut short (crash, SIGKILL,
+    disk full) never has a plain step name.
+    """
+    try:
+        return sorted(int(p.name) for p in Path(directory).iterdir() if p.name.isdigit() and p.is_dir())
+    except OSError:
+        return []
+
+
+# Tensorstore (the array writer) reports OS errors as ValueError("RESOURCE_EXHAUSTED: ... [os_error_code='28']").
+_WRITE_FAILURE_MARKERS = ("os_error_code", "RESOURCE_EXHAUSTED", "PERMISSION_DENIED", "No space left",
+                          "Read-only file system", "Permission denied", "Disk quota exceeded")
+
+
+def _is_write_failure(error: BaseException) -> bool:
+    return isinstance(error, OSError) or any(marker in str(error) for marker in _WRITE_FAILURE_MARKERS)
+
+
+def _failure_reason(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    text = str(error)
+    match = re.search(r"([^:\"]+) \[os_error_code='(\d+)'\]", text)
+    if match:
+        return match.group(1).strip() or os.strerror(int(match.group(2)))
+    return " ".join(text.split())[:200]
+
+
+def _save_failed(manager: ocp.CheckpointManager, step: int | None, error: BaseException) -> DNAVecError:
+    # Orbax reports the first failed write of a save; its other writer threads may still be running
+    # (into the step's tmp directory): let them end, so nothing writes there once the error is raised.
+    for thread in threading.enumerate():
+        if (thread is not threading.current_thread() and not thread.daemon
+                and type(thread).__module__.startswith("orbax.")):
+            try:
+                thread.join(timeout=60)
+            except Exception:  # Orbax's threads re-raise their own error on join: it is the one reported
+                pass
+    directory = Path(manager.directory)
+    partial = sorted(int(p.name.split(".")[0]) for p in directory.glob("*.orbax-checkpoint-tmp*")
+                     if p.name.split(".")[0].isdigit())
+    failed = partial[-1] if partial else step
+    complete = complete_steps(directory)
+    return DNAVecError(
+        f"{directory}: cannot write the checkpoint"
+        + (f" of step {failed}" if failed is not None else "")
+        + f" ({_failure_reason(error)}); last complete checkpoint: "
+        + (f"step {complete[-1]} (kept)" if complete else "none")
+        + ". Free disk space or make the workdir writable, then run the same command again to resume"
+    )
 
 
 def restore_train_state(manager: ocp.CheckpointManager, step: int, abstract_params: Any, abstract_opt_state: Any,
@@ -156,8 +239,11 @@ def read_config(workdir: str | os.PathLike) -> dict[str, Any] | None:
 def write_config(workdir: str | os.PathLike, config: dict[str, Any]) -> Path:
     path = Path(workdir) / CONFIG_FILE
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as error:
+        raise DNAVecError(f"{path}: cannot write the run's config ({error.strerror or error})") from None
     return path
 
 
@@ -201,6 +287,11 @@ class WorkdirLock:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
+                fd = None
+            except OSError as error:
+                raise DNAVecError(f"{self.path.parent}: cannot write to the workdir "
+                                  f"({error.strerror or error})") from None
+            if fd is None:
                 holder = self._read_holder()
                 if holder is None or not self._is_stale(holder):
                     pid = (holder or {}).get("pid", "?")

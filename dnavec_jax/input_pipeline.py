@@ -20,6 +20,8 @@ checkpoint to TensorFlow's graph format):
   last partial batch is padded with all-zero examples of masked_lm_weights 0,
   and processes with fewer examples add all-padding batches, so every process
   runs the same number of eval steps over the WHOLE split.
+A shard TensorFlow cannot read (truncated, corrupt, not an example) stops the
+run with a one-line DNAVecError naming the file and the problem (_checked).
 TensorFlow is kept off accelerators and to a few threads (configure_tf).
 """
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -152,9 +155,11 @@ def tfrecord_train_batches(files: Sequence[str], shape: BatchShape, seed: int, s
                            ) -> Iterator[tuple[Batch, Position]]:
     """Endless (batch, position after it) pairs over this process's shards, from `start`."""
     epoch, skip = int(start[0]), int(start[1])
+    parse = _parse_fn(shape.seq_length, shape.max_predictions)
     while True:
         consumed = skip
-        for batch in _epoch_dataset(files, epoch, seed, shape, shuffle_buffer, skip, compression).as_numpy_iterator():
+        dataset = _epoch_dataset(files, epoch, seed, shape, shuffle_buffer, skip, compression)
+        for batch in _checked(dataset.as_numpy_iterator(), files, compression, parse, "training"):
             consumed += 1
             yield batch, (epoch, consumed)
         if consumed == 0:
@@ -163,6 +168,77 @@ def tfrecord_train_batches(files: Sequence[str], shape: BatchShape, seed: int, s
                 f"({shape.examples} examples); use a smaller batch or more data"
             )
         epoch, skip = epoch + 1, 0
+
+
+# ---- damaged shards ---------------------------------------------------------------
+# TensorFlow's read errors ("truncated record at 732550", "corrupted record at 0")
+# do not say which file; tf.data interleaves several. On such an error the
+# shards are read again one at a time to find the damaged one (error path only:
+# record framing and checksums first, then parsing), and the run stops with a
+# one-line DNAVecError naming the file and the problem.
+
+def _checked(iterator, files: Sequence[str], compression: str | None, parse, split: str) -> Iterator:
+    """Passes a tf.data numpy iterator through; a shard TensorFlow cannot read becomes a DNAVecError."""
+    import tensorflow as tf
+
+    while True:
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        except tf.errors.OpError as error:
+            damaged = find_damaged_shard(files, compression, parse)
+            if damaged is None:
+                raise  # not a problem of one shard (e.g. an I/O error that went away): keep TF's error
+            path, problem = damaged
+            raise DNAVecError(
+                f"{path}: damaged {split} shard: {problem}; the prepared dataset is not usable: delete "
+                f"{os.path.dirname(path) or '.'} and prepare it again"
+            ) from None
+        yield item
+
+
+def find_damaged_shard(files: Sequence[str], compression: str | None = None, parse=None) -> tuple[str, str] | None:
+    """(file, problem) of the first shard TensorFlow cannot read, or None if every shard reads.
+
+    Checks the record framing and checksums of every file, then (with `parse`)
+    that every record parses as an example of the dataset.
+    """
+    import tensorflow as tf
+
+    for with_parse in (False, True) if parse is not None else (False,):
+        for path in files:
+            ds = tf.data.TFRecordDataset(str(path), compression_type=compression or "").batch(1024)
+            if with_parse:
+                ds = ds.map(parse)
+            try:
+                for _ in ds:
+                    pass
+            except tf.errors.OpError as error:
+                return str(path), describe_read_error(error)
+    return None
+
+
+def describe_read_error(error) -> str:
+    """A short description of a TensorFlow read error of one TFRecord file."""
+    import tensorflow as tf
+
+    message = str(getattr(error, "message", error)).split(", value:")[0]  # not the record's bytes
+    noise = (r"\{\{function_node [^}]*\}\}|\[Op:[^\]]*\]( name: ?)?|\[\[\{\{node [^}]*\}\}\]\]|"
+             r"Error in user-defined function passed to \S+ transformation with iterator: [\w:]+: ")
+    message = re.sub(noise, "", message)
+    message = " ".join(message.encode("ascii", "backslashreplace").decode().split())
+    if match := re.search(r"truncated record at (\d+)", message):
+        return f"truncated (the file ends inside the record at byte {match.group(1)})"
+    if match := re.search(r"corrupted record at (\d+)", message):
+        if match.group(1) == "0":
+            return "corrupt (not a TFRecord file: checksum mismatch at byte 0)"
+        return f"corrupt (checksum mismatch in the record at byte {match.group(1)})"
+    if isinstance(error, tf.errors.NotFoundError):
+        return "file not found"
+    if isinstance(error, tf.errors.InvalidArgumentError):
+        return f"a record is not a valid example of this dataset ({message[:200]})"
+    return message[:300]
 
 
 def synthetic_examples(rng: np.random.Generator, rows: int, seq_length: int, max_predictions: int,
@@ -236,7 +312,8 @@ def tfrecord_eval_batches(files: Sequence[str], local_batch: int, seq_length: in
     ds = ds.shard(process_count, process_index).batch(local_batch)
     ds = ds.map(_parse_fn(seq_length, max_predictions), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     produced = 0
-    for batch in ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
+    parse = _parse_fn(seq_length, max_predictions)
+    for batch in _checked(ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator(), files, compression, parse, "validation"):
         produced += 1
         if produced > num_batches:
             raise DNAVecError(f"the validation shards hold more examples than their metadata says "

@@ -411,8 +411,12 @@ class MetricWriter:
         if not self.enabled:
             return
         row = {"step": int(step), "split": split, **{k: float(v) for k, v in metrics.items()}, "time": time.time()}
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(row) + "\n")
+        try:
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(row) + "\n")
+        except OSError as error:
+            raise DNAVecError(f"{self.path}: cannot write the metrics ({error.strerror or error}); free disk space "
+                              "or make the workdir writable, then run the same command again to resume") from None
         import tensorflow as tf
 
         # tf.summary.write with the "scalars" plugin tag: what tf.summary.scalar writes, without
@@ -555,7 +559,10 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, preempt_at_step: i
     check_vocabulary(config, model_config)
     input_pipeline.configure_tf(int(config.data.tf_threads))
     is_main = jax.process_index() == 0
-    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DNAVecError(f"{workdir}: cannot create the workdir ({error.strerror or error})") from None
     lock = checkpointing.WorkdirLock(workdir).acquire() if is_main else None
     try:
         return _train(config, workdir, model_config, is_main, preempt_at_step)
@@ -749,18 +756,20 @@ def _train(config, workdir: Path, model_config: BertConfig, is_main: bool,
                 meter.started = time.perf_counter()  # eval and checkpoint time are not step time
         if pending is not None:
             record(pending)
-        if preempted:
-            logging.warning("preemption: saved step %d; run the same command again to resume", step)
-        else:
+        if not preempted:
             if latest is not None and latest >= total and not last_eval and eval_step is not None:
                 run_eval(step)  # resumed a finished run: report its figures
             save(step)
     finally:
         progress.close()
         preemption.close()
-        manager.wait_until_finished()
-        manager.close()
-        writer.close()
+        try:
+            checkpointing.wait(manager)  # the last async save is on disk, or a one-line DNAVecError
+        finally:
+            manager.close()
+            writer.close()
+    if preempted:
+        logging.warning("preemption: saved step %d; run the same command again to resume", step)
     return {"step": step, "train": last_train, "eval": last_eval, "preempted": preempted}
 
 

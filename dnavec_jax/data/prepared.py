@@ -45,7 +45,10 @@ class PreparedDataset:
 
 
 def _is_incomplete(path: Path) -> bool:
-    return any("incomplete" in part for part in path.parts)
+    # TFDS writes the version directory as `incomplete.XXXXXX_<version>` (older releases:
+    # `<version>.incompleteXXXX`) and renames it when done. Only that name counts: the word
+    # elsewhere in the path (e.g. /data/incomplete_genomes/...) says nothing about the dataset.
+    return "incomplete" in path.name
 
 
 def read_complete(version_dir: Path) -> PreparedDataset | None:
