@@ -413,8 +413,30 @@ def test_training_stops_on_a_truncated_shard_with_a_one_line_error(damaged_copy,
     with pytest.raises(DNAVecError) as error:
         train.train_and_evaluate(tiny_tfrecord_config, tmp_path / "run")
     message = str(error.value)
-    assert "\n" not in message and message.startswith(f"{files[2]}: damaged training shard: truncated")
+    # Caught before compiling by the size recorded at prep time (the reader's own check,
+    # "truncated (the file ends inside the record at byte B)", is tested above).
+    assert "\n" not in message and message.startswith(f"{files[2]}: damaged training shard: ")
+    assert "were written" in message and "prepare it again" in message
     assert not (tmp_path / "run" / "lock").exists()
+
+
+def test_a_shard_cut_at_a_record_boundary_is_caught_by_its_recorded_size(damaged_copy, tiny_tfrecord_config,
+                                                                        tmp_path):
+    """TFRecord has no end marker: a shard cut between records reads as valid, so its size is checked."""
+    from dnavec_jax.data import load_prepared
+    from dnavec_jax.data.tfrecord import read_records
+
+    files = damaged_copy.files("train")
+    first_records = sum(8 + 4 + len(record) + 4 for record, _ in zip(read_records(files[1]), range(5)))
+    with open(files[1], "r+b") as handle:
+        handle.truncate(first_records)
+    assert sum(1 for _ in read_records(files[1])) == 5  # still a valid TFRecord file
+    expected = rf"^{re.escape(files[1])}: damaged training shard: [\d,]+ bytes, but [\d,]+ were written"
+    with pytest.raises(DNAVecError, match=expected):
+        load_prepared(damaged_copy.path)
+    tiny_tfrecord_config.data.data_dir = str(damaged_copy.path)
+    with pytest.raises(DNAVecError, match=expected):
+        train.train_and_evaluate(tiny_tfrecord_config, tmp_path / "run")
 
 
 # ---- disk full / unwritable workdir at save time ------------------------------------

@@ -234,6 +234,9 @@ def _metadata(settings, sources, records, skipped, stats, shards, tokenizer, wor
         "leak_figure": leaked / predicted if predicted else None,
         "files": {s: shards[s]["files"] for s in split_names},
         "shard_lengths": {s: shards[s]["shard_lengths"] for s in split_names},
+        # TFRecord has no end marker: a shard cut at a record boundary still reads as valid,
+        # so load_prepared compares every file's size with this.
+        "shard_bytes": {s: shards[s]["shard_bytes"] for s in split_names},
         "prep_seconds": round(seconds, 3),
         "num_workers": workers,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

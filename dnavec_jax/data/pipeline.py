@@ -370,6 +370,7 @@ def collect_shards(results: Sequence[dict], final_path: Callable[[str, int, int]
         splits[split] = {
             "files": files,
             "shard_lengths": [count for _, count, _ in parts],
+            "shard_bytes": [size for _, _, size in parts],
             "num_bytes": sum(size for _, _, size in parts),
         }
     return splits

@@ -115,4 +115,22 @@ def load_prepared(data_dir: str | os.PathLike) -> PreparedDataset:
         raise DNAVecError(
             f"{data_dir}: holds {len(datasets)} prepared datasets ({listed}); pass the one to use as the data dir"
         )
+    check_shard_sizes(datasets[0])
     return datasets[0]
+
+
+def check_shard_sizes(dataset: PreparedDataset) -> None:
+    """Every shard has the size it was written with (catches a file cut at a record boundary)."""
+    recorded = dataset.metadata.get("shard_bytes")
+    if not recorded:  # datasets written before the sizes were recorded
+        return
+    for split, sizes in recorded.items():
+        for name, size in zip(dataset.metadata["files"][split], sizes):
+            path = dataset.path / name
+            actual = path.stat().st_size
+            if actual != size:
+                what = "training" if split == "train" else split  # as the input pipeline says it
+                raise DNAVecError(
+                    f"{path}: damaged {what} shard: {actual:,} bytes, but {size:,} were written; "
+                    f"delete {dataset.path} and prepare it again"
+                )
