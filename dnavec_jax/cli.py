@@ -52,34 +52,91 @@ def _add_model_argument(parser) -> None:
 
 # ---- vectors / neighbors (dnavec_jax/vectors.py) ----
 def _add_vectors(subparsers) -> None:
-    parser = subparsers.add_parser("vectors", help="the V x hidden k-mer vector matrix (.npy, word2vec text)")
+    parser = subparsers.add_parser(
+        "vectors", help="the V x hidden k-mer vector matrix (.npy, word2vec text)",
+        description=(
+            "One vector per vocabulary entry, rows in id order (special tokens included): the input word "
+            "embeddings and/or the last-layer state of the token presented alone as [CLS] token [SEP]. Writes "
+            "vocab.txt, input_embeddings.npy, contextual_vectors.npy, their word2vec text files (*.w2v.txt, "
+            "for gensim KeyedVectors.load_word2vec_format) and vectors.json (docs/outputs.md)."
+        ),
+    )
     _add_model_argument(parser)
-    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--output_dir", required=True, help="directory to create (must be absent or empty)")
+    parser.add_argument("--kind", choices=("both", "input", "contextual"), default="both",
+                        help="which vectors to write (default both)")
+    parser.add_argument("--batch_size", type=int, default=512, help="tokens per jitted batch (contextual)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
     parser.set_defaults(handler=lambda args: _call("vectors", "run_vectors", args))
 
 
 def _add_neighbors(subparsers) -> None:
-    parser = subparsers.add_parser("neighbors", help="nearest k-mers of a k-mer by cosine similarity")
+    parser = subparsers.add_parser(
+        "neighbors", help="nearest k-mers of a k-mer by cosine similarity",
+        description=(
+            "Prints the --top k-mers most cosine-similar to --kmer (itself excluded, its self-similarity on "
+            "the line above) among all k-mers of the vocabulary. --model may also be a `dnavec vectors` "
+            "output directory, which skips recomputing the vectors."
+        ),
+    )
     _add_model_argument(parser)
-    parser.add_argument("--kmer", required=True)
-    parser.add_argument("--top", type=int, default=10)
+    parser.add_argument("--kmer", required=True, help="A/C/G/T k-mer with k in the model's range")
+    parser.add_argument("--top", type=int, default=10, help="how many neighbours to print")
+    parser.add_argument("--kind", choices=("input", "contextual"), default="input",
+                        help="input word embeddings (default) or contextual vectors of lone k-mers")
+    parser.add_argument("--batch_size", type=int, default=512, help="tokens per jitted batch (contextual)")
     parser.set_defaults(handler=lambda args: _call("vectors", "run_neighbors", args))
 
 
 # ---- embed (dnavec_jax/embedding.py) ----
 def _add_embed(subparsers) -> None:
-    parser = subparsers.add_parser("embed", help="contextual embeddings of the records of a FASTA file (.npz)")
+    parser = subparsers.add_parser(
+        "embed", help="contextual embeddings of the records of a FASTA file (.npz)",
+        description=(
+            "Per FASTA record: `cls` (mean [CLS] state over its windows) and `mean` (mean state over its k-mer "
+            "tokens), with `ids` (record names); N splits a record into contigs, long contigs are cut into "
+            "windows of the model's length and pooled. A record's vectors depend only on its own sequence, "
+            "--seed and --num_tokenizations (docs/outputs.md)."
+        ),
+    )
     _add_model_argument(parser)
-    parser.add_argument("--fasta", required=True)
+    parser.add_argument("--fasta", required=True, help="FASTA(.gz) file; every record is embedded")
     parser.add_argument("--output", required=True, help="output .npz")
+    parser.add_argument("--seed", type=int, default=0, help="tokenization seed (random k per position)")
+    parser.add_argument("--num_tokenizations", type=int, default=1,
+                        help="average over this many seeded tokenizations per record")
+    parser.add_argument("--per_token", action="store_true",
+                        help="also store every token's vector (flat arrays + per-record offsets)")
+    parser.add_argument("--batch_size", type=int, default=64, help="windows per jitted batch")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     parser.set_defaults(handler=lambda args: _call("embedding", "run_embed", args))
 
 
 # ---- tfidf (dnavec_jax/tfidf.py) ----
 def _add_tfidf(subparsers) -> None:
-    parser = subparsers.add_parser("tfidf", help="k-mer tf-idf over a genome: top-N CSV and word cloud")
-    parser.add_argument("--fasta", required=True, action="append")
+    parser = subparsers.add_parser(
+        "tfidf", help="k-mer tf-idf over a genome: top-N CSV and word cloud",
+        description=(
+            "Corpus tf-idf of k-mers (docs/outputs.md): a document is one data-prep example (up to "
+            "seq_length-2 k-mer tokens), tf = count / tokens, idf = ln((1+n)/(1+df)) + 1, tf-idf L2-normalised "
+            "per document, score = its mean over documents. Two streaming passes; writes tfidf_top.csv, "
+            "tfidf_scores.npy, tfidf_wordcloud.png and tfidf_summary.json."
+        ),
+    )
+    parser.add_argument("--fasta", required=True, action="append",
+                        help="FASTA(.gz) file; repeat for several files")
     parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--chromosomes", default="chr1-22",
+                        help="records to use, as in data prep: 'chr1-22' (default), 'all' or a comma list")
+    parser.add_argument("--k_min", type=int, default=3)
+    parser.add_argument("--k_max", type=int, default=8)
+    parser.add_argument("--seq_length", type=int, default=512,
+                        help="example length of data prep: a document holds up to seq_length-2 k-mer tokens")
+    parser.add_argument("--seed", type=int, default=0, help="tokenization seed (as data prep's) and word-cloud layout")
+    parser.add_argument("--min_contig_length", type=int, default=64,
+                        help="shorter A/C/G/T runs are skipped, as in data prep")
+    parser.add_argument("--top", type=int, default=100, help="k-mers in the CSV and the word cloud")
+    parser.add_argument("--overwrite", action="store_true", help="replace earlier outputs in --output_dir")
     parser.set_defaults(handler=lambda args: _call("tfidf", "run_tfidf", args))
 
 

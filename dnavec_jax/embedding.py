@@ -1,0 +1,268 @@
+"""Sequence embeddings: contextual vectors of DNA sequences pooled per record (`dnavec embed`).
+
+Per sequence (a FASTA record):
+  1. N runs and IUPAC letters split it into contigs of A/C/G/T (lower case reads as upper
+     case), as in data prep; other letters are an error naming the record.
+  2. It is tokenized as in training (inference.tokenize_sequence: one random k per
+     position, k_min..k_max). The generator's seed is derived from the --seed, the
+     tokenization index t (0..num_tokenizations-1) and a SHA-256 of the sequence's own
+     upper-cased letters: np.random.SeedSequence([seed, t, digest words]). So a record's
+     tokens, and its vectors, do not depend on its name, its position in the file or the
+     other records (two records with the same sequence get the same vectors).
+  3. Each contig's tokens are cut into windows of at most max_tokens (the model's training
+     length minus [CLS]/[SEP]), in near-equal parts; nothing is truncated. A window is
+     padded to a length that depends only on its own token count (inference.padded_length),
+     and windows of all records are batched by that length under one jit per length.
+  4. Pooling over all windows of all contigs and of all tokenizations:
+       cls  = mean of the windows' last-layer [CLS] states (each window weighs the same;
+              windows of one contig have near-equal sizes);
+       mean = mean of the last-layer states of all real k-mer tokens ([CLS], [SEP] and
+              padding excluded), i.e. a token-weighted mean over windows.
+     A record with no token (no A/C/G/T run of k_min bases) is an error naming it.
+
+embed_sequences(loaded, sequences, seed=0, num_tokenizations=1, batch_size=64,
+                per_token=False, *, names=None, progress=False) -> dict
+  cls, mean              float32 (n, hidden)
+  num_tokens, num_windows int64 (n,): per tokenization (the same for every tokenization:
+                          a contig of L bases always has L - k_min + 1 tokens)
+  with per_token (npz cannot hold ragged arrays without pickle, so flat arrays + offsets):
+  token_vectors          float32 (T, hidden), record by record, then tokenization by
+                          tokenization, then in sequence order
+  token_ids              int32 (T,) vocabulary ids
+  token_starts           int64 (T,) 0-based base offset of the token in its sequence
+  token_tokenization     int32 (T,) tokenization index t
+  token_offsets          int64 (n + 1,): record i's tokens are rows offsets[i]:offsets[i+1]
+
+`dnavec embed --model M --fasta F --output X.npz` writes those arrays plus `ids` (record
+names, a unicode array), `lengths` (bases per record) and the settings (`model`, `seed`,
+`num_tokenizations`, `max_tokens`, 0-d arrays); np.load(X) needs no pickle. The file is
+written to a temporary name and renamed; an existing --output is refused unless
+--overwrite. Records are read through data/fasta.py (pyfaidx), one whole record at a
+time; only one record's tokens plus the batches being filled are held at once (and the
+per-token output, when asked for).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from dnavec_jax.errors import DNAVecError
+from dnavec_jax.inference import Encoder, LoadedModel, check_dna, load_model, sequence_windows
+from dnavec_jax.tokenization import NUM_SPECIAL
+
+# The last Encoder built, reused while the same LoadedModel object and settings come back
+# (classification embeds train, dev and test with one model: one compilation per shape).
+_ENCODER_CACHE: list = []
+
+
+def record_seed(seed: int, tokenization: int, raw: np.ndarray) -> np.random.SeedSequence:
+    """The tokenization seed of one sequence: its own letters (upper-cased), --seed and t; see the module docstring."""
+    upper = np.where((raw >= ord("a")) & (raw <= ord("z")), raw - 32, raw).astype(np.uint8)
+    digest = hashlib.sha256(upper.tobytes()).digest()
+    return np.random.SeedSequence([int(seed), int(tokenization), *np.frombuffer(digest, dtype="<u4").tolist()])
+
+
+def _pool_head(hidden, input_ids, input_mask):
+    import jax.numpy as jnp
+
+    real = ((input_mask > 0) & (input_ids >= NUM_SPECIAL)).astype(jnp.float32)
+    return {"cls": hidden[:, 0], "sum": jnp.einsum("bl,blh->bh", real, hidden)}
+
+
+def _token_head(hidden, input_ids, input_mask):
+    return {**_pool_head(hidden, input_ids, input_mask), "hidden": hidden}
+
+
+def _encoder(loaded: LoadedModel, batch_size: int, per_token: bool) -> Encoder:
+    key = (int(batch_size), bool(per_token))
+    if _ENCODER_CACHE and _ENCODER_CACHE[0] is loaded and _ENCODER_CACHE[1] == key:
+        return _ENCODER_CACHE[2]
+    encoder = Encoder(loaded, batch_size=batch_size, head=_token_head if per_token else _pool_head)
+    _ENCODER_CACHE[:] = [loaded, key, encoder]
+    return encoder
+
+
+def _check_settings(seed: int, num_tokenizations: int, batch_size: int) -> None:
+    if seed < 0:
+        raise DNAVecError(f"--seed must be non-negative, got {seed}")
+    if num_tokenizations < 1:
+        raise DNAVecError(f"--num_tokenizations must be at least 1, got {num_tokenizations}")
+    if batch_size < 1:
+        raise DNAVecError(f"--batch_size must be positive, got {batch_size}")
+
+
+def _embed(loaded: LoadedModel, records: Iterable[tuple[str, np.ndarray]], num_records: int, *, seed: int,
+           num_tokenizations: int, batch_size: int, per_token: bool, progress: bool) -> dict:
+    """The pooled (and per-token) vectors of (name, raw letters) records; see the module docstring."""
+    from tqdm import tqdm
+
+    _check_settings(seed, num_tokenizations, batch_size)
+    hidden_size = loaded.config.hidden_size
+    cls_sum = np.zeros((num_records, hidden_size), np.float64)
+    token_sum = np.zeros((num_records, hidden_size), np.float64)
+    num_tokens = np.zeros(num_records, np.int64)  # all tokenizations; divided at the end
+    num_windows = np.zeros(num_records, np.int64)
+    token_parts: dict[tuple[int, int, int], np.ndarray] = {}
+    window_info: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
+    bar = tqdm(total=num_records, desc="embed", unit="seq", disable=not progress)
+
+    def windows() -> Iterator[tuple[tuple[int, int, int], np.ndarray]]:
+        seen = 0
+        for index, (name, raw) in enumerate(records):
+            seen += 1
+            for t in range(num_tokenizations):
+                pieces = sequence_windows(loaded.tokenizer, raw, record_seed(seed, t, raw), loaded.max_tokens, name)
+                if not pieces:
+                    raise DNAVecError(f"{name}: no k-mer to embed (no run of {loaded.tokenizer.k_min} or more "
+                                      "A/C/G/T bases)")
+                for w, window in enumerate(pieces):
+                    num_tokens[index] += len(window.ids)
+                    num_windows[index] += 1
+                    if per_token:
+                        window_info[(index, t, w)] = (window.ids, window.starts)
+                    yield (index, t, w), window.ids
+            bar.update(1)
+        if seen != num_records:
+            raise ValueError(f"expected {num_records} records, got {seen}")
+
+    encoder = _encoder(loaded, batch_size, per_token)
+    try:
+        for keys, outputs in encoder.encode_windows(windows()):
+            rows = np.array([key[0] for key in keys])
+            np.add.at(cls_sum, rows, outputs["cls"])
+            np.add.at(token_sum, rows, outputs["sum"])
+            if per_token:
+                for key, states in zip(keys, outputs["hidden"]):
+                    token_parts[key] = states[1:1 + len(window_info[key][0])]
+    finally:
+        bar.close()
+    if not np.isfinite(cls_sum).all() or not np.isfinite(token_sum).all():
+        raise DNAVecError(f"{loaded.source}: the model produced NaN or Inf states (a diverged model?)")
+    result = {
+        "cls": (cls_sum / np.maximum(num_windows, 1)[:, None]).astype(np.float32),
+        "mean": (token_sum / np.maximum(num_tokens, 1)[:, None]).astype(np.float32),
+        "num_tokens": num_tokens // num_tokenizations,
+        "num_windows": num_windows // num_tokenizations,
+    }
+    if per_token:
+        order = sorted(token_parts)
+        empty = np.zeros((0, hidden_size), np.float32)
+        result["token_vectors"] = np.concatenate([token_parts[key] for key in order] or [empty]).astype(np.float32)
+        result["token_ids"] = np.concatenate([window_info[key][0] for key in order] or [np.zeros(0)]).astype(np.int32)
+        result["token_starts"] = np.concatenate([window_info[key][1] for key in order]
+                                                or [np.zeros(0)]).astype(np.int64)
+        result["token_tokenization"] = np.concatenate(
+            [np.full(len(window_info[key][0]), key[1]) for key in order] or [np.zeros(0)]).astype(np.int32)
+        result["token_offsets"] = np.concatenate(([0], np.cumsum(num_tokens))).astype(np.int64)
+    return result
+
+
+def embed_sequences(loaded: LoadedModel, sequences: Sequence[str | bytes], seed: int = 0,
+                    num_tokenizations: int = 1, batch_size: int = 64, per_token: bool = False, *,
+                    names: Sequence[str] | None = None, progress: bool = False) -> dict:
+    """Pooled (and optionally per-token) vectors of DNA strings; see the module docstring for the keys.
+
+    names: used in error messages (default "sequence i"). Raises DNAVecError for a letter that is
+    not DNA or a sequence without any k-mer.
+    """
+    sequences = list(sequences)
+    if names is None:
+        names = [f"sequence {index}" for index in range(len(sequences))]
+    elif len(names) != len(sequences):
+        raise ValueError(f"{len(names)} names for {len(sequences)} sequences")
+    if not sequences:
+        raise DNAVecError("no sequences to embed")
+    records = ((name, check_dna(sequence, name)) for name, sequence in zip(names, sequences))
+    return _embed(loaded, records, len(sequences), seed=seed, num_tokenizations=num_tokenizations,
+                  batch_size=batch_size, per_token=per_token, progress=progress)
+
+
+# ---- FASTA and the command line -------------------------------------------------
+
+def fasta_records(path: str, work_dir: Path) -> tuple[list[tuple[str, int]], Iterator[tuple[str, np.ndarray]]]:
+    """(name, length) of every record of a FASTA(.gz) file and an iterator over (label, raw letters), one at a time."""
+    from dnavec_jax.data import fasta
+
+    source = fasta.open_source(path, work_dir, 0)
+    index = fasta.read_index(source)
+    if not index:
+        raise DNAVecError(f"{path}: no FASTA record")
+
+    def read() -> Iterator[tuple[str, np.ndarray]]:
+        reader = fasta.RecordReader([source])
+        try:
+            for position, (name, length) in enumerate(index):
+                raw = reader.read(fasta.GenomeRecord(position, name, length, 0), 0, length)
+                yield f"{path}: record {name!r}", raw
+        finally:
+            reader.close()
+
+    return index, read()
+
+
+def _write_npz(path: Path, arrays: dict[str, np.ndarray], overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise DNAVecError(f"--output {path} exists (pass --overwrite to replace it)")
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            np.savez(out, **arrays)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _check_output(output: str, overwrite: bool) -> Path:
+    path = Path(output).absolute()
+    if path.suffix != ".npz":
+        raise DNAVecError(f"--output {output}: must end in .npz")
+    if path.is_dir():
+        raise DNAVecError(f"--output {output}: is a directory")
+    if path.exists() and not overwrite:
+        raise DNAVecError(f"--output {output} exists (pass --overwrite to replace it)")
+    if not path.parent.is_dir():
+        raise DNAVecError(f"--output {output}: directory {path.parent} does not exist")
+    return path
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    """`dnavec embed`."""
+    from dnavec_jax.data import fasta
+
+    output = _check_output(args.output, args.overwrite)
+    _check_settings(args.seed, args.num_tokenizations, args.batch_size)
+    fasta.check_fasta_paths([args.fasta])  # fail before loading the model
+    loaded = load_model(args.model, step=args.step)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="dnavec_embed_") as work_dir:
+        index, records = fasta_records(args.fasta, Path(work_dir))
+        result = _embed(loaded, records, len(index), seed=args.seed, num_tokenizations=args.num_tokenizations,
+                        batch_size=args.batch_size, per_token=args.per_token, progress=sys.stderr.isatty())
+    seconds = time.perf_counter() - started
+    names = [name for name, _ in index]
+    arrays = {
+        "ids": np.array(names, dtype=str), "lengths": np.array([length for _, length in index], np.int64),
+        **result,
+        "model": np.array(loaded.source), "seed": np.array(args.seed),
+        "num_tokenizations": np.array(args.num_tokenizations), "max_tokens": np.array(loaded.max_tokens),
+    }
+    _write_npz(output, arrays, args.overwrite)
+    tokens = int(result["num_tokens"].sum()) * args.num_tokenizations
+    windows = int(result["num_windows"].sum()) * args.num_tokenizations
+    print(f"embedded {len(names):,} records ({tokens:,} tokens in {windows:,} windows, {args.num_tokenizations} "
+          f"tokenization(s)) with {loaded.source} in {seconds:.1f}s: {len(names) / seconds:,.1f} sequences/s, "
+          f"{tokens / seconds:,.0f} tokens/s (compilation included) -> {output}")
+    return 0

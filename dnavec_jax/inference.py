@@ -1,0 +1,389 @@
+"""Inference with a trained model: load it, tokenize and window DNA, run the encoder in jitted batches.
+
+The shared floor of the analysis tools (vectors, embed, attention, classify).
+
+Public API
+----------
+load_model(path, step=None) -> LoadedModel
+    `path` is a training run directory (config.json + checkpoints/; `step`, default the
+    latest) or a Hugging Face export (config.json with model_type bert + model.safetensors;
+    `step` must be None). One-line DNAVecError when the path is missing, holds no model,
+    or the model's vocab_size differs from its tokenizer's.
+LoadedModel (frozen dataclass)
+    params      host numpy float32 tree for model.BertForMaskedLM
+    config      model.BertConfig, set up for inference: compute dtype float32, the default
+                attention implementation (XLA picks; a "cudnn" training setting needs bf16
+                on a GPU), no remat
+    tokenizer   tokenization.KmerTokenizer (k range and weights of training)
+    source      "run DIR (step N)" or "export DIR (step N)"
+    max_tokens  k-mer tokens per window: training's seq_length - 2 for a run directory,
+                max_position_embeddings - 2 for an export (the two agree for our runs)
+    step        checkpoint step, None if unknown
+    initialized parts an export lacked and load_hf_pretrained initialised fresh
+                ("pooler", "mlm_head" for a BertModel checkpoint); () for ours
+    .window_length  max_tokens + 2, the longest input ([CLS] ... [SEP])
+
+tokenize_sequence(tokenizer, sequence, seed, name) -> list[Contig]
+    The tokenizer's ids for a DNA string, as training makes them: N and IUPAC ambiguity
+    letters (any case) split it into contigs of A/C/G/T (lower case = upper case); one k is
+    drawn per position of the sequence from np.random.default_rng(seed) (an int or a
+    np.random.SeedSequence), contig tokens take the k of their start position, k is clipped
+    at a contig's end, contigs shorter than k_min give no token. For an A/C/G/T-only string
+    the ids equal tokenizer.encode(sequence, seed=seed). Other letters (digits, '-', '*',
+    X, ...) raise one DNAVecError naming the record (`name`) and the position.
+    Contig(start, ids): base offset of the contig in the sequence, int64 token ids.
+split_windows(contigs, max_tokens) -> list[Window]
+    Cuts each contig's tokens into ceil(n / max_tokens) windows of near-equal size
+    (np.array_split: never more than max_tokens, never truncated, never crossing a
+    contig). Window(ids, starts): int32 k-mer ids (no [CLS]/[SEP]) and the int64 base
+    offset in the sequence where each token starts.
+sequence_windows(tokenizer, sequence, seed, max_tokens, name) -> list[Window]
+    tokenize_sequence + split_windows.
+padded_length(num_tokens, window_length) -> int
+    The input length a window of num_tokens k-mers is padded to: the next power of two
+    >= num_tokens + 2, at least MIN_LENGTH, at most window_length. A window's shape depends
+    only on its own length, so its vectors do not depend on what it is batched with, and
+    few distinct shapes (at most ~log2(window_length)) are ever compiled.
+pack_windows(windows_ids, length) -> (input_ids, input_mask)
+    int32 (n, length) arrays: [CLS] ids [SEP] then [PAD], mask 1 on the real positions.
+
+Encoder(loaded, batch_size=64, head=None)
+    Runs BertForMaskedLM.encode under jax.jit on (batch_size, length) int32 inputs; the
+    parameters are put on the device once. Every call is padded to whole batches, so one
+    program is compiled per input length and never per batch (`num_compiled` counts them).
+    head(hidden, input_ids, input_mask) -> pytree with a leading batch axis runs inside the
+    same jit (e.g. pool to one vector per window so only (batch, hidden) leaves the device);
+    the default returns the float32 last-layer hidden states (batch, length, hidden).
+    encode(input_ids, input_mask) -> head outputs as numpy, one row per input row.
+    encode_windows(items) -> iterator of (keys, outputs): items is any iterable of
+        (key, Window-or-ids); windows are bucketed by padded_length and run as soon as a
+        bucket holds batch_size of them (the rest at the end, padded), so memory stays
+        bounded for any stream. Batch i+1 is dispatched before batch i is fetched.
+
+Single device: inference batches are small; a multi-device version would shard the
+batch axis over a data mesh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from dnavec_jax.errors import DNAVecError
+from dnavec_jax.model import BertConfig
+from dnavec_jax.tokenization import CLS_ID, INVALID_CODE, PAD_ID, SEP_ID, KmerTokenizer, acgt_runs, sequence_to_raw
+
+MIN_LENGTH = 8  # shortest padded input: [CLS] + up to 6 k-mers + [SEP]
+
+# Letters of a DNA sequence: A/C/G/T are bases, N and the IUPAC ambiguity codes split contigs
+# (as in data prep), anything else is a mistake in the input.
+_DNA_LETTERS = np.zeros(256, dtype=bool)
+for _letter in "ACGTNRYKMSWBDHV":
+    _DNA_LETTERS[ord(_letter)] = _DNA_LETTERS[ord(_letter.lower())] = True
+_BASE_CODES = np.full(256, INVALID_CODE, dtype=np.uint8)
+for _code, _base in enumerate("ACGT"):
+    _BASE_CODES[ord(_base)] = _BASE_CODES[ord(_base.lower())] = _code
+
+
+# ---- loading -------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True, eq=False)  # identity semantics: params hold arrays
+class LoadedModel:
+    params: Any
+    config: BertConfig
+    tokenizer: KmerTokenizer
+    source: str
+    max_tokens: int
+    step: int | None = None
+    initialized: tuple[str, ...] = ()
+
+    @property
+    def window_length(self) -> int:
+        return self.max_tokens + 2
+
+
+def _inference_config(config: BertConfig) -> BertConfig:
+    return dataclasses.replace(config, dtype="float32", attention_implementation=None, remat=False)
+
+
+def _is_export(path: Path) -> bool:
+    return (path / "config.json").is_file() and (
+        (path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file())
+
+
+def load_model(path: str | os.PathLike, step: int | None = None) -> LoadedModel:
+    """A training run directory or a Hugging Face export -> LoadedModel (see the module docstring)."""
+    path = Path(path)
+    if not path.exists():
+        raise DNAVecError(f"--model {path}: no such file or directory")
+    if not path.is_dir():
+        raise DNAVecError(f"--model {path}: not a directory (expected a training run directory or an export)")
+    if (path / "checkpoints").is_dir():
+        loaded = _load_run(path, step)
+    elif _is_export(path):
+        if step is not None:
+            raise DNAVecError(f"--model {path}: --step applies to a training run directory, this is an export")
+        loaded = _load_export(path)
+    else:
+        raise DNAVecError(
+            f"--model {path}: holds no model (expected a training run directory with config.json and "
+            "checkpoints/, or a Hugging Face export with config.json and model.safetensors)"
+        )
+    if loaded.tokenizer.vocab_size != loaded.config.vocab_size:
+        raise DNAVecError(
+            f"--model {path}: the model's vocab_size is {loaded.config.vocab_size:,} but its tokenizer "
+            f"(k {loaded.tokenizer.k_min}..{loaded.tokenizer.k_max}) has {loaded.tokenizer.vocab_size:,} ids "
+            "(incompatible config)"
+        )
+    if not 1 <= loaded.max_tokens <= loaded.config.max_position_embeddings - 2:
+        raise DNAVecError(
+            f"--model {path}: {loaded.max_tokens} k-mer tokens per window do not fit "
+            f"max_position_embeddings {loaded.config.max_position_embeddings} with [CLS] and [SEP]"
+        )
+    return loaded
+
+
+def _load_run(path: Path, step: int | None) -> LoadedModel:
+    from dnavec_jax import checkpointing, hf_export  # Orbax loads only for run directories
+
+    params, config, train_config, loaded_step = checkpointing.load_for_inference(path, step=step)
+    tokenizer = hf_export.tokenizer_from_train_config(train_config, source=str(path / "config.json"))
+    try:
+        seq_length = int(train_config["data"]["prep"].get("seq_length", config.max_position_embeddings))
+    except (KeyError, TypeError, AttributeError, ValueError):
+        seq_length = config.max_position_embeddings
+    max_tokens = min(seq_length, config.max_position_embeddings) - 2
+    return LoadedModel(params, _inference_config(config), tokenizer, f"run {path} (step {loaded_step})",
+                       max_tokens, loaded_step)
+
+
+def _load_export(path: Path) -> LoadedModel:
+    import json
+
+    from dnavec_jax import hf_export
+
+    imported = hf_export.load_hf_pretrained(path, allow_init=("pooler", "mlm_head"))
+    tokenizer = imported.tokenizer
+    if tokenizer is None:
+        tokenizer = hf_export.kmer_tokenizer_from_export(path)  # raises the reason it is not ours
+    step = None
+    try:
+        step = json.loads((path / hf_export.DNAVEC_FILE).read_text(encoding="utf-8")).get("step")
+    except (OSError, ValueError, AttributeError):
+        pass
+    config = imported.model_config
+    source = f"export {path}" + (f" (step {step})" if step is not None else "")
+    return LoadedModel(imported.params, _inference_config(config), tokenizer, source,
+                       config.max_position_embeddings - 2, step, tuple(imported.initialized))
+
+
+# ---- tokenizing and windows ---------------------------------------------------------
+
+class Contig(NamedTuple):
+    start: int  # base offset in the sequence
+    ids: np.ndarray  # int64 token ids
+
+
+class Window(NamedTuple):
+    ids: np.ndarray  # int32 k-mer ids, no [CLS]/[SEP]
+    starts: np.ndarray  # int64 base offset in the sequence of each token's first base
+
+
+def _raw(sequence: str | bytes | np.ndarray) -> np.ndarray:
+    if isinstance(sequence, np.ndarray):
+        return sequence.astype(np.uint8, copy=False)
+    if isinstance(sequence, str):
+        try:
+            return np.frombuffer(sequence.encode("ascii"), dtype=np.uint8)
+        except UnicodeEncodeError:
+            return sequence_to_raw(sequence)  # non-ASCII letters become '?' and are reported below
+    return sequence_to_raw(sequence)
+
+
+def check_dna(sequence: str | bytes | np.ndarray, name: str = "sequence") -> np.ndarray:
+    """Raw uint8 letters of a DNA sequence; DNAVecError naming `name` at the first non-DNA letter."""
+    raw = _raw(sequence)
+    bad = np.flatnonzero(~_DNA_LETTERS[raw])
+    if bad.size:
+        position = int(bad[0])
+        letter = chr(raw[position]) if isinstance(sequence, (bytes, np.ndarray)) else sequence[position]
+        raise DNAVecError(
+            f"{name}: invalid letter {letter!r} at position {position} ({bad.size:,} such letter(s)); "
+            "a DNA sequence holds A/C/G/T, N and IUPAC codes (N and IUPAC codes split it into contigs)"
+        )
+    return raw
+
+
+def tokenize_sequence(tokenizer: KmerTokenizer, sequence: str | bytes | np.ndarray,
+                      seed: int | np.random.SeedSequence | None, name: str = "sequence") -> list[Contig]:
+    """Contigs of a DNA sequence and their token ids (see the module docstring)."""
+    codes = _BASE_CODES[check_dna(sequence, name)]
+    num = tokenizer.num_tokens(len(codes))
+    ks = tokenizer.sample_k(num, np.random.default_rng(seed))
+    contigs = []
+    for start, end in acgt_runs(codes):
+        start, end = int(start), int(end)
+        if tokenizer.num_tokens(end - start) == 0:
+            continue
+        contigs.append(Contig(start, tokenizer.encode_contig_codes(codes[start:end], ks[start:])))
+    return contigs
+
+
+def split_windows(contigs: Sequence[Contig], max_tokens: int) -> list[Window]:
+    """Each contig's tokens in ceil(n / max_tokens) near-equal windows (see the module docstring)."""
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be positive, got {max_tokens}")
+    windows = []
+    for contig in contigs:
+        n = len(contig.ids)
+        starts = np.arange(contig.start, contig.start + n, dtype=np.int64)
+        pieces = -(-n // max_tokens)
+        for ids, positions in zip(np.array_split(contig.ids, pieces), np.array_split(starts, pieces)):
+            windows.append(Window(ids.astype(np.int32), positions))
+    return windows
+
+
+def sequence_windows(tokenizer: KmerTokenizer, sequence: str | bytes | np.ndarray,
+                     seed: int | np.random.SeedSequence | None, max_tokens: int,
+                     name: str = "sequence") -> list[Window]:
+    return split_windows(tokenize_sequence(tokenizer, sequence, seed, name), max_tokens)
+
+
+def padded_length(num_tokens: int, window_length: int) -> int:
+    """Input length for a window of num_tokens k-mers (see the module docstring)."""
+    needed = int(num_tokens) + 2
+    if needed > window_length:
+        raise ValueError(f"a window of {num_tokens} tokens does not fit {window_length} positions")
+    return min(window_length, max(MIN_LENGTH, 1 << (needed - 1).bit_length()))
+
+
+def pack_windows(windows_ids: Sequence[np.ndarray], length: int) -> tuple[np.ndarray, np.ndarray]:
+    """[CLS] ids [SEP] [PAD]... rows and their mask, int32 (len(windows_ids), length)."""
+    input_ids = np.full((len(windows_ids), length), PAD_ID, dtype=np.int32)
+    input_mask = np.zeros((len(windows_ids), length), dtype=np.int32)
+    for row, ids in enumerate(windows_ids):
+        n = len(ids)
+        if n + 2 > length:
+            raise ValueError(f"a window of {n} tokens does not fit {length} positions")
+        input_ids[row, 0] = CLS_ID
+        input_ids[row, 1:n + 1] = ids
+        input_ids[row, n + 1] = SEP_ID
+        input_mask[row, :n + 2] = 1
+    return input_ids, input_mask
+
+
+# ---- the encoder ----------------------------------------------------------------
+
+def last_hidden(hidden, input_ids, input_mask):
+    """The default Encoder head: the float32 last-layer hidden states."""
+    del input_ids, input_mask
+    return hidden
+
+
+class Encoder:
+    """Jitted, batched BertForMaskedLM.encode (+ an optional head); see the module docstring."""
+
+    def __init__(self, loaded: LoadedModel, batch_size: int = 64,
+                 head: Callable[[Any, Any, Any], Any] | None = None):
+        import jax
+        import jax.numpy as jnp
+
+        from dnavec_jax.model import BertForMaskedLM
+
+        if batch_size < 1:
+            raise DNAVecError(f"--batch_size must be positive, got {batch_size}")
+        self.loaded = loaded
+        self.batch_size = int(batch_size)
+        self.window_length = loaded.window_length
+        model = BertForMaskedLM(loaded.config)
+        head = head or last_hidden
+        self._traces = 0
+
+        def forward(params, input_ids, input_mask):
+            self._traces += 1  # runs once per compiled shape (at trace time)
+            hidden = model.apply({"params": params}, input_ids, input_mask, method=BertForMaskedLM.encode)
+            return head(hidden.astype(jnp.float32), input_ids, input_mask)
+
+        self._forward = jax.jit(forward)
+        self._params = jax.device_put(jax.tree.map(lambda x: np.asarray(x, np.float32), loaded.params))
+
+    @property
+    def num_compiled(self) -> int:
+        """How many input shapes have been traced and compiled so far."""
+        return self._traces
+
+    def padded_length(self, num_tokens: int) -> int:
+        return padded_length(num_tokens, self.window_length)
+
+    def _dispatch(self, input_ids: np.ndarray, input_mask: np.ndarray):
+        """Starts one (batch_size, length) batch; rows beyond the inputs are [CLS] [SEP] filler."""
+        rows, length = input_ids.shape
+        if rows < self.batch_size:
+            ids = np.full((self.batch_size, length), PAD_ID, dtype=np.int32)
+            mask = np.zeros((self.batch_size, length), dtype=np.int32)
+            ids[rows:, :2] = (CLS_ID, SEP_ID)
+            mask[rows:, :2] = 1
+            ids[:rows], mask[:rows] = input_ids, input_mask
+            input_ids, input_mask = ids, mask
+        return self._forward(self._params, np.asarray(input_ids, np.int32), np.asarray(input_mask, np.int32))
+
+    @staticmethod
+    def _fetch(outputs, rows: int):
+        import jax
+
+        return jax.tree.map(lambda x: np.asarray(x)[:rows], outputs)
+
+    def _run(self, batches: Iterable[tuple[Any, np.ndarray, np.ndarray]]) -> Iterator[tuple[Any, Any]]:
+        """(tag, ids, mask) batches -> (tag, outputs); batch i+1 is dispatched before batch i is fetched."""
+        pending = None
+        for tag, input_ids, input_mask in batches:
+            started = (tag, self._dispatch(input_ids, input_mask), len(input_ids))
+            if pending is not None:
+                yield pending[0], self._fetch(pending[1], pending[2])
+            pending = started
+        if pending is not None:
+            yield pending[0], self._fetch(pending[1], pending[2])
+
+    def encode(self, input_ids: np.ndarray, input_mask: np.ndarray):
+        """Head outputs (numpy, one row per input row) of (n, length) int inputs, length <= window_length."""
+        import jax
+
+        input_ids, input_mask = np.asarray(input_ids), np.asarray(input_mask)
+        if input_ids.ndim != 2 or input_ids.shape != input_mask.shape:
+            raise ValueError(f"input_ids {input_ids.shape} and input_mask {input_mask.shape} must be equal 2-D shapes")
+        if input_ids.shape[1] > self.window_length:
+            raise ValueError(f"inputs of {input_ids.shape[1]} positions exceed the model's {self.window_length}")
+        batches = ((None, input_ids[i:i + self.batch_size], input_mask[i:i + self.batch_size])
+                   for i in range(0, len(input_ids), self.batch_size))
+        parts = [outputs for _, outputs in self._run(batches)]
+        if not parts:
+            parts = [self._fetch(self._dispatch(input_ids[:0], input_mask[:0]), 0)]
+        return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
+
+    def encode_windows(self, items: Iterable[tuple[Any, Window | np.ndarray]]) -> Iterator[tuple[list, Any]]:
+        """(key, window) stream -> (keys, outputs) per batch, bucketed by padded length (see the module docstring)."""
+
+        def batches():
+            buckets: dict[int, list[tuple[Any, np.ndarray]]] = {}
+            for key, window in items:
+                ids = window.ids if isinstance(window, Window) else np.asarray(window)
+                length = self.padded_length(len(ids))
+                bucket = buckets.setdefault(length, [])
+                bucket.append((key, ids))
+                if len(bucket) == self.batch_size:
+                    yield self._pack(buckets.pop(length), length)
+            for length in sorted(buckets):
+                yield self._pack(buckets[length], length)
+
+        yield from self._run(batches())
+
+    @staticmethod
+    def _pack(bucket: list[tuple[Any, np.ndarray]], length: int):
+        keys = [key for key, _ in bucket]
+        input_ids, input_mask = pack_windows([ids for _, ids in bucket], length)
+        return keys, input_ids, input_mask

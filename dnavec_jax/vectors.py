@@ -1,0 +1,288 @@
+"""k-mer vectors of a trained model and their nearest neighbours (`dnavec vectors`, `dnavec neighbors`).
+
+Two vectors per vocabulary entry, rows in vocabulary id order (vocab.txt), all
+vocab_size entries: the 5 special tokens first, then every k-mer (87,365 rows for
+k 3..8), so row i is the vector of token id i:
+  input       the input word-embedding table (embeddings/word_embeddings; tied to the
+              MLM decoder), before position embeddings and LayerNorm;
+  contextual  the last-layer hidden state at the token's position when it is presented
+              alone, [CLS] token [SEP] (segment 0, positions 0..2, no padding), computed in
+              jitted batches (inference.Encoder, one compiled (batch, 3) shape).
+
+Output directory of `dnavec vectors` (written into a temporary sibling directory and
+renamed into place; a non-empty directory is refused unless --overwrite):
+  vocab.txt                    the tokens in id order (row i of every matrix)
+  input_embeddings.npy         float32 (vocab_size, hidden)
+  contextual_vectors.npy       float32 (vocab_size, hidden)
+  input_embeddings.w2v.txt     word2vec text format ("V H" header, then "token v1 ... vH"
+  contextual_vectors.w2v.txt   per line, 7 significant digits), for gensim's
+                               KeyedVectors.load_word2vec_format(path, binary=False)
+  vectors.json                 model source and step, k range, shapes, kinds, timings
+(--kind input or contextual writes only that kind's two files.)
+
+Neighbours: cosine similarity against every k-mer of the vocabulary (the special tokens
+are never candidates; the query itself is left out unless include_self). Ties are broken
+by id. `dnavec neighbors --model` also accepts a `dnavec vectors` output directory, which
+skips loading the model and computing the contextual vectors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from dnavec_jax.errors import DNAVecError
+from dnavec_jax.inference import Encoder, LoadedModel, load_model
+from dnavec_jax.tokenization import CLS_ID, NUM_SPECIAL, SEP_ID, KmerTokenizer
+
+KINDS = ("input", "contextual")
+NPY_FILES = {"input": "input_embeddings.npy", "contextual": "contextual_vectors.npy"}
+W2V_FILES = {"input": "input_embeddings.w2v.txt", "contextual": "contextual_vectors.w2v.txt"}
+VOCAB_FILE = "vocab.txt"
+INFO_FILE = "vectors.json"
+W2V_DIGITS = 7
+
+
+# ---- the vectors ----------------------------------------------------------------
+
+def input_embeddings(loaded: LoadedModel) -> np.ndarray:
+    """float32 (vocab_size, hidden): the input word-embedding table, row i = token id i."""
+    return np.array(loaded.params["embeddings"]["word_embeddings"]["embedding"], dtype=np.float32)
+
+
+def _token_state(hidden, input_ids, input_mask):
+    del input_ids, input_mask
+    return hidden[:, 1]  # [CLS] token [SEP]: the token's own position
+
+
+def contextual_vectors(loaded: LoadedModel, batch_size: int = 512, progress: bool = False) -> np.ndarray:
+    """float32 (vocab_size, hidden): last-layer state of every token id presented alone as [CLS] id [SEP]."""
+    from tqdm import tqdm
+
+    vocab_size = loaded.config.vocab_size
+    encoder = Encoder(loaded, batch_size=batch_size, head=_token_state)
+    out = np.empty((vocab_size, loaded.config.hidden_size), dtype=np.float32)
+    # Every id as [CLS] id [SEP], unpadded: one (batch_size, 3) program, compiled once.
+    ids = np.stack([np.full(vocab_size, CLS_ID), np.arange(vocab_size), np.full(vocab_size, SEP_ID)], axis=1)
+    ids = ids.astype(np.int32)
+    chunk = encoder.batch_size * 16
+    with tqdm(total=vocab_size, desc="contextual vectors", unit="tok", disable=not progress) as bar:
+        for start in range(0, vocab_size, chunk):
+            rows = ids[start:start + chunk]
+            out[start:start + len(rows)] = encoder.encode(rows, np.ones_like(rows))
+            bar.update(len(rows))
+    return out
+
+
+def compute_vectors(loaded: LoadedModel, kind: str, batch_size: int = 512, progress: bool = False) -> np.ndarray:
+    if kind == "input":
+        return input_embeddings(loaded)
+    if kind == "contextual":
+        return contextual_vectors(loaded, batch_size=batch_size, progress=progress)
+    raise ValueError(f"unknown kind {kind!r}; one of {KINDS}")
+
+
+# ---- files ----------------------------------------------------------------------
+
+def write_word2vec(path: str | os.PathLike, vocab: Sequence[str], vectors: np.ndarray) -> None:
+    """word2vec text format: "V H", then one "token v1 ... vH" line per row (W2V_DIGITS significant digits)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or len(vocab) != len(vectors):
+        raise ValueError(f"{len(vocab)} tokens for vectors of shape {vectors.shape}")
+    row_format = " ".join([f"%.{W2V_DIGITS}g"] * vectors.shape[1])
+    with open(path, "w", encoding="ascii") as handle:
+        handle.write(f"{vectors.shape[0]} {vectors.shape[1]}\n")
+        for start in range(0, len(vectors), 4096):
+            block = vectors[start:start + 4096].tolist()
+            handle.write("".join(f"{token} {row_format % tuple(row)}\n"
+                                 for token, row in zip(vocab[start:start + 4096], block)))
+
+
+def _check_output_dir(output_dir: Path, overwrite: bool) -> Path:
+    output_dir = output_dir.absolute()
+    if output_dir.exists() or output_dir.is_symlink():
+        if not output_dir.is_dir():
+            raise DNAVecError(f"--output_dir {output_dir} exists and is not a directory")
+        if any(output_dir.iterdir()) and not overwrite:
+            raise DNAVecError(f"--output_dir {output_dir} exists and is not empty (pass --overwrite to replace it)")
+    return output_dir
+
+
+def _move_into_place(staging: Path, output_dir: Path, overwrite: bool) -> None:
+    old = None
+    if output_dir.exists():
+        if any(output_dir.iterdir()):
+            if not overwrite:  # appeared while we were computing
+                raise DNAVecError(f"--output_dir {output_dir} exists and is not empty (pass --overwrite to replace it)")
+            old = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
+            os.replace(output_dir, old / "replaced")
+        else:
+            output_dir.rmdir()
+    os.replace(staging, output_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_vectors(loaded: LoadedModel, output_dir: str | os.PathLike, *, kinds: Sequence[str] = KINDS,
+                  batch_size: int = 512, overwrite: bool = False, progress: bool = False) -> dict:
+    """Computes and writes the vectors of `kinds` (see the module docstring); returns the vectors.json dict."""
+    output_dir = _check_output_dir(Path(output_dir), overwrite)
+    vocab = loaded.tokenizer.vocab
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
+    timings = {}
+    try:
+        (staging / VOCAB_FILE).write_text("\n".join(vocab) + "\n", encoding="ascii")
+        for kind in kinds:
+            started = time.perf_counter()
+            vectors = compute_vectors(loaded, kind, batch_size=batch_size, progress=progress)
+            if not np.isfinite(vectors).all():
+                raise DNAVecError(f"{loaded.source}: the {kind} vectors hold NaN or Inf (a diverged model?)")
+            computed = time.perf_counter()
+            np.save(staging / NPY_FILES[kind], vectors)
+            write_word2vec(staging / W2V_FILES[kind], vocab, vectors)
+            timings[kind] = {"compute_s": round(computed - started, 3),
+                             "write_s": round(time.perf_counter() - computed, 3)}
+        info = {
+            "model": loaded.source, "step": loaded.step,
+            "k_min": loaded.tokenizer.k_min, "k_max": loaded.tokenizer.k_max,
+            "vocab_size": len(vocab), "hidden_size": loaded.config.hidden_size,
+            "rows": "vocabulary id order (vocab.txt), the 5 special tokens included",
+            "kinds": {kind: {"npy": NPY_FILES[kind], "word2vec": W2V_FILES[kind], **timings[kind]}
+                      for kind in kinds},
+            "contextual": "last-layer hidden state at position 1 of [CLS] token [SEP]",
+        }
+        (staging / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(staging, 0o777 & ~mask)  # mkdtemp makes it 0700
+        _move_into_place(staging, output_dir, overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return info
+
+
+def is_vectors_dir(path: str | os.PathLike) -> bool:
+    return (Path(path) / INFO_FILE).is_file() and (Path(path) / VOCAB_FILE).is_file()
+
+
+def load_vectors(directory: str | os.PathLike, kind: str) -> tuple[np.ndarray, list[str], KmerTokenizer]:
+    """(vectors, vocab, tokenizer) of one kind from a `dnavec vectors` output directory."""
+    directory = Path(directory)
+    try:
+        info = json.loads((directory / INFO_FILE).read_text(encoding="utf-8"))
+        tokenizer = KmerTokenizer(int(info["k_min"]), int(info["k_max"]))
+        vocab = (directory / VOCAB_FILE).read_text(encoding="ascii").splitlines()
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise DNAVecError(f"{directory}: not a readable `dnavec vectors` directory ({error})") from None
+    path = directory / NPY_FILES[kind]
+    if not path.is_file():
+        raise DNAVecError(f"{path}: not found (that directory was written with another --kind)")
+    vectors = np.load(path)
+    if vocab != tokenizer.vocab or vectors.shape[0] != len(vocab):
+        raise DNAVecError(f"{directory}: {VOCAB_FILE} and {path.name} do not match the k range "
+                          f"{tokenizer.k_min}..{tokenizer.k_max}")
+    return vectors, vocab, tokenizer
+
+
+# ---- neighbours -------------------------------------------------------------------
+
+def kmer_id(tokenizer: KmerTokenizer, kmer: str) -> int:
+    """Vocabulary id of a k-mer (any case); DNAVecError for anything that is not a k-mer of the model."""
+    text = kmer.strip().upper()
+    valid = text and set(text) <= set("ACGT") and tokenizer.k_min <= len(text) <= tokenizer.k_max
+    if not valid:
+        raise DNAVecError(f"--kmer {kmer!r}: not a k-mer of this model (A/C/G/T only, length "
+                          f"{tokenizer.k_min}..{tokenizer.k_max})")
+    return tokenizer.token_to_id(text)
+
+
+def nearest(vectors: np.ndarray, vocab: Sequence[str], kmer: str, top: int = 10,
+            include_self: bool = False) -> list[tuple[str, float]]:
+    """The `top` k-mers most cosine-similar to `kmer` as (token, cosine), best first.
+
+    Candidates are the k-mers of the vocabulary (ids >= 5, never the special tokens); the
+    query itself is a candidate only with include_self (its cosine is 1 up to rounding).
+    A zero vector has cosine 0 with everything. Ties go to the lower id.
+    """
+    vocab = list(vocab)
+    tokenizer = _tokenizer_of_vocab(vocab)
+    query = kmer_id(tokenizer, kmer)
+    scores = cosine_to(vectors, query)
+    candidates = np.arange(NUM_SPECIAL, len(vocab))
+    if not include_self:
+        candidates = candidates[candidates != query]
+    order = np.lexsort((candidates, -scores[candidates]))[:max(0, int(top))]
+    return [(vocab[i], float(scores[i])) for i in candidates[order]]
+
+
+def cosine_to(vectors: np.ndarray, query: int) -> np.ndarray:
+    """Cosine similarity of every row with row `query` (0 where either vector is zero)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1)
+    unit = vectors / np.where(norms > 0, norms, 1.0)[:, None]
+    return unit @ unit[query]
+
+
+def _tokenizer_of_vocab(vocab: Sequence[str]) -> KmerTokenizer:
+    if len(vocab) <= NUM_SPECIAL:
+        raise ValueError("the vocabulary holds no k-mer")
+    tokenizer = KmerTokenizer(len(vocab[NUM_SPECIAL]), len(vocab[-1]))
+    if tokenizer.vocab_size != len(vocab):
+        raise ValueError(f"{len(vocab)} tokens is not a DNAVec k-mer vocabulary")
+    return tokenizer
+
+
+# ---- command line -----------------------------------------------------------------
+
+def run_vectors(args: argparse.Namespace) -> int:
+    """`dnavec vectors`."""
+    kinds = KINDS if args.kind == "both" else (args.kind,)
+    output_dir = _check_output_dir(Path(args.output_dir), args.overwrite)  # fail before loading the model
+    started = time.perf_counter()
+    loaded = load_model(args.model, step=args.step)
+    info = write_vectors(loaded, output_dir, kinds=kinds, batch_size=args.batch_size, overwrite=args.overwrite,
+                         progress=sys.stderr.isatty())
+    files = ", ".join(f"{NPY_FILES[kind]} + {W2V_FILES[kind]}" for kind in kinds)
+    print(f"wrote {info['vocab_size']:,} x {info['hidden_size']} {' and '.join(kinds)} vectors of {loaded.source} "
+          f"to {output_dir} ({files}, {VOCAB_FILE}) in {time.perf_counter() - started:.1f}s")
+    return 0
+
+
+def run_neighbors(args: argparse.Namespace) -> int:
+    """`dnavec neighbors`."""
+    if args.top < 1:
+        raise DNAVecError(f"--top must be at least 1, got {args.top}")
+    if is_vectors_dir(args.model):
+        if args.step is not None:
+            raise DNAVecError(f"--model {args.model}: --step applies to a training run directory, "
+                              "this is a `dnavec vectors` directory")
+        vectors, vocab, tokenizer = load_vectors(args.model, args.kind)
+        source = f"vectors {args.model}"
+    else:
+        loaded = load_model(args.model, step=args.step)
+        tokenizer, vocab, source = loaded.tokenizer, loaded.tokenizer.vocab, loaded.source
+        kmer_id(tokenizer, args.kmer)  # a bad --kmer fails before any computing
+        vectors = compute_vectors(loaded, args.kind, batch_size=args.batch_size, progress=sys.stderr.isatty())
+    query = kmer_id(tokenizer, args.kmer)
+    kmer = vocab[query]
+    self_score = float(cosine_to(vectors[query][None], 0)[0])
+    neighbours = nearest(vectors, vocab, kmer, top=args.top)
+    print(f"nearest k-mers to {kmer} (k={len(kmer)}, id {query}) by cosine similarity of the {args.kind} "
+          f"vectors of {source}")
+    print(f"self-similarity {self_score:.6f}")
+    width = max(len("kmer"), tokenizer.k_max)
+    print(f"{'rank':>4}  {'kmer':<{width}}  cosine")
+    for rank, (token, score) in enumerate(neighbours, 1):
+        print(f"{rank:>4}  {token:<{width}}  {score:.6f}")
+    return 0
