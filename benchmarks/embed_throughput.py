@@ -1,0 +1,125 @@
+"""`embed` throughput: ours (Flax, jit) against the exported model in transformers, same device. Not a test.
+
+    python benchmarks/embed_throughput.py                         # base config, random weights, 1 kb sequences
+    python benchmarks/embed_throughput.py --model runs/demo --num_sequences 512 --length 2000
+
+Without --model, a randomly initialised model of --config (configs/base.py) is
+exported to a temporary directory, so both sides run the same weights. Both
+sides embed the same random DNA sequences (seeded), tokenized by the project
+tokenizer into windows of at most max_tokens k-mers: ours through
+embedding.embed_sequences (jit, bucketed padded lengths, [CLS] and mean
+pooling on the device); transformers' BertModel (torch, float32, SDPA
+attention, eval mode, no_grad) on the very same windows in batches of the same
+size, mean-pooled. One warm-up pass each (compilation) is left out of the
+timing. Prints sequences/s and tokens/s for both and the ratio as one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def random_model_export(config_path: str, out_dir: Path) -> Path:
+    import jax
+
+    from dnavec_jax import hf_export, train
+    from dnavec_jax.model import init_params
+
+    spec = importlib.util.spec_from_file_location("bench_config", config_path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    model_config = train.model_config_from(config)
+    prep = config.data.prep
+    tokenizer = hf_export.tokenizer_from_train_config(config.to_dict())
+    params = jax.device_get(init_params(model_config, jax.random.key(0)))
+    return hf_export.export_to_hf(params, model_config, tokenizer, out_dir / "export",
+                                  train_config={"data": {"prep": {"k_min": prep.k_min, "k_max": prep.k_max,
+                                                                  "seq_length": prep.seq_length}}})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="run dir or export (default: random weights of --config)")
+    parser.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "base.py"))
+    parser.add_argument("--num_sequences", type=int, default=64)
+    parser.add_argument("--length", type=int, default=1000, help="bases per sequence")
+    parser.add_argument("--batch_size", type=int, default=32)
+    args = parser.parse_args()
+
+    import jax
+    import numpy as np
+    import torch
+    from transformers import BertModel
+
+    from dnavec_jax import embedding, hf_export, inference
+    from dnavec_jax.tokenization import CLS_ID, PAD_ID, SEP_ID
+
+    rng = np.random.default_rng(0)
+    sequences = ["".join(rng.choice(list("ACGT"), args.length)) for _ in range(args.num_sequences)]
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = args.model or str(random_model_export(args.config, Path(tmp)))
+        loaded = inference.load_model(model_dir)
+
+        def ours():
+            return embedding.embed_sequences(loaded, sequences, seed=0, batch_size=args.batch_size)
+
+        ours()  # compile
+        started = time.perf_counter()
+        result = ours()
+        ours_seconds = time.perf_counter() - started
+        tokens = int(result["num_tokens"].sum())
+
+        export_dir = model_dir
+        if not (Path(model_dir) / "model.safetensors").exists():
+            export_dir = str(hf_export.export_checkpoint(model_dir, Path(tmp) / "hf")[0])
+        torch_model = BertModel.from_pretrained(export_dir, dtype=torch.float32, attn_implementation="sdpa").eval()
+        windows = [window.ids for index, seq in enumerate(sequences)
+                   for window in inference.sequence_windows(
+                       loaded.tokenizer, seq, embedding.record_seed(0, 0, np.frombuffer(seq.encode(), np.uint8)),
+                       loaded.max_tokens, f"sequence {index}")]
+
+        def theirs():
+            pooled = []
+            with torch.no_grad():
+                for start in range(0, len(windows), args.batch_size):
+                    chunk = windows[start:start + args.batch_size]
+                    width = max(len(w) for w in chunk) + 2
+                    ids = np.full((len(chunk), width), PAD_ID, np.int64)
+                    for row, window in enumerate(chunk):
+                        ids[row, :len(window) + 2] = [CLS_ID, *window, SEP_ID]
+                    mask = torch.from_numpy((ids != PAD_ID).astype(np.int64))
+                    hidden = torch_model(input_ids=torch.from_numpy(ids), attention_mask=mask).last_hidden_state
+                    pooled.append((hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True))
+            return torch.cat(pooled)
+
+        theirs()  # warm-up
+        started = time.perf_counter()
+        theirs()
+        theirs_seconds = time.perf_counter() - started
+
+    print(json.dumps({
+        "machine": f"{platform.platform()}, {jax.devices()[0].device_kind}, torch threads {torch.get_num_threads()}",
+        "model": args.model or f"random weights of {Path(args.config).name}",
+        "hidden": loaded.config.hidden_size, "layers": loaded.config.num_layers,
+        "sequences": args.num_sequences, "bases_per_sequence": args.length, "tokens": tokens,
+        "windows": len(windows), "batch_size": args.batch_size,
+        "ours_sequences_per_s": round(args.num_sequences / ours_seconds, 2),
+        "ours_tokens_per_s": round(tokens / ours_seconds),
+        "transformers_sequences_per_s": round(args.num_sequences / theirs_seconds, 2),
+        "ratio_ours_over_transformers": round(theirs_seconds / ours_seconds, 2),
+        "versions": {"jax": jax.__version__, "torch": torch.__version__},
+    }))
+
+
+if __name__ == "__main__":
+    main()
