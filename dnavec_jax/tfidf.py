@@ -1,0 +1,423 @@
+"""k-mer tf-idf over a genome: the top-N table, the full score vector and the word cloud (the paper's Figure 4).
+
+Documents: the examples data prep makes with the same k range, seq_length,
+seed, chromosome selection and contig rules -- the k-mer tokens of one example,
+at most seq_length - 2 consecutive tokens of one contig ([CLS]/[SEP]/[PAD] are
+not terms). They come from the data-prep code path itself
+(pipeline.GenomeWorker.chunk_examples: same windows, N/IUPAC contig splits,
+min_contig_length, seeded k per position, cuts at validation-block edges), with
+the masking step left out. So the documents are exactly the k-mer content of
+the prepared dataset's examples (train and validation splits, first copy).
+
+Formulas (the paper's; scikit-learn's TfidfVectorizer(smooth_idf=True,
+norm="l2") gives the same normalised vectors):
+  tf(t, d)    = count of t in d / number of tokens in d
+  idf(t)      = ln((1 + n) / (1 + df(t))) + 1     n documents, df(t) documents holding t
+  tfidf(t, d) = tf(t, d) * idf(t), L2-normalised over the terms of d
+Corpus score of a k-mer: the mean over all n documents of its normalised
+tf-idf (0 in documents without it), i.e. score(t) = sum_d tfidf(t, d) / n.
+It rewards k-mers that are both frequent and concentrated; a k-mer present in
+every document gets the smallest idf (1), one in few documents is weighed up.
+
+Streaming, in bounded memory: two passes over the genome, chunk by chunk
+(data prep's 1 Mbp chunks). Pass 1 counts df and total occurrences per
+vocabulary id and n; pass 2 re-tokenizes the same chunks (same seeds, same
+tokens) and adds each document's normalised weights into a per-id sum. What is
+held is a few dense (vocab_size,) arrays (87,365 ids for k 3..8) plus one
+chunk's documents, whatever the genome size. Per batch of documents the work
+is vectorised: a row-wise sort of the (documents, tokens) id matrix gives
+every (document, k-mer, count) triple, then numpy bincounts over ids.
+
+Outputs (each written to a temporary file and renamed into place):
+  tfidf_top.csv        rank, kmer, k, score, idf, df, total_count (top --top by score)
+  tfidf_scores.npy     float64 (vocab_size,) corpus score per vocabulary id (vocab.txt order)
+  tfidf_wordcloud.png  the top --top k-mers sized by score (wordcloud.generate_from_frequencies)
+  tfidf_summary.json   settings, inputs, document/token/base counts, timings
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from dnavec_jax.data import fasta, pipeline
+from dnavec_jax.data.settings import PrepSettings
+from dnavec_jax.errors import DNAVecError
+from dnavec_jax.tokenization import NUM_SPECIAL, PAD_ID, KmerTokenizer
+
+TOP_CSV = "tfidf_top.csv"
+SCORES_NPY = "tfidf_scores.npy"
+WORDCLOUD_PNG = "tfidf_wordcloud.png"
+SUMMARY_JSON = "tfidf_summary.json"
+OUTPUT_FILES = (TOP_CSV, SCORES_NPY, WORDCLOUD_PNG, SUMMARY_JSON)
+CSV_COLUMNS = ("rank", "kmer", "k", "score", "idf", "df", "total_count")
+
+
+# ---- the formulas, on a batch of documents ---------------------------------------
+@dataclasses.dataclass(frozen=True)
+class DocTermCounts:
+    """The sparse document-term count matrix of a batch of documents, as triples."""
+
+    doc: np.ndarray  # (nnz,) int64 document row in the batch, ascending
+    term: np.ndarray  # (nnz,) int64 vocabulary id (>= NUM_SPECIAL)
+    count: np.ndarray  # (nnz,) int64 occurrences of term in doc
+    lengths: np.ndarray  # (num_docs,) int64 k-mer tokens per document
+
+    @property
+    def num_docs(self) -> int:
+        return len(self.lengths)
+
+
+def doc_term_counts(docs: np.ndarray) -> DocTermCounts:
+    """(document, term, count) triples of a (num_docs, width) id matrix; special ids ([PAD] etc.) are not terms.
+
+    Each row is one document (any order, any padding with special ids). A
+    row-wise sort groups equal ids; each run of equal ids is one triple.
+    """
+    docs = np.asarray(docs)
+    if docs.ndim != 2:
+        raise ValueError(f"documents must be a (num_docs, width) id matrix, got shape {docs.shape}")
+    num_docs, width = docs.shape
+    if docs.size == 0:
+        empty = np.zeros(0, np.int64)
+        return DocTermCounts(empty, empty, empty, np.zeros(num_docs, np.int64))
+    # int32 row sorts are many times faster than int64 ones (SIMD sort); ids fit easily.
+    ids = np.sort(docs.astype(np.int32, copy=False), axis=1).ravel()
+    run_start = np.ones(ids.size, dtype=bool)
+    run_start[1:] = ids[1:] != ids[:-1]
+    run_start[::width] = True  # a row never continues the previous row's run
+    starts = np.flatnonzero(run_start)
+    counts = np.diff(np.append(starts, ids.size))
+    terms = ids[starts].astype(np.int64)
+    keep = terms >= NUM_SPECIAL
+    doc = (starts[keep] // width).astype(np.int64)
+    counts = counts[keep].astype(np.int64)
+    lengths = np.bincount(doc, weights=counts, minlength=num_docs).astype(np.int64)
+    return DocTermCounts(doc, terms[keep], counts, lengths)
+
+
+def smooth_idf(df: np.ndarray, num_documents: int) -> np.ndarray:
+    """idf = ln((1 + n) / (1 + df)) + 1, float64 (scikit-learn's smooth_idf=True)."""
+    df = np.asarray(df, dtype=np.float64)
+    return np.log((1.0 + num_documents) / (1.0 + df)) + 1.0
+
+
+def normalized_tfidf(counts: DocTermCounts, idf: np.ndarray) -> np.ndarray:
+    """Per triple: tf x idf with tf = count / document length, L2-normalised within each document."""
+    if counts.doc.size == 0:
+        return np.zeros(0, np.float64)
+    weights = counts.count / counts.lengths[counts.doc] * np.asarray(idf, np.float64)[counts.term]
+    norms = np.sqrt(np.bincount(counts.doc, weights=weights * weights, minlength=counts.num_docs))
+    return weights / norms[counts.doc]  # every triple's document has a token, so its norm is > 0
+
+
+def tfidf_matrix(docs: np.ndarray, idf: np.ndarray):
+    """The (num_docs, vocab_size) normalised tf-idf matrix of a batch of documents (scipy CSR)."""
+    from scipy import sparse
+
+    counts = doc_term_counts(docs)
+    values = normalized_tfidf(counts, idf)
+    return sparse.csr_matrix((values, (counts.doc, counts.term)), shape=(counts.num_docs, len(idf)))
+
+
+class CorpusTfidf:
+    """Two-pass accumulator of corpus tf-idf; holds only (vocab_size,) arrays, whatever the corpus size.
+
+    Pass 1: add_frequencies(batch) for every batch, then pass 2: add_scores(batch)
+    for the same batches (in any order); `score` is then the mean over documents
+    of the normalised tf-idf.
+    """
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = int(vocab_size)
+        self.df = np.zeros(self.vocab_size, np.int64)
+        self.total_count = np.zeros(self.vocab_size, np.int64)
+        self.num_documents = 0
+        self.num_tokens = 0
+        self._score_sum = np.zeros(self.vocab_size, np.float64)
+        self._idf: np.ndarray | None = None
+        self._scored_documents = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held (to show that memory does not grow with the corpus)."""
+        arrays = [self.df, self.total_count, self._score_sum] + ([self._idf] if self._idf is not None else [])
+        return sum(array.nbytes for array in arrays)
+
+    def add_frequencies(self, docs: np.ndarray) -> None:
+        if self._idf is not None:
+            raise RuntimeError("add_frequencies after add_scores: pass 1 is over")
+        counts = doc_term_counts(docs)
+        self.df += np.bincount(counts.term, minlength=self.vocab_size)
+        self.total_count += np.bincount(counts.term, weights=counts.count, minlength=self.vocab_size).astype(np.int64)
+        self.num_documents += int((counts.lengths > 0).sum())
+        self.num_tokens += int(counts.lengths.sum())
+
+    @property
+    def idf(self) -> np.ndarray:
+        if self._idf is None:
+            self._idf = smooth_idf(self.df, self.num_documents)
+        return self._idf
+
+    def add_scores(self, docs: np.ndarray) -> None:
+        counts = doc_term_counts(docs)
+        self._score_sum += np.bincount(counts.term, weights=normalized_tfidf(counts, self.idf),
+                                       minlength=self.vocab_size)
+        self._scored_documents += int((counts.lengths > 0).sum())
+
+    @property
+    def score(self) -> np.ndarray:
+        """Mean normalised tf-idf per vocabulary id (0 for ids in no document and for special tokens)."""
+        if self._scored_documents != self.num_documents:
+            raise RuntimeError(f"pass 2 saw {self._scored_documents} documents, pass 1 {self.num_documents}")
+        return self._score_sum / max(self.num_documents, 1)
+
+
+# ---- documents from a genome: the data-prep code path ----------------------------
+class _DocumentWorker(pipeline.GenomeWorker):
+    """Data prep's GenomeWorker with the masking left out: a chunk's examples as a k-mer id matrix.
+
+    chunk_examples (reading, contig rules, seeded k, validation cuts) is data
+    prep's own; only _examples, which lays the tokens out as examples and masks
+    them, is replaced by the same layout without masking: an example starts at
+    each piece (contig part) start and at each record position that is a
+    multiple of seq_length - 2. tests/test_tfidf.py checks the documents against
+    chunk_examples' true_ids.
+    """
+
+    def _examples(self, piece_ids, piece_positions, split, rng, stats) -> np.ndarray:
+        per_example = self.settings.tokens_per_example
+        if not piece_ids:
+            return np.zeros((0, per_example), np.int32)
+        flat_ids = np.concatenate(piece_ids)
+        positions = np.concatenate(piece_positions)
+        new_example = positions % per_example == 0
+        new_example[np.cumsum([0] + [len(piece) for piece in piece_ids[:-1]])] = True
+        first_token = np.flatnonzero(new_example)
+        example_of = np.cumsum(new_example) - 1
+        column = np.arange(len(flat_ids)) - first_token[example_of]
+        docs = np.full((len(first_token), per_example), PAD_ID, dtype=np.int32)
+        docs[example_of, column] = flat_ids
+        return docs
+
+
+def genome_documents(settings: PrepSettings, sources: Sequence[fasta.SourceFile],
+                     records: Sequence[fasta.GenomeRecord]) -> Iterator[tuple[np.ndarray, int]]:
+    """(documents of one chunk as an id matrix padded with [PAD], genome bases of the chunk), chunk by chunk."""
+    worker = _DocumentWorker(settings, sources, records, out_dir=".")
+    try:
+        chunk = settings.chunk_length
+        for record in records:
+            for chunk_index in range(math.ceil(record.length / chunk)):
+                bases = min(chunk, record.length - chunk_index * chunk)
+                yield worker.chunk_examples(record, chunk_index, dupe=0), bases
+    finally:
+        worker.reader.close()
+
+
+@dataclasses.dataclass
+class TfidfResult:
+    tokenizer: KmerTokenizer
+    score: np.ndarray  # (vocab_size,) float64
+    idf: np.ndarray  # (vocab_size,) float64
+    df: np.ndarray  # (vocab_size,) int64
+    total_count: np.ndarray  # (vocab_size,) int64
+    num_documents: int
+    num_tokens: int
+    bases: int  # genome bases of the selected records (each streamed twice)
+    records: list[str]
+    seconds: float
+
+    @property
+    def bases_per_second(self) -> float:
+        return self.bases / self.seconds if self.seconds > 0 else float("inf")
+
+
+def genome_tfidf(fasta_paths: Sequence[str], settings: PrepSettings, progress: bool = False) -> TfidfResult:
+    """Corpus tf-idf of the selected records of FASTA(.gz) files, in two streaming passes."""
+    started = time.perf_counter()
+    paths = list(fasta_paths)
+    fasta.check_fasta_paths(paths)
+    tokenizer = settings.tokenizer()
+    with tempfile.TemporaryDirectory(prefix="dnavec_tfidf_") as work_dir:
+        sources = [fasta.open_source(path, Path(work_dir), index) for index, path in enumerate(paths)]
+        records, _ = fasta.select_records(sources, settings.chromosomes)
+        bases = sum(record.length for record in records)
+        accumulator = CorpusTfidf(tokenizer.vocab_size)
+        for name, add in (("pass 1/2 (df)", accumulator.add_frequencies), ("pass 2/2 (tf-idf)", accumulator.add_scores)):
+            bar = _progress_bar(bases, name, progress)
+            for docs, chunk_bases in genome_documents(settings, sources, records):
+                add(docs)
+                if bar is not None:
+                    bar.update(chunk_bases)
+            if bar is not None:
+                bar.close()
+            if accumulator.num_documents == 0:
+                raise DNAVecError(
+                    f"{', '.join(paths)}: the selected records hold no contig of at least min_contig_length="
+                    f"{settings.min_contig_length} A/C/G/T bases, so there are no documents"
+                )
+    return TfidfResult(tokenizer, accumulator.score, accumulator.idf, accumulator.df, accumulator.total_count,
+                       accumulator.num_documents, accumulator.num_tokens, bases, [r.name for r in records],
+                       time.perf_counter() - started)
+
+
+def _progress_bar(total: int, name: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="bp", unit_scale=True, desc=f"tf-idf {name}", smoothing=0.05)
+
+
+# ---- ranking and outputs ----------------------------------------------------------
+def top_kmers(score: np.ndarray, top: int) -> np.ndarray:
+    """Ids of the `top` highest-scoring k-mers (score > 0), best first; ties by id."""
+    score = np.asarray(score)
+    candidates = np.flatnonzero(score > 0)
+    order = np.lexsort((candidates, -score[candidates]))
+    return candidates[order[:top]]
+
+
+def top_rows(result: TfidfResult, top: int) -> list[dict]:
+    ids = top_kmers(result.score, top)
+    lengths = result.tokenizer.ids_to_kmer_lengths(ids)
+    return [
+        {"rank": rank, "kmer": result.tokenizer.id_to_token(token_id), "k": int(k),
+         "score": float(result.score[token_id]), "idf": float(result.idf[token_id]),
+         "df": int(result.df[token_id]), "total_count": int(result.total_count[token_id])}
+        for rank, (token_id, k) in enumerate(zip(ids, lengths), start=1)
+    ]
+
+
+def read_top_csv(path) -> list[dict]:
+    """Rows of a tfidf_top.csv (as written by `dnavec tfidf`), best first."""
+    path = Path(path)
+    if not path.is_file():
+        raise DNAVecError(f"{path}: tf-idf CSV not found")
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is None or "kmer" not in reader.fieldnames:
+            raise DNAVecError(f"{path}: not a tf-idf CSV (no 'kmer' column; expected the columns "
+                              f"{','.join(CSV_COLUMNS)})")
+        return list(reader)
+
+
+def write_atomic(path: Path, write: Callable[[io.IOBase], None], binary: bool = True) -> None:
+    """Writes through `write(handle)` into a temporary file next to `path`, then renames it into place."""
+    path = Path(path)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb" if binary else "w", **({} if binary else {"newline": "", "encoding": "utf-8"})
+                       ) as stream:
+            write(stream)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def prepare_output_dir(output_dir, names: Iterable[str], overwrite: bool) -> Path:
+    """Creates the output directory; refuses to replace existing outputs without --overwrite."""
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise DNAVecError(f"{output_dir}: exists and is not a directory")
+    existing = [name for name in names if (output_dir / name).exists()]
+    if existing and not overwrite:
+        raise DNAVecError(f"{output_dir}: already holds {', '.join(existing)}; pass --overwrite to replace")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DNAVecError(f"{output_dir}: cannot create the output directory ({error.strerror})") from None
+    return output_dir
+
+
+def word_cloud_png(frequencies: dict[str, float], seed: int = 0, width: int = 1600, height: int = 800) -> bytes:
+    """PNG bytes of a word cloud of the given k-mer weights (wordcloud.generate_from_frequencies)."""
+    from wordcloud import WordCloud
+
+    cloud = WordCloud(width=width, height=height, background_color="white", random_state=seed,
+                      max_words=len(frequencies), colormap="viridis", prefer_horizontal=0.9)
+    cloud.generate_from_frequencies(frequencies)
+    buffer = io.BytesIO()
+    cloud.to_image().save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_outputs(result: TfidfResult, output_dir: Path, top: int, seed: int, summary: dict) -> list[dict]:
+    rows = top_rows(result, top)
+
+    def write_csv(handle):
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row)  # floats as repr: they read back exactly
+
+    write_atomic(output_dir / TOP_CSV, write_csv, binary=False)
+    write_atomic(output_dir / SCORES_NPY, lambda handle: np.save(handle, result.score))
+    png = word_cloud_png({row["kmer"]: row["score"] for row in rows}, seed=seed) if rows else None
+    if png is not None:
+        write_atomic(output_dir / WORDCLOUD_PNG, lambda handle: handle.write(png))
+    write_atomic(output_dir / SUMMARY_JSON,
+                 lambda handle: handle.write(json.dumps(summary, indent=2) + "\n"), binary=False)
+    return rows
+
+
+# ---- the `dnavec tfidf` command ------------------------------------------------------
+def settings_from_args(args: argparse.Namespace) -> PrepSettings:
+    """Data-prep settings for the tokenization (defaults: data prep's; validated, errors one line)."""
+    return PrepSettings.from_dict({
+        "fasta": tuple(os.path.abspath(path) for path in args.fasta), "chromosomes": args.chromosomes,
+        "k_min": args.k_min, "k_max": args.k_max, "seq_length": args.seq_length, "seed": args.seed,
+        "min_contig_length": args.min_contig_length,
+        # Not used by tf-idf, but validated against seq_length.
+        "max_predictions": min(PrepSettings.max_predictions, max(1, args.seq_length - 2)),
+        "mask_span": min(PrepSettings.mask_span, max(1, args.seq_length - 2)),
+    })
+
+
+def run_tfidf(args: argparse.Namespace) -> int:
+    if args.top < 1:
+        raise DNAVecError(f"--top must be at least 1, got {args.top}")
+    settings = settings_from_args(args)
+    output_dir = prepare_output_dir(args.output_dir, OUTPUT_FILES, args.overwrite)
+    result = genome_tfidf(settings.fasta, settings, progress=sys.stderr.isatty())
+    summary = {
+        "formulas": {"tf": "count / tokens in document", "idf": "ln((1 + n) / (1 + df)) + 1",
+                     "tfidf": "tf * idf, L2-normalised per document",
+                     "score": "mean over documents of the normalised tf-idf"},
+        "document": f"one data-prep example: up to seq_length - 2 = {settings.tokens_per_example} k-mer tokens",
+        "settings": {key: settings.to_dict()[key] for key in
+                     ("fasta", "chromosomes", "k_min", "k_max", "seq_length", "seed", "min_contig_length",
+                      "soft_masked", "validation_fraction", "validation_block_size", "chunk_bases")},
+        "records": result.records,
+        "vocab_size": result.tokenizer.vocab_size,
+        "num_documents": result.num_documents,
+        "num_tokens": result.num_tokens,
+        "distinct_kmers": int((result.df > 0).sum()),
+        "bases": result.bases,
+        "seconds": round(result.seconds, 3),
+        "bases_per_second": result.bases_per_second,
+        "top": args.top,
+    }
+    rows = write_outputs(result, output_dir, args.top, args.seed, summary)
+    best = ", ".join(f"{row['kmer']} ({row['score']:.4g})" for row in rows[:5])
+    print(f"tf-idf of {len(result.records)} record(s): {result.num_documents:,} documents, "
+          f"{result.num_tokens:,} tokens, {int((result.df > 0).sum()):,} distinct k-mers; top: {best}")
+    print(f"wrote {', '.join(name for name in OUTPUT_FILES if (output_dir / name).exists())} to {output_dir}")
+    print(f"throughput: {result.bases:,} bases in {result.seconds:.1f} s (two passes) = "
+          f"{result.bases_per_second / 1e6:.2f} M bases/s")
+    return 0
