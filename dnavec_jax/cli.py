@@ -142,20 +142,80 @@ def _add_tfidf(subparsers) -> None:
 
 # ---- attention (dnavec_jax/attention.py) ----
 def _add_attention(subparsers) -> None:
-    parser = subparsers.add_parser("attention", help="attention shares per layer and head: CSV, heat maps, HTML")
+    parser = subparsers.add_parser(
+        "attention", help="attention shares per layer and head: CSV, heat maps, HTML",
+        description=(
+            "Share of attention per layer and head going to [CLS], [SEP], k_min-mers, longer k-mers, the top "
+            "tf-idf k-mers, the token itself and the k-mers overlapping it, against uniform attention "
+            "(docs/outputs.md). Windows are drawn from the FASTA as training examples. Writes "
+            "attention_shares.csv, one attention_<category>.png heat map per category, attention_summary.json, "
+            "and with --html_record bertviz head/model views."
+        ),
+    )
     _add_model_argument(parser)
-    parser.add_argument("--fasta", required=True)
+    parser.add_argument("--fasta", required=True, action="append", help="FASTA(.gz) file; repeat for several files")
     parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--chromosomes", default="all", help="records to draw windows from: 'all' (default), "
+                        "'chr1-22' or a comma list")
+    parser.add_argument("--num_sequences", type=int, default=256, help="windows drawn at random (seeded)")
+    parser.add_argument("--seed", type=int, default=0, help="window choice and tokenization seed")
+    parser.add_argument("--batch_size", type=int, default=8, help="windows per forward pass")
+    parser.add_argument("--top_tfidf", type=int, default=100, help="N of the top-N tf-idf k-mer category")
+    parser.add_argument("--tfidf_csv", default=None,
+                        help="tfidf_top.csv of `dnavec tfidf` (default: compute tf-idf on --fasta)")
+    parser.add_argument("--html_record", default=None,
+                        help="FASTA record whose first window is rendered as bertviz HTML (needs torch, bertviz)")
+    parser.add_argument("--html_tokens", type=int, default=64, help="k-mers of that window shown in the HTML")
+    parser.add_argument("--overwrite", action="store_true", help="replace earlier outputs in --output_dir")
     parser.set_defaults(handler=lambda args: _call("attention", "run_attention", args))
 
 
 # ---- classify (dnavec_jax/classify.py) ----
 def _add_classify(subparsers) -> None:
-    parser = subparsers.add_parser("classify", help="sequence classification: k-mer baseline, probe, fine-tuning")
+    parser = subparsers.add_parser(
+        "classify", help="sequence classification: k-mer baseline, probe, fine-tuning",
+        description=(
+            "Trains and compares, on the same train/dev/test tables: a bag-of-k-mers logistic regression "
+            "(no pretraining), logistic-regression probes on frozen DNAVec features (mean static k-mer vector, "
+            "[CLS] and mean contextual embeddings) and fine-tuning of the encoder with a classification head. "
+            "C and the fine-tuning epoch are chosen on dev MCC. Prints a table (accuracy, macro F1, MCC, AUROC "
+            "for binary tasks; dev and test) and writes OUTPUT_DIR/results.json (docs/classify.md)."
+        ),
+    )
     _add_model_argument(parser)
     for split in ("train", "dev", "test"):
-        parser.add_argument(f"--{split}", required=True, help=f"{split} CSV/TSV with sequence and label columns")
-    parser.add_argument("--output_dir", required=True)
+        parser.add_argument(f"--{split}", required=True,
+                            help=f"{split} CSV/TSV with a header naming a 'sequence' and a 'label' column")
+    parser.add_argument("--output_dir", required=True, help="directory for results.json (created if missing)")
+    parser.add_argument("--methods", default="baseline,probe,finetune",
+                        help="comma list of baseline, probe, finetune (default all three)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="tokenization, fine-tuning order/dropout/head and scikit-learn seed")
+    parser.add_argument("--max_length", type=int, default=0,
+                        help="use only the first N bases of each sequence, for every method (default 0: all)")
+    parser.add_argument("--baseline_k", default="",
+                        help="k of the k-mer baseline: K or K_MIN-K_MAX (default: the model's k range)")
+    parser.add_argument("--tfidf", action="store_true",
+                        help="baseline: tf-idf weighting instead of L2-normalised counts")
+    parser.add_argument("--probe_features", default="static,cls,mean",
+                        help="comma list of static, cls, mean (default all three)")
+    parser.add_argument("--probe_tokenizations", type=int, default=1,
+                        help="probe: average the features over this many seeded tokenizations")
+    parser.add_argument("--embed_batch_size", type=int, default=64, help="probe: windows per jitted batch")
+    parser.add_argument("--learning_rate", type=float, default=3e-4, help="fine-tuning peak learning rate (AdamW)")
+    parser.add_argument("--epochs", type=int, default=20, help="fine-tuning epochs at most")
+    parser.add_argument("--batch_size", type=int, default=32,
+                        help="fine-tuning sequences per step; divisible by the device count")
+    parser.add_argument("--patience", type=int, default=5,
+                        help="stop fine-tuning after this many epochs without a better dev MCC")
+    parser.add_argument("--pool", choices=("cls", "mean"), default="cls",
+                        help="fine-tuning head input: mean [CLS] state over the windows, or mean k-mer token state")
+    parser.add_argument("--weight_decay", type=float, default=0.01, help="fine-tuning AdamW weight decay")
+    parser.add_argument("--warmup_fraction", type=float, default=0.1,
+                        help="fine-tuning linear warmup over this fraction of the steps, then linear decay")
+    parser.add_argument("--no_retokenize", action="store_true",
+                        help="fine-tune on one tokenization (default: a fresh random tokenization each epoch)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT_DIR/results.json")
     parser.set_defaults(handler=lambda args: _call("classify", "run_classify", args))
 
 

@@ -1,0 +1,826 @@
+"""Sequence classification with a trained model (`dnavec classify`): k-mer baseline, linear probes, fine-tuning.
+
+Input: three tables (train, dev, test), CSV or TSV, with a header row holding a `sequence` and a
+`label` column (the DNABERT fine-tuning / GUE layout; other columns are ignored):
+- the delimiter comes from the extension (.csv comma, .tsv/.tab tab), otherwise from the header
+  line (a tab if it has one, else a comma);
+- a sequence is DNA text (any case; N and IUPAC letters split it into contigs as in `embed`) or,
+  as in DNABERT's own files, space-separated overlapping k-mers, which are joined back into DNA;
+- labels are any strings; classes are the train split's labels, integer-like labels in numeric
+  order, others in string order; class i is row/column i everywhere;
+- sequences may have any length: the model sees them cut into windows exactly as `embed` does
+  (inference.sequence_windows: nothing truncated, unless --max_length asks for the first N bases,
+  which then applies to every method alike).
+User mistakes (missing file, empty file, missing column, a single class, a dev/test label unseen
+in train, a letter that is not DNA, a sequence without k-mers) are one-line DNAVecErrors.
+
+Methods, all on the same splits:
+  baseline   bag of k-mers: counts of every k-mer at every position for each k of --baseline_k
+             (default: the model's k range), rows L2-normalised or tf-idf (--tfidf); no pretraining.
+  probe      frozen DNAVec features, one row each:
+               static  mean of the input word-embedding vectors (vectors.input_embeddings) of the
+                       sequence's k-mer tokens (the tokenization `embed` uses, seed --seed);
+               cls     embed_sequences' `cls` (mean [CLS] state over the windows);
+               mean    embed_sequences' `mean` (mean state over all k-mer tokens);
+             standardised (StandardScaler fitted on train).
+  finetune   the pretrained encoder + a head (pooled vector -> dropout -> dense), trained end to end.
+Baseline and probes are scikit-learn LogisticRegression (lbfgs, L2); C is chosen on dev from
+C_GRID. Model selection (C, and the fine-tuning epoch) maximises dev MCC, ties to the first
+(smaller C, earlier epoch); dev figures are therefore optimistic, test figures are not.
+
+Fine-tuning (see FinetuneSettings):
+- windows: a sequence is cut into windows as in `embed`, ALL of its windows are encoded in one
+  example, and the head sees their pooled vector: `cls` = mean of the windows' [CLS] states,
+  `mean` = mean of all k-mer token states (the probe's features, now trained). Nothing is
+  dropped, a motif in the last window counts. Every batch has shape (batch, W, L): W = the most
+  windows of any sequence, L = the padded length of the longest window; shorter sequences get
+  empty [CLS] [SEP] windows that the pooling ignores. Cost grows with W: cap it with --max_length.
+- tokenization: evaluation uses the tokenization `embed` uses (record_seed(seed, 0, sequence));
+  training draws a fresh one each epoch (record_seed(seed, epoch, ...)) as augmentation, since a
+  k-mer model sees the same bases under many tokenizations.
+- the pretraining machinery: sharding.make_mesh (data parallel), train.TrainState and
+  train.state_shardings, the batch split over all devices with sharding.batch_sharding and
+  sharding.global_batch, jax.jit with those in/out shardings and the state donated, optax AdamW
+  from train.make_optimizer (linear warmup over warmup_fraction of the steps, linear decay to 0,
+  global-norm clipping, no decay on biases and LayerNorm), dropout from fold_in(rng, step).
+- loss: mean cross-entropy over the real examples of a batch (the last batch of an epoch is
+  padded with weight-0 rows); one dev evaluation per epoch, early stopping after --patience
+  epochs without a better dev MCC, the best epoch's parameters are kept and evaluated on test.
+
+Metrics (per split): accuracy, macro F1, MCC (scikit-learn), and AUROC of the class-1
+probability for binary tasks (None otherwise, or when the split holds one class only).
+
+Outputs: OUTPUT_DIR/results.json (task, model, settings, per method dev/test metrics and what was
+selected) and a table printed as Markdown. Same inputs and --seed give the same numbers on the
+same machine and device count (lbfgs is deterministic; fine-tuning's order, dropout, head and
+tokenizations are seeded; another device count changes the reduction order, hence the rounding).
+
+A planted-motif task for demos and tests: planted_motif_task / write_task
+(scripts/make_motif_task.py writes train/dev/test CSVs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import linen as nn
+
+from dnavec_jax.errors import DNAVecError
+from dnavec_jax.model import BertConfig, BertForMaskedLM
+from dnavec_jax.tokenization import BASE_CODES, CLS_ID, NUM_SPECIAL, SEP_ID, KmerTokenizer, acgt_runs
+
+SPLITS = ("train", "dev", "test")
+METHODS = ("baseline", "probe", "finetune")
+PROBE_FEATURES = ("static", "cls", "mean")
+POOLINGS = ("cls", "mean")
+C_GRID = tuple(10.0**exponent for exponent in range(-3, 5))  # 1e-3 .. 1e4
+SELECT_METRIC = "mcc"
+METRICS = ("accuracy", "macro_f1", "mcc", "auroc")
+RESULTS_FILE = "results.json"
+CTCF_CORE = "CCGCGNGGNGGCAG"  # CTCF core consensus (N: any base)
+
+
+# ---- reading the tables -----------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    name: str  # train | dev | test
+    path: str
+    sequences: list[str]  # DNA, as read (case kept)
+    labels: list[str]
+    lines: list[int]  # line number of each row in the file (for messages)
+
+    def row_names(self) -> list[str]:
+        return [f"{self.path}: line {line}" for line in self.lines]
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    classes: list[str]  # class id -> label text
+    splits: dict[str, Split]
+    max_length: int = 0  # 0: whole sequences; else the first max_length bases of each
+
+    def labels(self, split: str) -> np.ndarray:
+        index = {label: i for i, label in enumerate(self.classes)}
+        return np.array([index[label] for label in self.splits[split].labels], dtype=np.int64)
+
+    def sequences(self, split: str) -> list[str]:
+        sequences = self.splits[split].sequences
+        return [s[:self.max_length] for s in sequences] if self.max_length else list(sequences)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "classes": self.classes, "num_classes": len(self.classes), "max_length": self.max_length,
+            "splits": {name: {"path": split.path, "examples": len(split.sequences),
+                              "per_class": np.bincount(self.labels(name), minlength=len(self.classes)).tolist(),
+                              "bases_min": min(map(len, split.sequences)),
+                              "bases_max": max(map(len, split.sequences))}
+                       for name, split in self.splits.items()},
+        }
+
+
+def _delimiter(path: Path, text: str) -> str:
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return ","
+    if suffix in (".tsv", ".tab"):
+        return "\t"
+    header = text.splitlines()[0]
+    return "\t" if "\t" in header else ","
+
+
+def _kmers_to_dna(text: str, where: str) -> str:
+    """DNABERT's layout: space-separated overlapping k-mers (ACGTA CGTAC ...) -> the DNA they cover."""
+    kmers = text.split()
+    if any(len(kmer) != len(kmers[0]) for kmer in kmers) or any(
+            a[1:] != b[:-1] for a, b in zip(kmers, kmers[1:])):
+        raise DNAVecError(f"{where}: the sequence holds spaces but is not a run of overlapping k-mers of one k "
+                          "(DNABERT's layout); give plain DNA text")
+    return kmers[0] + "".join(kmer[-1] for kmer in kmers[1:])
+
+
+def read_split(path: str | os.PathLike, split: str) -> Split:
+    """One table (see the module docstring); DNAVecError on anything unreadable."""
+    from dnavec_jax.inference import check_dna
+
+    where = f"--{split} {path}"
+    file = Path(path)
+    if not file.exists():
+        raise DNAVecError(f"{where}: no such file")
+    if not file.is_file():
+        raise DNAVecError(f"{where}: not a file")
+    try:
+        text = file.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise DNAVecError(f"{where}: not a text file (expected CSV/TSV in UTF-8)") from None
+    except OSError as error:
+        raise DNAVecError(f"{where}: cannot read ({error.strerror or error})") from None
+    if not text.strip():
+        raise DNAVecError(f"{where}: empty file (expected a header row with 'sequence' and 'label', then rows)")
+    reader = csv.reader(io.StringIO(text), delimiter=_delimiter(file, text))
+    header = [column.strip().lower() for column in next(reader)]
+    missing = [column for column in ("sequence", "label") if column not in header]
+    if missing:
+        raise DNAVecError(f"{where}: no {' and no '.join(repr(m) for m in missing)} column (header: "
+                          f"{', '.join(repr(h) for h in header)}); the first row must name a 'sequence' and a "
+                          "'label' column")
+    seq_col, label_col = header.index("sequence"), header.index("label")
+    sequences, labels, lines = [], [], []
+    for row in reader:
+        line = reader.line_num
+        if not any(field.strip() for field in row):
+            continue  # blank line
+        if len(row) != len(header):
+            raise DNAVecError(f"{path}: line {line}: {len(row)} field(s), the header has {len(header)}")
+        sequence, label = row[seq_col].strip(), row[label_col].strip()
+        if not sequence:
+            raise DNAVecError(f"{path}: line {line}: empty sequence")
+        if not label:
+            raise DNAVecError(f"{path}: line {line}: empty label")
+        if any(c.isspace() for c in sequence):
+            sequence = _kmers_to_dna(sequence, f"{path}: line {line}")
+        check_dna(sequence, f"{path}: line {line}")
+        sequences.append(sequence)
+        labels.append(label)
+        lines.append(line)
+    if not sequences:
+        raise DNAVecError(f"{where}: no data rows (only a header)")
+    return Split(split, str(path), sequences, labels, lines)
+
+
+def class_order(labels: Sequence[str]) -> list[str]:
+    """Distinct labels: integer-like ones in numeric order, otherwise in string order."""
+    unique = set(labels)
+    if all(re.fullmatch(r"[+-]?\d+", label) for label in unique):
+        return sorted(unique, key=int)
+    return sorted(unique)
+
+
+def load_task(train: str, dev: str, test: str, max_length: int = 0) -> Task:
+    """Reads and checks the three tables; classes come from train."""
+    if max_length < 0:
+        raise DNAVecError(f"--max_length must be >= 0 (0: whole sequences), got {max_length}")
+    splits = {name: read_split(path, name) for name, path in zip(SPLITS, (train, dev, test))}
+    classes = class_order(splits["train"].labels)
+    if len(classes) < 2:
+        raise DNAVecError(f"--train {train}: every row has the label {classes[0]!r}; classification needs at "
+                          "least two classes")
+    for name in ("dev", "test"):
+        unseen = class_order(set(splits[name].labels) - set(classes))
+        if unseen:
+            raise DNAVecError(f"--{name} {splits[name].path}: label(s) {', '.join(map(repr, unseen[:5]))} do not "
+                              f"occur in --train (its classes: {', '.join(map(repr, classes[:10]))})")
+    return Task(classes, splits, int(max_length))
+
+
+# ---- metrics -----------------------------------------------------------------------
+
+def classification_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float | None]:
+    """accuracy, macro F1, MCC of argmax(probs); AUROC of probs[:, 1] for two classes (see the module docstring)."""
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef, roc_auc_score
+
+    labels = np.asarray(labels)
+    probs = np.asarray(probs, dtype=np.float64)
+    predicted = probs.argmax(axis=1)
+    auroc = None
+    if probs.shape[1] == 2 and len(np.unique(labels)) == 2:
+        auroc = float(roc_auc_score(labels, probs[:, 1]))
+    return {"accuracy": float(accuracy_score(labels, predicted)),
+            "macro_f1": float(f1_score(labels, predicted, average="macro", zero_division=0)),
+            "mcc": float(matthews_corrcoef(labels, predicted)), "auroc": auroc}
+
+
+def _better(score: float, best: float | None) -> bool:
+    return best is None or score > best
+
+
+# ---- baseline: bag of k-mers ---------------------------------------------------------
+
+def parse_k_range(text: str) -> tuple[int, int]:
+    """'6' -> (6, 6); '3-6' or '3..6' -> (3, 6)."""
+    match = re.fullmatch(r"\s*(\d+)\s*(?:(?:-|\.\.)\s*(\d+)\s*)?", text or "")
+    if not match:
+        raise DNAVecError(f"--baseline_k {text!r}: expected K or K_MIN-K_MAX, e.g. 6 or 3-6")
+    k_min = int(match.group(1))
+    k_max = int(match.group(2) or k_min)
+    try:
+        KmerTokenizer(k_min, k_max)
+    except ValueError as error:
+        raise DNAVecError(f"--baseline_k {text!r}: {error}") from None
+    return k_min, k_max
+
+
+def kmer_counts(sequences: Sequence[str], k_min: int, k_max: int):
+    """Sparse (n, vocab) counts of every k-mer at every position, each k in k_min..k_max (columns: KmerTokenizer ids).
+
+    Deterministic (all k at every position, not the model's random tokenization); k-mers never
+    span an N or IUPAC letter.
+    """
+    from scipy import sparse
+
+    tokenizer = KmerTokenizer(k_min, k_max)
+    indptr, indices, counts = [0], [], []
+    for sequence in sequences:
+        codes = BASE_CODES[np.frombuffer(sequence.encode("ascii"), dtype=np.uint8)]
+        ids = []
+        for start, end in acgt_runs(codes):
+            contig = codes[start:end]
+            for k in range(k_min, k_max + 1):
+                num = len(contig) - k + 1
+                if num > 0:
+                    ks = np.full(tokenizer.num_tokens(len(contig)), k)
+                    ids.append(tokenizer.encode_contig_codes(contig, ks)[:num])
+        unique, count = np.unique(np.concatenate(ids) if ids else np.zeros(0, np.int64), return_counts=True)
+        indices.append(unique)
+        counts.append(count)
+        indptr.append(indptr[-1] + len(unique))
+    return sparse.csr_matrix((np.concatenate(counts).astype(np.float64), np.concatenate(indices),
+                              np.asarray(indptr)), shape=(len(sequences), tokenizer.vocab_size))
+
+
+# ---- logistic regression with C chosen on dev -----------------------------------------
+
+def logistic_regression(features: dict[str, Any], labels: dict[str, np.ndarray], seed: int) -> dict[str, Any]:
+    """Fits LogisticRegression on train for each C in C_GRID, keeps the best dev SELECT_METRIC.
+
+    Returns {"dev": metrics, "test": metrics, "selected": {"C": ..., "dev_<metric>_by_C": ...}}.
+    """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    best, by_c = None, {}
+    for c in C_GRID:
+        model = LogisticRegression(C=c, max_iter=2000, random_state=seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model.fit(features["train"], labels["train"])
+        dev = classification_metrics(labels["dev"], model.predict_proba(features["dev"]))
+        by_c[f"{c:g}"] = round(dev[SELECT_METRIC], 6)
+        if _better(dev[SELECT_METRIC], best and best[1][SELECT_METRIC]):
+            best = (c, dev, model)
+    c, dev, model = best
+    test = classification_metrics(labels["test"], model.predict_proba(features["test"]))
+    converged = bool(np.all(np.asarray(model.n_iter_) < model.max_iter))
+    return {"dev": dev, "test": test,
+            "selected": {"C": c, f"dev_{SELECT_METRIC}_by_C": by_c, "converged": converged}}
+
+
+def run_baseline(task: Task, k_range: tuple[int, int], tfidf: bool, seed: int) -> dict[str, Any]:
+    from sklearn.feature_extraction.text import TfidfTransformer
+    from sklearn.preprocessing import normalize
+
+    counts = {split: kmer_counts(task.sequences(split), *k_range) for split in SPLITS}
+    if tfidf:
+        transformer = TfidfTransformer().fit(counts["train"])  # smooth idf, L2 rows
+        features = {split: transformer.transform(matrix) for split, matrix in counts.items()}
+    else:
+        features = {split: normalize(matrix) for split, matrix in counts.items()}
+    result = logistic_regression(features, {split: task.labels(split) for split in SPLITS}, seed)
+    result["selected"].update(k_min=k_range[0], k_max=k_range[1], tfidf=bool(tfidf))
+    return result
+
+
+# ---- probes on frozen features ----------------------------------------------------------
+
+def probe_features(loaded, task: Task, seed: int, batch_size: int = 64,
+                   features: Sequence[str] = PROBE_FEATURES, num_tokenizations: int = 1
+                   ) -> dict[str, dict[str, np.ndarray]]:
+    """{feature: {split: (n, hidden) float32}} for static / cls / mean (see the module docstring).
+
+    Each is averaged over `num_tokenizations` seeded tokenizations (embed_sequences' pooling).
+    """
+    from dnavec_jax.embedding import embed_sequences, record_seed
+    from dnavec_jax.inference import check_dna, tokenize_sequence
+    from dnavec_jax.vectors import input_embeddings
+
+    out: dict[str, dict[str, np.ndarray]] = {name: {} for name in features}
+    table = input_embeddings(loaded) if "static" in features else None
+    for split in SPLITS:
+        sequences, names = task.sequences(split), task.splits[split].row_names()
+        if "cls" in features or "mean" in features:
+            embedded = embed_sequences(loaded, sequences, seed=seed, num_tokenizations=num_tokenizations,
+                                       batch_size=batch_size, names=names)
+            for name in ("cls", "mean"):
+                if name in features:
+                    out[name][split] = embedded[name]
+        if table is not None:
+            rows = []
+            for sequence, name in zip(sequences, names):
+                raw = check_dna(sequence, name)
+                ids = np.concatenate([contig.ids for t in range(num_tokenizations) for contig in
+                                      tokenize_sequence(loaded.tokenizer, raw, record_seed(seed, t, raw), name)]
+                                     or [np.zeros(0, np.int64)])
+                if not len(ids):
+                    raise DNAVecError(f"{name}: no k-mer to embed (no run of {loaded.tokenizer.k_min} or more "
+                                      "A/C/G/T bases)")
+                rows.append(table[ids].mean(axis=0))
+            out["static"][split] = np.stack(rows).astype(np.float32)
+    return out
+
+
+def run_probe(features: dict[str, np.ndarray], task: Task, seed: int) -> dict[str, Any]:
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(features["train"])
+    scaled = {split: scaler.transform(features[split]) for split in SPLITS}
+    return logistic_regression(scaled, {split: task.labels(split) for split in SPLITS}, seed)
+
+
+# ---- fine-tuning ----------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneSettings:
+    learning_rate: float = 3e-4  # peak
+    epochs: int = 20  # at most; early stopping may end sooner
+    batch_size: int = 32  # sequences per step (all their windows), divisible by the device count
+    patience: int = 5  # epochs without a better dev MCC before stopping
+    pooling: str = "cls"  # "cls" | "mean" over all windows of a sequence
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.1  # of all steps, linear from 0; then linear decay to 0
+    grad_clip_norm: float = 1.0
+    retokenize: bool = True  # a fresh random tokenization of the train sequences each epoch
+    seed: int = 0
+
+    def check(self) -> None:
+        if not self.learning_rate > 0:
+            raise DNAVecError(f"--learning_rate must be > 0, got {self.learning_rate}")
+        for name in ("epochs", "batch_size", "patience"):
+            if getattr(self, name) < 1:
+                raise DNAVecError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.pooling not in POOLINGS:
+            raise DNAVecError(f"--pool must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        if not 0 <= self.warmup_fraction < 1 or self.weight_decay < 0:
+            raise DNAVecError("--warmup_fraction must lie in [0, 1) and --weight_decay be >= 0")
+
+    def optimizer_settings(self, total_steps: int):
+        """The fields train.make_optimizer reads, for fine-tuning."""
+        import ml_collections
+
+        return ml_collections.ConfigDict(dict(
+            learning_rate=float(self.learning_rate), end_learning_rate_factor=0.0, schedule="linear",
+            num_train_steps=int(total_steps), warmup_steps=int(round(self.warmup_fraction * total_steps)),
+            grad_clip_norm=float(self.grad_clip_norm), weight_decay=float(self.weight_decay),
+            adam_b1=0.9, adam_b2=0.999, adam_eps=1e-6,
+        ))
+
+
+class SequenceClassifier(nn.Module):
+    """All windows of a sequence -> BERT encoder -> pooled over the windows -> dropout -> dense logits.
+
+    Inputs (batch, windows, length) int32. Parameters: "bert" (BertForMaskedLM's embeddings and
+    encoder, plus the mlm_bias its setup declares, unused here) and "classifier" (the dense head).
+    Pooling: "cls" = mean [CLS] state over the windows that hold k-mers; "mean" = mean state over
+    all real k-mer tokens (embed's `cls` and `mean`). BERT's pooler is not used: MLM never trains it.
+    """
+
+    config: BertConfig
+    num_classes: int
+    pooling: str = "cls"
+
+    @nn.compact
+    def __call__(self, input_ids, input_mask, deterministic: bool = True):
+        cfg = self.config
+        batch, windows, length = input_ids.shape
+        hidden = BertForMaskedLM(cfg, name="bert").encode(
+            input_ids.reshape(batch * windows, length), input_mask.reshape(batch * windows, length),
+            deterministic=deterministic)
+        hidden = hidden.astype(jnp.float32).reshape(batch, windows, length, -1)
+        tokens = ((input_mask > 0) & (input_ids >= NUM_SPECIAL)).astype(jnp.float32)  # real k-mers
+        if self.pooling == "cls":
+            real = (tokens.sum(-1) > 0).astype(jnp.float32)  # windows that hold k-mers
+            pooled = jnp.einsum("bw,bwh->bh", real, hidden[:, :, 0])
+            pooled = pooled / jnp.maximum(real.sum(-1, keepdims=True), 1.0)
+        else:
+            pooled = jnp.einsum("bwl,bwlh->bh", tokens, hidden)
+            pooled = pooled / jnp.maximum(tokens.sum((1, 2))[:, None], 1.0)
+        pooled = nn.Dropout(cfg.hidden_dropout_rate)(pooled, deterministic=deterministic)
+        return nn.Dense(self.num_classes, kernel_init=nn.initializers.normal(cfg.initializer_range),
+                        param_dtype=jnp.float32, name="classifier")(pooled)
+
+
+def _window_ids(loaded, sequences: Sequence[str], names: Sequence[str], seed: int, tokenization: int
+                ) -> list[list[np.ndarray]]:
+    """Per sequence, its windows' k-mer ids under tokenization t (embed's windows for t = 0)."""
+    from dnavec_jax.embedding import record_seed
+    from dnavec_jax.inference import check_dna, sequence_windows
+
+    out = []
+    for sequence, name in zip(sequences, names):
+        raw = check_dna(sequence, name)
+        windows = sequence_windows(loaded.tokenizer, raw, record_seed(seed, tokenization, raw), loaded.max_tokens,
+                                   name)
+        if not windows:
+            raise DNAVecError(f"{name}: no k-mer to embed (no run of {loaded.tokenizer.k_min} or more A/C/G/T "
+                              "bases)")
+        out.append([window.ids for window in windows])
+    return out
+
+
+def _pack(window_lists: Sequence[list[np.ndarray]], rows: int, windows: int, length: int
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, windows, length) int32 ids and mask; unused slots are empty [CLS] [SEP] windows."""
+    input_ids = np.zeros((rows, windows, length), np.int32)
+    input_mask = np.zeros((rows, windows, length), np.int32)
+    input_ids[:, :, 0], input_ids[:, :, 1] = CLS_ID, SEP_ID
+    input_mask[:, :, :2] = 1
+    for row, sequence_windows in enumerate(window_lists):
+        for slot, ids in enumerate(sequence_windows):
+            n = len(ids)
+            input_ids[row, slot, 1:n + 1] = ids
+            input_ids[row, slot, n + 1] = SEP_ID
+            input_mask[row, slot, :n + 2] = 1
+    return input_ids, input_mask
+
+
+def finetune(loaded, task: Task, settings: FinetuneSettings,
+             log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Fine-tunes the encoder with a classification head (see the module docstring); returns dev/test metrics."""
+    from dnavec_jax import sharding, train
+    from dnavec_jax.inference import padded_length
+
+    settings.check()
+    log = log or (lambda message: None)
+    seed, batch_size = int(settings.seed), int(settings.batch_size)
+    mesh = sharding.make_mesh(False)
+    divisor = sharding.batch_size_divisor(mesh)
+    if batch_size % divisor:
+        raise DNAVecError(f"--batch_size ({batch_size}) must be divisible by the {divisor} data-parallel devices")
+    process_count, process_index = jax.process_count(), jax.process_index()
+    local_rows = batch_size // process_count
+
+    names = {split: task.splits[split].row_names() for split in SPLITS}
+    sequences = {split: task.sequences(split) for split in SPLITS}
+    labels = {split: task.labels(split) for split in SPLITS}
+    eval_windows = {split: _window_ids(loaded, sequences[split], names[split], seed, 0) for split in ("dev", "test")}
+    train_windows = _window_ids(loaded, sequences["train"], names["train"], seed, 0)
+    # Window counts and sizes depend on the lengths only, never on the tokenization.
+    every = [w for split in (train_windows, *eval_windows.values()) for w in split]
+    num_windows = max(len(w) for w in every)
+    length = padded_length(max(len(ids) for w in every for ids in w), loaded.window_length)
+    num_classes = len(task.classes)
+
+    model = SequenceClassifier(loaded.config, num_classes, settings.pooling)
+    example = jnp.zeros((1, num_windows, length), jnp.int32)
+    initial = model.init(jax.random.fold_in(jax.random.key(seed), 0), example, example)["params"]
+    pretrained = {name: loaded.params.get(name) for name in initial["bert"]}
+    if jax.tree.structure(pretrained) != jax.tree.structure(initial["bert"]) or any(
+            a.shape != b.shape for a, b in zip(jax.tree.leaves(pretrained), jax.tree.leaves(initial["bert"]))):
+        raise DNAVecError(f"{loaded.source}: its encoder parameters do not have the shapes of its config")
+    # The pretrained encoder, and a fresh head (normal(initializer_range) kernel, zero bias).
+    host_params = {"bert": jax.tree.map(lambda x: np.asarray(x, np.float32), pretrained),
+                   "classifier": jax.device_get(initial["classifier"])}
+
+    steps_per_epoch = -(-len(sequences["train"]) // batch_size)
+    tx, _ = train.make_optimizer(settings.optimizer_settings(steps_per_epoch * settings.epochs))
+
+    def init_state(params):
+        return train.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                                rng=jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 1)))
+
+    state_sh = train.state_shardings(jax.eval_shape(init_state, host_params), mesh)
+    batch_sh = sharding.batch_sharding(mesh, 0)
+    state = jax.jit(init_state, in_shardings=(state_sh.params,), out_shardings=state_sh)(
+        jax.device_put(host_params, state_sh.params))
+
+    def train_step(state, batch):
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
+        def loss_fn(params):
+            logits = model.apply({"params": params}, batch["input_ids"], batch["input_mask"], deterministic=False,
+                                 rngs={"dropout": rng})
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), batch["labels"])
+            return jnp.sum(ce * batch["weights"]) / jnp.maximum(jnp.sum(batch["weights"]), 1.0)
+
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                                  opt_state=opt_state)
+        return new_state, {"loss": loss, "weight": jnp.sum(batch["weights"])}
+
+    def eval_step(params, batch):
+        logits = model.apply({"params": params}, batch["input_ids"], batch["input_mask"], deterministic=True)
+        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+    replicated = sharding.replicated(mesh)
+    train_step = jax.jit(train_step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated),
+                         donate_argnums=0)
+    eval_step = jax.jit(eval_step, in_shardings=(state_sh.params, batch_sh), out_shardings=replicated)
+
+    def make_batch(window_lists, batch_labels):
+        ids, mask = _pack(window_lists, batch_size, num_windows, length)
+        rows = len(window_lists)
+        local = {"input_ids": ids, "input_mask": mask,
+                 "labels": np.pad(np.asarray(batch_labels, np.int32), (0, batch_size - rows)),
+                 "weights": (np.arange(batch_size) < rows).astype(np.float32)}
+        local = {name: array[process_index * local_rows:(process_index + 1) * local_rows]
+                 for name, array in local.items()}
+        return sharding.global_batch(local, batch_sh, batch_size, example_axis=0)
+
+    def predict(params, split):
+        outputs = []
+        for start in range(0, len(eval_windows[split]), batch_size):
+            chunk = eval_windows[split][start:start + batch_size]
+            outputs.append((len(chunk), eval_step(params, make_batch(chunk, np.zeros(len(chunk))))))
+        return np.concatenate([np.asarray(jax.device_get(probs))[:rows] for rows, probs in outputs])
+
+    best_score, best_epoch, best_params, best_dev, history = None, 0, None, None, []
+    waited = 0
+    started = time.perf_counter()
+    for epoch in range(settings.epochs):
+        windows = train_windows if epoch == 0 or not settings.retokenize else _window_ids(
+            loaded, sequences["train"], names["train"], seed, epoch)
+        order = np.random.default_rng([seed, epoch]).permutation(len(windows))
+        step_metrics = []
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            state, metrics = train_step(state, make_batch([windows[i] for i in rows], labels["train"][rows]))
+            step_metrics.append(metrics)  # fetched once per epoch: the host never waits on a step
+        fetched = jax.device_get(step_metrics)
+        loss = math.fsum(float(m["loss"]) * float(m["weight"]) for m in fetched) / len(order)
+        if not math.isfinite(loss):
+            raise DNAVecError(f"fine-tuning diverged in epoch {epoch + 1} (train loss {loss}); lower --learning_rate")
+        dev = classification_metrics(labels["dev"], predict(state.params, "dev"))
+        improved = _better(dev[SELECT_METRIC], best_score)
+        history.append({"epoch": epoch + 1, "train_loss": round(loss, 6), **{f"dev_{k}": v for k, v in dev.items()}})
+        log(f"finetune epoch {epoch + 1}/{settings.epochs}: train loss {loss:.4f}, dev accuracy "
+            f"{dev['accuracy']:.4f}, dev MCC {dev['mcc']:.4f}" + (" (best)" if improved else ""))
+        if improved:
+            best_score, best_epoch, best_dev, waited = dev[SELECT_METRIC], epoch + 1, dev, 0
+            best_params = jax.device_get(state.params)  # a host copy: the next step donates state's buffers
+        else:
+            waited += 1
+            if waited >= settings.patience:
+                break
+    params = jax.device_put(best_params, state_sh.params)
+    test = classification_metrics(labels["test"], predict(params, "test"))
+    return {"dev": best_dev, "test": test,
+            "selected": {"epoch": best_epoch, "epochs_run": len(history), "pooling": settings.pooling,
+                         "windows_per_sequence": num_windows, "window_length": length,
+                         "steps": steps_per_epoch * len(history),
+                         "train_time_s": round(time.perf_counter() - started, 2), "history": history}}
+
+
+# ---- running the methods -----------------------------------------------------------------
+
+def run_methods(task: Task, loaded, *, methods: Sequence[str] = METHODS, seed: int = 0,
+                baseline_k: tuple[int, int] | None = None, tfidf: bool = False,
+                probe: Sequence[str] = PROBE_FEATURES, probe_tokenizations: int = 1, embed_batch_size: int = 64,
+                finetune_settings: FinetuneSettings | None = None,
+                log: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
+    """{row name: {"dev", "test", "selected", "time_s"}} for each method (see the module docstring)."""
+    log = log or (lambda message: None)
+    results: dict[str, dict[str, Any]] = {}
+
+    def timed(name, function):
+        started = time.perf_counter()
+        result = function()
+        result["time_s"] = round(time.perf_counter() - started, 2)
+        results[name] = result
+        log(f"{name}: dev {SELECT_METRIC} {result['dev'][SELECT_METRIC]:.4f}, test {SELECT_METRIC} "
+            f"{result['test'][SELECT_METRIC]:.4f} ({result['time_s']:.1f}s)")
+
+    for method in methods:
+        if method == "baseline":
+            k_range = baseline_k or (loaded.tokenizer.k_min, loaded.tokenizer.k_max)
+            timed("baseline", lambda: run_baseline(task, k_range, tfidf, seed))
+        elif method == "probe":
+            started = time.perf_counter()
+            features = probe_features(loaded, task, seed, embed_batch_size, probe, probe_tokenizations)
+            feature_time = time.perf_counter() - started
+            for name in probe:
+                timed(f"probe_{name}", lambda: run_probe(features[name], task, seed))
+                results[f"probe_{name}"]["selected"]["features_time_s"] = round(feature_time, 2)
+        elif method == "finetune":
+            settings = finetune_settings or FinetuneSettings(seed=seed)
+            timed("finetune", lambda: finetune(loaded, task, settings, log))
+        else:
+            raise ValueError(f"unknown method {method!r}")
+    return results
+
+
+def row_label(name: str, result: dict[str, Any]) -> str:
+    selected = result.get("selected", {})
+    if name == "baseline":
+        k = (f"k {selected['k_min']}" if selected["k_min"] == selected["k_max"]
+             else f"k {selected['k_min']}-{selected['k_max']}")
+        return f"k-mer {'tf-idf' if selected['tfidf'] else 'counts'} ({k}) + LR"
+    if name.startswith("probe_"):
+        return f"probe: {name[len('probe_'):]} + LR"
+    if name == "finetune":
+        return f"fine-tune ({selected['pooling']} pooling, epoch {selected['epoch']})"
+    return name
+
+
+def format_table(results: dict[str, dict[str, Any]]) -> str:
+    """A Markdown table: one row per method, dev then test metrics."""
+    short = {"accuracy": "acc", "macro_f1": "F1", "mcc": "MCC", "auroc": "AUROC"}
+    header = ["method"] + [f"{split} {short[m]}" for split in ("dev", "test") for m in METRICS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, result in results.items():
+        cells = [row_label(name, result)]
+        for split in ("dev", "test"):
+            cells += ["-" if result[split][m] is None else f"{result[split][m]:.3f}" for m in METRICS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            json.dump(data, out, indent=2)
+            out.write("\n")
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def parse_list(text: str, allowed: Sequence[str], flag: str) -> list[str]:
+    items = [item.strip() for item in (text or "").split(",") if item.strip()]
+    unknown = [item for item in items if item not in allowed]
+    if not items or unknown:
+        raise DNAVecError(f"{flag} {text!r}: expected a comma list of {', '.join(allowed)}")
+    return list(dict.fromkeys(items))
+
+
+def run_classify(args: argparse.Namespace) -> int:
+    """`dnavec classify`."""
+    methods = parse_list(args.methods, METHODS, "--methods")
+    probe = parse_list(args.probe_features, PROBE_FEATURES, "--probe_features")
+    baseline_k = parse_k_range(args.baseline_k) if args.baseline_k else None
+    if args.seed < 0:
+        raise DNAVecError(f"--seed must be non-negative, got {args.seed}")
+    if args.probe_tokenizations < 1:
+        raise DNAVecError(f"--probe_tokenizations must be at least 1, got {args.probe_tokenizations}")
+    if args.embed_batch_size < 1:
+        raise DNAVecError(f"--embed_batch_size must be positive, got {args.embed_batch_size}")
+    settings = FinetuneSettings(learning_rate=args.learning_rate, epochs=args.epochs, batch_size=args.batch_size,
+                                patience=args.patience, pooling=args.pool, weight_decay=args.weight_decay,
+                                warmup_fraction=args.warmup_fraction, retokenize=not args.no_retokenize,
+                                seed=args.seed)
+    settings.check()
+    output_dir = Path(args.output_dir)
+    results_path = output_dir / RESULTS_FILE
+    if output_dir.exists() and not output_dir.is_dir():
+        raise DNAVecError(f"--output_dir {output_dir}: exists and is not a directory")
+    if results_path.exists() and not args.overwrite:
+        raise DNAVecError(f"--output_dir {output_dir}: {RESULTS_FILE} exists (pass --overwrite to replace it)")
+    task = load_task(args.train, args.dev, args.test, args.max_length)
+    loaded = None
+    if "probe" in methods or "finetune" in methods or baseline_k is None:
+        from dnavec_jax.inference import load_model
+
+        loaded = load_model(args.model, step=args.step)
+    log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
+    started = time.perf_counter()
+    results = run_methods(task, loaded, methods=methods, seed=args.seed, baseline_k=baseline_k, tfidf=args.tfidf,
+                          probe=probe, probe_tokenizations=args.probe_tokenizations,
+                          embed_batch_size=args.embed_batch_size, finetune_settings=settings, log=log)
+    report = {
+        "model": loaded.source if loaded is not None else str(args.model),
+        "task": task.summary(),
+        "settings": {"methods": methods, "seed": args.seed, "select_metric": SELECT_METRIC,
+                     "C_grid": list(C_GRID), "probe_features": probe,
+                     "probe_tokenizations": args.probe_tokenizations, "tfidf": bool(args.tfidf),
+                     "finetune": dataclasses.asdict(settings)},
+        "methods": results,
+        "time_s": round(time.perf_counter() - started, 2),
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(results_path, report)
+    counts = ", ".join(f"{split} {len(task.splits[split].sequences):,}" for split in SPLITS)
+    print(f"{len(task.classes)} classes; {counts} sequences; model {report['model']}; seed {args.seed}")
+    print(format_table(results))
+    print(f"wrote {results_path}")
+    return 0
+
+
+# ---- a planted-motif task ---------------------------------------------------------------
+
+def _motif_regex(motif: str) -> re.Pattern:
+    return re.compile(motif.upper().replace("N", "[ACGT]"))
+
+
+def planted_motif_task(fasta: str | os.PathLike, *, num_windows: int = 300, length: int = 150,
+                       motif: str = CTCF_CORE, seed: int = 0, fractions: tuple[float, float] = (0.7, 0.15)
+                       ) -> dict[str, list[tuple[str, int]]]:
+    """A balanced binary task from real DNA: {split: [(sequence, label), ...]}.
+
+    `num_windows` non-overlapping windows of `length` bases are drawn from the A/C/G/T runs of
+    the FASTA (upper-cased; windows where the motif already occurs are skipped). Each window gives
+    two rows: label 0, the window as is, and label 1, the window with `motif` written over the
+    bases at a random position (N: a random base each time), so both rows have the same length and
+    differ only by the motif. Windows (both their rows) go to train/dev/test by `fractions`
+    (train, dev; test gets the rest); rows are shuffled within a split. Deterministic in `seed`.
+    """
+    from dnavec_jax.embedding import fasta_records
+
+    motif = motif.upper()
+    if not motif or set(motif) - set("ACGTN") or len(motif) > length:
+        raise DNAVecError(f"motif {motif!r}: must be A/C/G/T/N letters, at most {length} long")
+    rng = np.random.default_rng(seed)
+    pattern = _motif_regex(motif)
+    tiles = []
+    with tempfile.TemporaryDirectory(prefix="dnavec_motif_") as work_dir:
+        _, records = fasta_records(str(fasta), Path(work_dir))
+        for _, raw in records:
+            codes = BASE_CODES[raw]
+            for start, end in acgt_runs(codes):
+                for tile in range(int(start), int(end) - length + 1, length):
+                    text = bytes(raw[tile:tile + length]).decode("ascii").upper()
+                    if not pattern.search(text):
+                        tiles.append(text)
+    if len(tiles) < num_windows:
+        raise DNAVecError(f"{fasta}: only {len(tiles)} windows of {length} A/C/G/T bases, {num_windows} asked for")
+    chosen = [tiles[i] for i in rng.choice(len(tiles), size=num_windows, replace=False)]
+    n_train = int(round(fractions[0] * num_windows))
+    n_dev = int(round(fractions[1] * num_windows))
+    bounds = {"train": (0, n_train), "dev": (n_train, n_train + n_dev), "test": (n_train + n_dev, num_windows)}
+    if any(hi <= lo for lo, hi in bounds.values()):
+        raise DNAVecError(f"{num_windows} windows leave a split empty; ask for more windows")
+    task = {}
+    for split, (lo, hi) in bounds.items():
+        rows = []
+        for window in chosen[lo:hi]:
+            site = "".join(base if base != "N" else "ACGT"[rng.integers(4)] for base in motif)
+            at = int(rng.integers(0, length - len(motif) + 1))
+            rows.append((window, 0))
+            rows.append((window[:at] + site + window[at + len(motif):], 1))
+        task[split] = [rows[i] for i in rng.permutation(len(rows))]
+    return task
+
+
+def write_task(task: dict[str, list[tuple[str, int]]], output_dir: str | os.PathLike) -> dict[str, Path]:
+    """Writes {split}.csv (header `sequence,label`) for each split; returns the paths."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for split, rows in task.items():
+        paths[split] = output_dir / f"{split}.csv"
+        with open(paths[split], "w", newline="", encoding="ascii") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["sequence", "label"])
+            writer.writerows(rows)
+    return paths
