@@ -67,7 +67,12 @@ def main(argv) -> None:
 
         result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
         export_dir = FLAGS.config.export.hf_dir
-        if export_dir and not result["preempted"] and jax.process_index() == 0:
+        if export_dir and not result["preempted"] and jax.process_count() > 1:
+            # Orbax's checkpoint reading synchronises all processes; the export is a one-process job.
+            if jax.process_index() == 0:
+                logging.info("multi-process run: export with `dnavec export-hf --workdir %s --output_dir OUT`",
+                             FLAGS.workdir)
+        elif export_dir and not result["preempted"]:
             from dnavec_jax import hf_export
 
             target = Path(FLAGS.workdir) / export_dir  # an absolute hf_dir stays as it is

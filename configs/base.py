@@ -100,7 +100,7 @@ def get_config() -> ml_collections.ConfigDict:
     # ---- export: after a completed (not preempted) run, the final checkpoint as a
     # Hugging Face BertForMaskedLM directory (dnavec export-hf does the same by hand) ----
     config.export = ml_collections.ConfigDict(dict(
-        hf_dir="hf",  # relative to the workdir (or absolute); "" disables
+        hf_dir="hf",  # relative to the workdir (or absolute); "" disables; one-process runs only
     ))
 
     # ---- multi-host ----

@@ -35,7 +35,7 @@ embed_sequences(loaded, sequences, seed=0, num_tokenizations=1, batch_size=64,
 
 `dnavec embed --model M --fasta F --output X.npz` writes those arrays plus `ids` (record
 names, a unicode array), `lengths` (bases per record) and the settings (`model`, `seed`,
-`num_tokenizations`, `max_tokens`, 0-d arrays); np.load(X) needs no pickle. The file is
+`num_tokenizations`, `max_tokens`, 0-d arrays); np.load(X, allow_pickle=False) reads it. The file is
 written to a temporary name and renamed; an existing --output is refused unless
 --overwrite. Records are read through data/fasta.py (pyfaidx), one whole record at a
 time; only one record's tokens plus the batches being filled are held at once (and the

@@ -32,6 +32,12 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 
+# Opt-in attention probabilities: apply the model with mutable=[ATTENTION_COLLECTION] (see
+# apply_with_attention) and each layer computes its attention explicitly and sows the probabilities.
+# Parameters and the default path (jax.nn.dot_product_attention) are unchanged.
+ATTENTION_COLLECTION = "attention"
+
+
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
     vocab_size: int = 87_365
@@ -133,13 +139,28 @@ class BertSelfAttention(nn.Module):
         query = split(_dense(cfg.hidden_size, cfg, "query")(hidden))
         key = split(_dense(cfg.hidden_size, cfg, "key")(hidden))
         value = split(_dense(cfg.hidden_size, cfg, "value")(hidden))
-        context = jax.nn.dot_product_attention(
-            query, key, value, mask=attention_mask, implementation=cfg.attention_implementation
-        )
+        # Opt-in explicit path (init makes every collection mutable: it keeps the default path).
+        if self.is_mutable_collection(ATTENTION_COLLECTION) and not self.is_initializing():
+            context = self._explicit_attention(query, key, value, attention_mask)
+        else:
+            context = jax.nn.dot_product_attention(
+                query, key, value, mask=attention_mask, implementation=cfg.attention_implementation
+            )
         context = context.reshape(batch, length, cfg.hidden_size)
         out = _dense(cfg.hidden_size, cfg, "output")(context)
         out = nn.Dropout(cfg.hidden_dropout_rate)(out, deterministic=deterministic)
         return _layer_norm(cfg, "LayerNorm")(out + hidden)
+
+
+    def _explicit_attention(self, query, key, value, attention_mask):
+        """softmax(Q K^T / sqrt(d) + mask) V written out (jax.nn.dot_product_attention's XLA path, step by
+        step), sowing the probabilities (batch, heads, queries, keys), float32, into ATTENTION_COLLECTION."""
+        logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
+        logits = logits * jnp.float32(1.0 / self.config.head_dim**0.5)
+        logits = jnp.where(attention_mask, logits, jnp.float32(-0.7 * jnp.finfo(jnp.float32).max))
+        probs = jax.nn.softmax(logits, axis=-1)
+        self.sow(ATTENTION_COLLECTION, "probs", probs)
+        return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(value.dtype), value)
 
 
 class BertLayer(nn.Module):
@@ -211,6 +232,21 @@ class BertForMaskedLM(nn.Module):
         if masked_lm_positions is not None:
             outputs["mlm_logits"] = self.mlm_logits(hidden, masked_lm_positions)
         return outputs
+
+
+def apply_with_attention(config: BertConfig, params, input_ids, input_mask, segment_ids=None):
+    """Encoder outputs (as __call__, no MLM head) and the attention probabilities of every layer.
+
+    Returns (outputs, probs): probs is float32 (num_layers, batch, heads, queries, keys), each query's
+    row summing to 1 over the keys where input_mask is 1 (0 on padding keys; padding queries attend
+    to the real keys as in the default path).
+    """
+    outputs, state = BertForMaskedLM(config).apply(
+        {"params": params}, input_ids, input_mask, segment_ids, mutable=[ATTENTION_COLLECTION]
+    )
+    layers = state[ATTENTION_COLLECTION]["encoder"]
+    probs = jnp.stack([layers[f"layer_{index}"]["attention"]["probs"][0] for index in range(config.num_layers)])
+    return outputs, probs
 
 
 def init_params(config: BertConfig, rng: jax.Array, seq_len: int = 8, num_predictions: int = 2):

@@ -256,7 +256,8 @@ def genome_tfidf(fasta_paths: Sequence[str], settings: PrepSettings, progress: b
         records, _ = fasta.select_records(sources, settings.chromosomes)
         bases = sum(record.length for record in records)
         accumulator = CorpusTfidf(tokenizer.vocab_size)
-        for name, add in (("pass 1/2 (df)", accumulator.add_frequencies), ("pass 2/2 (tf-idf)", accumulator.add_scores)):
+        passes = (("pass 1/2 (df)", accumulator.add_frequencies), ("pass 2/2 (tf-idf)", accumulator.add_scores))
+        for name, add in passes:
             bar = _progress_bar(bases, name, progress)
             for docs, chunk_bases in genome_documents(settings, sources, records):
                 add(docs)
@@ -323,11 +324,18 @@ def write_atomic(path: Path, write: Callable[[io.IOBase], None], binary: bool = 
         with os.fdopen(handle, "wb" if binary else "w", **({} if binary else {"newline": "", "encoding": "utf-8"})
                        ) as stream:
             write(stream)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def prepare_output_dir(output_dir, names: Iterable[str], overwrite: bool) -> Path:
@@ -393,6 +401,7 @@ def run_tfidf(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise DNAVecError(f"--top must be at least 1, got {args.top}")
     settings = settings_from_args(args)
+    fasta.check_fasta_paths(settings.fasta)  # before creating anything
     output_dir = prepare_output_dir(args.output_dir, OUTPUT_FILES, args.overwrite)
     result = genome_tfidf(settings.fasta, settings, progress=sys.stderr.isatty())
     summary = {

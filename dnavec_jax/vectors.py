@@ -188,7 +188,7 @@ def load_vectors(directory: str | os.PathLike, kind: str) -> tuple[np.ndarray, l
     path = directory / NPY_FILES[kind]
     if not path.is_file():
         raise DNAVecError(f"{path}: not found (that directory was written with another --kind)")
-    vectors = np.load(path)
+    vectors = np.load(path, allow_pickle=False)
     if vocab != tokenizer.vocab or vectors.shape[0] != len(vocab):
         raise DNAVecError(f"{directory}: {VOCAB_FILE} and {path.name} do not match the k range "
                           f"{tokenizer.k_min}..{tokenizer.k_max}")

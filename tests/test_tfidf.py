@@ -137,7 +137,8 @@ def test_memory_does_not_grow_with_the_number_of_documents():
 def test_genome_documents_stream_one_chunk_at_a_time(chr22_docs):
     settings, sources, records, _ = chr22_docs
     shapes = [(docs.shape, bases) for docs, bases in tfidf.genome_documents(settings, sources, records)]
-    assert len(shapes) == -(-records[0].length // settings.chunk_length) and sum(bases for _, bases in shapes) == records[0].length
+    assert len(shapes) == -(-records[0].length // settings.chunk_length)
+    assert sum(bases for _, bases in shapes) == records[0].length
     chunk_rows = settings.chunk_length // settings.tokens_per_example + 10  # + pieces cut at contig ends
     assert all(rows <= chunk_rows for (rows, _), _ in shapes)
 
