@@ -51,6 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from dnavec_jax import tfidf
+from dnavec_jax.atomic_files import write_atomic
 from dnavec_jax.data.settings import PrepSettings
 from dnavec_jax.errors import DNAVecError
 from dnavec_jax.tokenization import CLS_ID, PAD_ID, SEP_ID, KmerTokenizer
@@ -291,12 +292,12 @@ def write_shares(shares: AttentionShares, output_dir: Path, k_min: int) -> list[
         writer.writeheader()
         writer.writerows(shares.rows())
 
-    tfidf.write_atomic(output_dir / SHARES_CSV, write_csv, binary=False)
+    write_atomic(output_dir / SHARES_CSV, write_csv, binary=False)
     written = [SHARES_CSV]
     for index, category in enumerate(shares.categories):
         title = CATEGORY_TITLES.get(category, f"{k_min}-mers")
         png = heatmap_png(shares.share[:, :, index], f"attention to {title}", float(shares.uniform[index]))
-        tfidf.write_atomic(output_dir / heatmap_name(category), lambda handle, png=png: handle.write(png))
+        write_atomic(output_dir / heatmap_name(category), lambda handle, png=png: handle.write(png))
         written.append(heatmap_name(category))
     return written
 
@@ -363,8 +364,8 @@ def write_bertviz(model_path: Path, loaded, doc: np.ndarray, html_tokens: int, o
     tokens = loaded.tokenizer.decode_ids(input_ids[0])
     title = f"{record}: first {len(kmers)} k-mers, {loaded.source}"
     head, model_view = bertviz_html(attentions, tokens, title)
-    tfidf.write_atomic(output_dir / HEAD_VIEW_HTML, lambda handle: handle.write(head), binary=False)
-    tfidf.write_atomic(output_dir / MODEL_VIEW_HTML, lambda handle: handle.write(model_view), binary=False)
+    write_atomic(output_dir / HEAD_VIEW_HTML, lambda handle: handle.write(head), binary=False)
+    write_atomic(output_dir / MODEL_VIEW_HTML, lambda handle: handle.write(model_view), binary=False)
     return input_ids[0]
 
 
@@ -432,7 +433,7 @@ def run_attention(args: argparse.Namespace) -> int:
         "html_tokens": None if html_ids is None else loaded.tokenizer.decode_ids(html_ids),
         "seconds": round(seconds, 3),
     }
-    tfidf.write_atomic(output_dir / SUMMARY_JSON, lambda handle: handle.write(json.dumps(summary, indent=2) + "\n"),
+    write_atomic(output_dir / SUMMARY_JSON, lambda handle: handle.write(json.dumps(summary, indent=2) + "\n"),
                        binary=False)
     written.append(SUMMARY_JSON)
     print(f"attention of {loaded.source} over {shares.num_sequences} windows ({shares.num_queries:,} k-mer queries), "

@@ -83,6 +83,7 @@ import numpy as np
 import optax
 from flax import linen as nn
 
+from dnavec_jax.atomic_files import write_atomic
 from dnavec_jax.errors import DNAVecError
 from dnavec_jax.model import BertConfig, BertForMaskedLM
 from dnavec_jax.tokenization import BASE_CODES, CLS_ID, NUM_SPECIAL, SEP_ID, KmerTokenizer, acgt_runs
@@ -682,21 +683,6 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(data, out, indent=2)
-            out.write("\n")
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def parse_list(text: str, allowed: Sequence[str], flag: str) -> list[str]:
     items = [item.strip() for item in (text or "").split(",") if item.strip()]
     unknown = [item for item in items if item not in allowed]
@@ -749,7 +735,7 @@ def run_classify(args: argparse.Namespace) -> int:
         "time_s": round(time.perf_counter() - started, 2),
     }
     output_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(results_path, report)
+    write_atomic(results_path, lambda handle: handle.write(json.dumps(report, indent=2) + "\n"), binary=False)
     counts = ", ".join(f"{split} {len(task.splits[split].sequences):,}" for split in SPLITS)
     print(f"{len(task.classes)} classes; {counts} sequences; model {report['model']}; seed {args.seed}")
     print(format_table(results))

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import sys
 import tempfile
 import time
@@ -55,6 +54,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dnavec_jax.atomic_files import write_atomic
 from dnavec_jax.errors import DNAVecError
 from dnavec_jax.inference import Encoder, LoadedModel, check_dna, load_model, sequence_windows
 from dnavec_jax.tokenization import NUM_SPECIAL
@@ -212,17 +212,7 @@ def fasta_records(path: str, work_dir: Path) -> tuple[list[tuple[str, int]], Ite
 def _write_npz(path: Path, arrays: dict[str, np.ndarray], overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise DNAVecError(f"--output {path} exists (pass --overwrite to replace it)")
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            np.savez(out, **arrays)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda handle: np.savez(handle, **arrays))
 
 
 def _check_output(output: str, overwrite: bool) -> Path:

@@ -54,6 +54,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from dnavec_jax import model as model_lib
+from dnavec_jax.atomic_files import replace_directory, umask
 from dnavec_jax.errors import DNAVecError
 from dnavec_jax.tokenization import CLS_ID, NUM_SPECIAL, SEP_ID, SPECIAL_TOKENS, KmerTokenizer
 
@@ -365,7 +366,7 @@ def export_to_hf(params: Mapping, model_config: model_lib.BertConfig, tokenizer:
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
     try:
         _write_export(staging, state, model_config, tokenizer, step, train_config)
-        _move_into_place(staging, output_dir, overwrite)
+        replace_directory(staging, output_dir, overwrite, lambda: _not_empty(output_dir))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -405,31 +406,10 @@ def _write_export(directory: Path, state: dict[str, np.ndarray], model_config: m
         "model": model_config.to_dict(),
     })
     (directory / "README.md").write_text(model_card(model_config, tokenizer, step, train_config), encoding="utf-8")
-    mode = 0o666 & ~_umask()  # safetensors writes 0600; mkdtemp makes the directory 0700
+    mode = 0o666 & ~umask()  # safetensors writes 0600; mkdtemp makes the directory 0700
     for path in directory.iterdir():
         os.chmod(path, mode)
-    os.chmod(directory, 0o777 & ~_umask())
-
-
-def _move_into_place(staging: Path, output_dir: Path, overwrite: bool) -> None:
-    old = None
-    if output_dir.exists():
-        if any(output_dir.iterdir()):
-            if not overwrite:  # appeared while we were writing
-                raise _not_empty(output_dir)
-            old = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
-            os.replace(output_dir, old / "export")
-        else:
-            output_dir.rmdir()
-    os.replace(staging, output_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    os.chmod(directory, 0o777 & ~umask())
 
 
 def _write_json(path: Path, value: Any) -> None:

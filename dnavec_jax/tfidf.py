@@ -47,11 +47,12 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from dnavec_jax.atomic_files import write_atomic
 from dnavec_jax.data import fasta, pipeline
 from dnavec_jax.data.settings import PrepSettings
 from dnavec_jax.errors import DNAVecError
@@ -314,28 +315,6 @@ def read_top_csv(path) -> list[dict]:
             raise DNAVecError(f"{path}: not a tf-idf CSV (no 'kmer' column; expected the columns "
                               f"{','.join(CSV_COLUMNS)})")
         return list(reader)
-
-
-def write_atomic(path: Path, write: Callable[[io.IOBase], None], binary: bool = True) -> None:
-    """Writes through `write(handle)` into a temporary file next to `path`, then renames it into place."""
-    path = Path(path)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb" if binary else "w", **({} if binary else {"newline": "", "encoding": "utf-8"})
-                       ) as stream:
-            write(stream)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def prepare_output_dir(output_dir, names: Iterable[str], overwrite: bool) -> Path:

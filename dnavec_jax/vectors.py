@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dnavec_jax.atomic_files import replace_directory
 from dnavec_jax.errors import DNAVecError
 from dnavec_jax.inference import Encoder, LoadedModel, load_model
 from dnavec_jax.tokenization import CLS_ID, NUM_SPECIAL, SEP_ID, KmerTokenizer
@@ -117,21 +118,6 @@ def _check_output_dir(output_dir: Path, overwrite: bool) -> Path:
     return output_dir
 
 
-def _move_into_place(staging: Path, output_dir: Path, overwrite: bool) -> None:
-    old = None
-    if output_dir.exists():
-        if any(output_dir.iterdir()):
-            if not overwrite:  # appeared while we were computing
-                raise DNAVecError(f"--output_dir {output_dir} exists and is not empty (pass --overwrite to replace it)")
-            old = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
-            os.replace(output_dir, old / "replaced")
-        else:
-            output_dir.rmdir()
-    os.replace(staging, output_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def write_vectors(loaded: LoadedModel, output_dir: str | os.PathLike, *, kinds: Sequence[str] = KINDS,
                   batch_size: int = 512, overwrite: bool = False, progress: bool = False) -> dict:
     """Computes and writes the vectors of `kinds` (see the module docstring); returns the vectors.json dict."""
@@ -165,7 +151,8 @@ def write_vectors(loaded: LoadedModel, output_dir: str | os.PathLike, *, kinds: 
         mask = os.umask(0)
         os.umask(mask)
         os.chmod(staging, 0o777 & ~mask)  # mkdtemp makes it 0700
-        _move_into_place(staging, output_dir, overwrite)
+        replace_directory(staging, output_dir, overwrite, lambda: DNAVecError(
+            f"--output_dir {output_dir} exists and is not empty (pass --overwrite to replace it)"))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
