@@ -186,7 +186,7 @@ def _checked(iterator, files: Sequence[str], compression: str | None, parse, spl
             item = next(iterator)
         except StopIteration:
             return
-        except tf.errors.OpError as error:
+        except tf.errors.OpError:
             damaged = find_damaged_shard(files, compression, parse)
             if damaged is None:
                 raise  # not a problem of one shard (e.g. an I/O error that went away): keep TF's error

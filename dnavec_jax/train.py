@@ -692,7 +692,7 @@ def _train(config, workdir: Path, model_config: BertConfig, is_main: bool,
         meter.add(metrics)
 
     def save(at_step: int) -> None:
-        nonlocal last_saved, train_time
+        nonlocal last_saved
         if last_saved == at_step:
             return
         positions = [list(position)]
