@@ -36,7 +36,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from dnavec_jax.errors import DNAVecError
+from dnavec_jax.errors import DNAVecError, read_json_object
 from dnavec_jax.model import BertConfig, init_params
 
 CONFIG_FILE = "config.json"
@@ -227,13 +227,7 @@ def read_config(workdir: str | os.PathLike) -> dict[str, Any] | None:
     path = Path(workdir) / CONFIG_FILE
     if not path.exists():
         return None
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DNAVecError(f"{path}: cannot read the run's config ({error})") from None
-    if not isinstance(value, dict):
-        raise DNAVecError(f"{path}: expected a JSON object")
-    return value
+    return read_json_object(path, "the run's config")
 
 
 def write_config(workdir: str | os.PathLike, config: dict[str, Any]) -> Path:

@@ -55,7 +55,7 @@ from safetensors.numpy import save_file
 
 from dnavec_jax import model as model_lib
 from dnavec_jax.atomic_files import replace_directory, umask
-from dnavec_jax.errors import DNAVecError
+from dnavec_jax.errors import DNAVecError, read_json_object
 from dnavec_jax.tokenization import CLS_ID, NUM_SPECIAL, SEP_ID, SPECIAL_TOKENS, KmerTokenizer
 
 EXPORT_FORMAT = "dnavec-hf-export"
@@ -321,7 +321,7 @@ def dna_to_kmer_text(sequence: str | bytes, tokenizer: KmerTokenizer | None = No
 def kmer_tokenizer_from_export(hf_dir: str | os.PathLike) -> KmerTokenizer:
     """The KmerTokenizer of an export (k range and weights from dnavec.json, else from vocab.txt)."""
     hf_dir = Path(hf_dir)
-    info = _read_json(hf_dir / DNAVEC_FILE) if (hf_dir / DNAVEC_FILE).is_file() else {}
+    info = read_json_object(hf_dir / DNAVEC_FILE) if (hf_dir / DNAVEC_FILE).is_file() else {}
     settings = info.get("tokenizer")
     vocab_path = hf_dir / "vocab.txt"
     if not vocab_path.is_file():
@@ -414,16 +414,6 @@ def _write_export(directory: Path, state: dict[str, np.ndarray], model_config: m
 
 def _write_json(path: Path, value: Any) -> None:
     path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DNAVecError(f"{path}: cannot read JSON ({error})") from None
-    if not isinstance(value, dict):
-        raise DNAVecError(f"{path}: expected a JSON object")
-    return value
 
 
 def export_checkpoint(workdir: str | os.PathLike, output_dir: str | os.PathLike, step: int | None = None,
@@ -578,7 +568,7 @@ def read_hf_state(hf_dir: str | os.PathLike) -> dict[str, np.ndarray]:
     if single.is_file():
         files = [single]
     elif index.is_file():
-        weight_map = _read_json(index).get("weight_map", {})
+        weight_map = read_json_object(index).get("weight_map", {})
         files = [hf_dir / name for name in sorted(set(weight_map.values()))]
     elif any((hf_dir / name).exists() for name in ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")):
         raise DNAVecError(f"{hf_dir}: only model.safetensors weights can be loaded (no pickle); "
@@ -629,7 +619,7 @@ def load_hf_pretrained(hf_dir: str | os.PathLike, model_config: model_lib.BertCo
     config_path = hf_dir / "config.json"
     if not config_path.is_file():
         raise DNAVecError(f"{config_path}: not found (a Hugging Face model directory has a config.json)")
-    model_config = model_config_from_hf(_read_json(config_path), model_config, source=str(config_path))
+    model_config = model_config_from_hf(read_json_object(config_path), model_config, source=str(config_path))
     state = _canonical_hf_names(read_hf_state(hf_dir))
 
     decoder_weight, decoder_bias = state.pop(_DECODER_WEIGHT, None), state.pop(_DECODER_BIAS, None)

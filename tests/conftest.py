@@ -39,6 +39,17 @@ def load_config_file(name: str):
     return module.get_config()
 
 
+def set_dotted(config, overrides: dict):
+    """Applies {"train.learning_rate": 1e-3, ...} to a ConfigDict (what --config.X=V flags do); returns it."""
+    for key, value in overrides.items():
+        section, name = key.rsplit(".", 1)
+        target = config
+        for part in section.split("."):
+            target = target[part]
+        target[name] = value
+    return config
+
+
 @pytest.fixture
 def tiny_config():
     """configs/tiny.py: a 2-layer, hidden-32 model on synthetic data (64 tokens, k 3..4)."""

@@ -24,7 +24,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import REPO, TINY_PREP, load_config_file
+from conftest import REPO, TINY_PREP, load_config_file, set_dotted
 
 from dnavec_jax import checkpointing, input_pipeline, train
 from dnavec_jax.errors import DNAVecError
@@ -48,14 +48,7 @@ def flags(overrides: dict) -> list[str]:
 
 def config_with(overrides: dict):
     """configs/tiny.py with the same overrides the subprocess gets as flags."""
-    config = load_config_file("tiny")
-    for key, value in overrides.items():
-        section, name = key.rsplit(".", 1)
-        target = config
-        for part in section.split("."):
-            target = target[part]
-        target[name] = value
-    return config
+    return set_dotted(load_config_file("tiny"), overrides)
 
 
 def start_pretrain(workdir: Path, overrides: dict, compile_cache) -> subprocess.Popen:

@@ -11,7 +11,7 @@ import time
 
 import jax
 import pytest
-from conftest import REPO
+from conftest import REPO, set_dotted
 
 from dnavec_jax import checkpointing, train
 from dnavec_jax.errors import DNAVecError
@@ -112,12 +112,7 @@ def no_compiling(monkeypatch):
     ({"data.source": "tfrecord", "data.data_dir": "/nonexistent/x"}, r"x: does not exist; prepare it with"),
 ])
 def test_user_errors_come_before_compiling(tiny_config, tmp_path, no_compiling, overrides, message):
-    for key, value in overrides.items():
-        section, name = key.rsplit(".", 1)
-        target = tiny_config
-        for part in section.split("."):
-            target = target[part]
-        target[name] = value
+    set_dotted(tiny_config, overrides)
     with pytest.raises(DNAVecError, match=message):
         train.train_and_evaluate(tiny_config, tmp_path / "run")
     assert not (tmp_path / "run" / "lock").exists()
