@@ -22,11 +22,20 @@ Methods, all on the same splits:
                        sequence's k-mer tokens (the tokenization `embed` uses, seed --seed);
                cls     embed_sequences' `cls` (mean [CLS] state over the windows);
                mean    embed_sequences' `mean` (mean state over all k-mer tokens);
-             standardised (StandardScaler fitted on train).
+             standardised (StandardScaler fitted on train), then logistic regression; and two
+             token-level probes that pool after the linear map instead of before it:
+               static_tokens  the input word-embedding vector of every k-mer token;
+               tokens         the last-layer state of every k-mer token (embed --per_token);
+             standardised per dimension on the train tokens, one linear score per class and
+             token, pooled over ALL tokens of the sequence by log-sum-exp (a smooth max): the
+             sequence scores high for a class when any of its tokens does. Mean pooling dilutes a
+             short motif among ~150 tokens; this does not (token_probe, TokenProbeSettings).
   finetune   the pretrained encoder + a head (pooled vector -> dropout -> dense), trained end to end.
-Baseline and probes are scikit-learn LogisticRegression (lbfgs, L2); C is chosen on dev from
-C_GRID. Model selection (C, and the fine-tuning epoch) maximises dev MCC, ties to the first
-(smaller C, earlier epoch); dev figures are therefore optimistic, test figures are not.
+Baseline and pooled probes are scikit-learn LogisticRegression (lbfgs, L2); C is chosen on dev
+from C_GRID. The token probes are fitted in JAX (AdamW, decoupled weight decay, minibatches, the
+epoch chosen on dev). Model selection (C, the token-probe epoch and the fine-tuning epoch)
+maximises dev MCC, ties to the first (smaller C, earlier epoch); dev figures are therefore
+optimistic, test figures are not.
 
 Fine-tuning (see FinetuneSettings):
 - windows: a sequence is cut into windows as in `embed`, ALL of its windows are encoded in one
@@ -45,7 +54,13 @@ Fine-tuning (see FinetuneSettings):
   global-norm clipping, no decay on biases and LayerNorm), dropout from fold_in(rng, step).
 - loss: mean cross-entropy over the real examples of a batch (the last batch of an epoch is
   padded with weight-0 rows); one dev evaluation per epoch, early stopping after --patience
-  epochs without a better dev MCC, the best epoch's parameters are kept and evaluated on test.
+  epochs without a better dev MCC (epochs that end inside the warmup do not count: a small model
+  often predicts one class until the learning rate has risen), the best epoch's parameters are
+  kept and evaluated on test.
+
+Control (--random_init_control): the probe and fine-tune rows again, on the same architecture
+with the weights pretraining starts from (model.init_params, key --seed), rows marked "random
+init". Whatever the pretrained rows gain over these is what pretraining contributed.
 
 Metrics (per split): accuracy, macro F1, MCC (scikit-learn), and AUROC of the class-1
 probability for binary tasks (None otherwise, or when the split holds one class only).
@@ -75,7 +90,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -90,7 +105,8 @@ from dnavec_jax.tokenization import BASE_CODES, CLS_ID, NUM_SPECIAL, SEP_ID, Kme
 
 SPLITS = ("train", "dev", "test")
 METHODS = ("baseline", "probe", "finetune")
-PROBE_FEATURES = ("static", "cls", "mean")
+PROBE_FEATURES = ("static", "cls", "mean", "static_tokens", "tokens")
+TOKEN_FEATURES = ("static_tokens", "tokens")  # probed per token (token_probe), the others pooled first (run_probe)
 POOLINGS = ("cls", "mean")
 C_GRID = tuple(10.0**exponent for exponent in range(-3, 5))  # 1e-3 .. 1e4
 SELECT_METRIC = "mcc"
@@ -341,28 +357,42 @@ def run_baseline(task: Task, k_range: tuple[int, int], tfidf: bool, seed: int) -
 
 # ---- probes on frozen features ----------------------------------------------------------
 
+class TokenFeatures(NamedTuple):
+    """Per-token features of a split, record after record (embed_sequences' per-token layout)."""
+    vectors: np.ndarray  # (tokens, dim) float32
+    offsets: np.ndarray  # (n + 1,) int64: record i's tokens are vectors[offsets[i]:offsets[i + 1]]
+
+
 def probe_features(loaded, task: Task, seed: int, batch_size: int = 64,
                    features: Sequence[str] = PROBE_FEATURES, num_tokenizations: int = 1
-                   ) -> dict[str, dict[str, np.ndarray]]:
-    """{feature: {split: (n, hidden) float32}} for static / cls / mean (see the module docstring).
+                   ) -> dict[str, dict[str, np.ndarray | TokenFeatures]]:
+    """{feature: {split: (n, hidden) float32, or TokenFeatures for TOKEN_FEATURES}} (see the module docstring).
 
-    Each is averaged over `num_tokenizations` seeded tokenizations (embed_sequences' pooling).
+    Each is taken over `num_tokenizations` seeded tokenizations (embed_sequences' pooling; the
+    token features hold the tokens of every tokenization). Token features cost tokens x hidden x 4
+    bytes per split.
     """
     from dnavec_jax.embedding import embed_sequences, record_seed
     from dnavec_jax.inference import check_dna, tokenize_sequence
     from dnavec_jax.vectors import input_embeddings
 
-    out: dict[str, dict[str, np.ndarray]] = {name: {} for name in features}
-    table = input_embeddings(loaded) if "static" in features else None
+    out: dict[str, dict[str, Any]] = {name: {} for name in features}
+    per_token = any(name in TOKEN_FEATURES for name in features)
+    table = input_embeddings(loaded) if "static" in features or "static_tokens" in features else None
     for split in SPLITS:
         sequences, names = task.sequences(split), task.splits[split].row_names()
-        if "cls" in features or "mean" in features:
+        if set(features) & {"cls", "mean", "tokens", "static_tokens"}:
             embedded = embed_sequences(loaded, sequences, seed=seed, num_tokenizations=num_tokenizations,
-                                       batch_size=batch_size, names=names)
+                                       batch_size=batch_size, per_token=per_token, names=names)
             for name in ("cls", "mean"):
                 if name in features:
                     out[name][split] = embedded[name]
-        if table is not None:
+            if "tokens" in features:
+                out["tokens"][split] = TokenFeatures(embedded["token_vectors"], embedded["token_offsets"])
+            if "static_tokens" in features:
+                out["static_tokens"][split] = TokenFeatures(table[embedded["token_ids"]].astype(np.float32),
+                                                            embedded["token_offsets"])
+        if "static" in features:
             rows = []
             for sequence, name in zip(sequences, names):
                 raw = check_dna(sequence, name)
@@ -383,6 +413,109 @@ def run_probe(features: dict[str, np.ndarray], task: Task, seed: int) -> dict[st
     scaler = StandardScaler().fit(features["train"])
     scaled = {split: scaler.transform(features[split]) for split in SPLITS}
     return logistic_regression(scaled, {split: task.labels(split) for split in SPLITS}, seed)
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenProbeSettings:
+    """The token probes' fit (token_probe): AdamW on minibatches, the epoch with the best dev MCC kept."""
+    learning_rate: float = 3e-3
+    weight_decay: float = 0.1  # decoupled (AdamW), on the kernel only
+    epochs: int = 100  # at most
+    patience: int = 20  # epochs without a better dev MCC before stopping
+    batch_size: int = 64
+
+    def check(self) -> None:
+        if not self.learning_rate > 0 or self.weight_decay < 0:
+            raise DNAVecError(f"--probe_learning_rate must be > 0 and --probe_weight_decay >= 0, got "
+                              f"{self.learning_rate} and {self.weight_decay}")
+        for name in ("epochs", "patience", "batch_size"):
+            if getattr(self, name) < 1:
+                raise DNAVecError(f"token probe {name} must be at least 1, got {getattr(self, name)}")
+
+
+def token_probe_logits(params: dict[str, jax.Array], tokens: jax.Array, mask: jax.Array) -> jax.Array:
+    """(batch, tokens, dim) standardised features -> (batch, classes): log-sum-exp over the real tokens of a
+    per-token linear score."""
+    scores = tokens @ params["kernel"] + params["bias"]
+    return jax.nn.logsumexp(jnp.where(mask[..., None], scores, -jnp.inf), axis=1)
+
+
+def _token_batch(features: TokenFeatures, rows: np.ndarray, batch_size: int, max_tokens: int,
+                 center: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Standardised, zero-padded (batch_size, max_tokens, dim) features and their mask. Padding rows keep
+    one masked-in zero token so that their log-sum-exp stays finite (their loss weight is 0)."""
+    tokens = np.zeros((batch_size, max_tokens, features.vectors.shape[1]), np.float32)
+    mask = np.zeros((batch_size, max_tokens), bool)
+    for slot, row in enumerate(rows):
+        start, end = features.offsets[row], features.offsets[row + 1]
+        tokens[slot, :end - start] = (features.vectors[start:end] - center) / scale
+        mask[slot, :end - start] = True
+    mask[len(rows):, 0] = True
+    return tokens, mask
+
+
+def token_probe(features: dict[str, TokenFeatures], labels: dict[str, np.ndarray], num_classes: int,
+                settings: TokenProbeSettings, seed: int) -> dict[str, Any]:
+    """Fits the token probe (see the module docstring) on train; returns dev/test metrics of the best dev epoch.
+
+    Deterministic: zero-initialised parameters, a seeded example order per epoch, one device.
+    """
+    settings.check()
+    train = features["train"]
+    center = train.vectors.mean(axis=0)
+    scale = train.vectors.std(axis=0) + 1e-6
+    max_tokens = max(int(np.diff(features[split].offsets).max()) for split in SPLITS)
+    batch_size = int(settings.batch_size)
+    params = {"kernel": jnp.zeros((train.vectors.shape[1], num_classes)), "bias": jnp.zeros((num_classes,))}
+    tx = optax.adamw(settings.learning_rate, weight_decay=settings.weight_decay,
+                     mask={"kernel": True, "bias": False})
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def train_step(params, opt_state, tokens, mask, batch_labels, weights):
+        def loss_fn(params):
+            ce = optax.softmax_cross_entropy_with_integer_labels(token_probe_logits(params, tokens, mask), batch_labels)
+            return jnp.sum(ce * weights) / jnp.sum(weights)
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    predict_step = jax.jit(lambda params, tokens, mask: jax.nn.softmax(token_probe_logits(params, tokens, mask)))
+
+    def predict(params, split):
+        count = len(features[split].offsets) - 1
+        probs = []
+        for start in range(0, count, batch_size):
+            rows = np.arange(start, min(start + batch_size, count))
+            batch = _token_batch(features[split], rows, batch_size, max_tokens, center, scale)
+            probs.append(np.asarray(predict_step(params, *batch))[:len(rows)])
+        return np.concatenate(probs)
+
+    best_score, best_epoch, best_params, best_dev, history, waited = None, 0, None, None, [], 0
+    for epoch in range(settings.epochs):
+        order = np.random.default_rng([seed, epoch]).permutation(len(labels["train"]))
+        losses = []
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            tokens, mask = _token_batch(train, rows, batch_size, max_tokens, center, scale)
+            weights = (np.arange(batch_size) < len(rows)).astype(np.float32)
+            params, opt_state, loss = train_step(params, opt_state, tokens, mask,
+                                                 np.pad(labels["train"][rows], (0, batch_size - len(rows))), weights)
+            losses.append((loss, len(rows)))
+        loss = math.fsum(float(value) * rows for value, rows in losses) / len(order)
+        dev = classification_metrics(labels["dev"], predict(params, "dev"))
+        history.append({"epoch": epoch + 1, "train_loss": round(loss, 6), f"dev_{SELECT_METRIC}": dev[SELECT_METRIC]})
+        if _better(dev[SELECT_METRIC], best_score):
+            best_score, best_epoch, best_params, best_dev, waited = dev[SELECT_METRIC], epoch + 1, params, dev, 0
+        else:
+            waited += 1
+            if waited >= settings.patience:
+                break
+    test = classification_metrics(labels["test"], predict(best_params, "test"))
+    return {"dev": best_dev, "test": test,
+            "selected": {"epoch": best_epoch, "epochs_run": len(history), "max_tokens": max_tokens,
+                         **dataclasses.asdict(settings), "history": history}}
 
 
 # ---- fine-tuning ----------------------------------------------------------------------
@@ -530,7 +663,8 @@ def finetune(loaded, task: Task, settings: FinetuneSettings,
                    "classifier": jax.device_get(initial["classifier"])}
 
     steps_per_epoch = -(-len(sequences["train"]) // batch_size)
-    tx, _ = train.make_optimizer(settings.optimizer_settings(steps_per_epoch * settings.epochs))
+    optimizer_settings = settings.optimizer_settings(steps_per_epoch * settings.epochs)
+    tx, _ = train.make_optimizer(optimizer_settings)
 
     def init_state(params):
         return train.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
@@ -606,7 +740,7 @@ def finetune(loaded, task: Task, settings: FinetuneSettings,
         if improved:
             best_score, best_epoch, best_dev, waited = dev[SELECT_METRIC], epoch + 1, dev, 0
             best_params = jax.device_get(state.params)  # a host copy: the next step donates state's buffers
-        else:
+        elif (epoch + 1) * steps_per_epoch > optimizer_settings.warmup_steps:  # warmup epochs do not count
             waited += 1
             if waited >= settings.patience:
                 break
@@ -621,14 +755,35 @@ def finetune(loaded, task: Task, settings: FinetuneSettings,
 
 # ---- running the methods -----------------------------------------------------------------
 
+RANDOM_INIT = "random_init_"  # row-name prefix of the control rows (run_methods(random_init_control=True))
+
+
+def random_init_model(loaded, seed: int):
+    """`loaded` with the weights pretraining starts from (model.init_params, key `seed`): the control model."""
+    from dnavec_jax.model import init_params
+
+    params = jax.device_get(init_params(loaded.config, jax.random.key(seed)))
+    return dataclasses.replace(loaded, params=params, source=f"random init (seed {seed}) of {loaded.source}",
+                               step=None, initialized=())
+
+
 def run_methods(task: Task, loaded, *, methods: Sequence[str] = METHODS, seed: int = 0,
                 baseline_k: tuple[int, int] | None = None, tfidf: bool = False,
                 probe: Sequence[str] = PROBE_FEATURES, probe_tokenizations: int = 1, embed_batch_size: int = 64,
-                finetune_settings: FinetuneSettings | None = None,
+                token_probe_settings: TokenProbeSettings | None = None,
+                finetune_settings: FinetuneSettings | None = None, random_init_control: bool = False,
                 log: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
-    """{row name: {"dev", "test", "selected", "time_s"}} for each method (see the module docstring)."""
+    """{row name: {"dev", "test", "selected", "time_s"}} for each method (see the module docstring).
+
+    random_init_control: the probe and finetune rows again, on the same architecture with freshly
+    initialised weights (row names prefixed RANDOM_INIT); the difference is what pretraining adds.
+    """
     log = log or (lambda message: None)
     results: dict[str, dict[str, Any]] = {}
+    labels = {split: task.labels(split) for split in SPLITS}
+    models = [("", loaded)]
+    if random_init_control and set(methods) & {"probe", "finetune"}:
+        models.append((RANDOM_INIT, random_init_model(loaded, seed)))
 
     def timed(name, function):
         started = time.perf_counter()
@@ -638,33 +793,45 @@ def run_methods(task: Task, loaded, *, methods: Sequence[str] = METHODS, seed: i
         log(f"{name}: dev {SELECT_METRIC} {result['dev'][SELECT_METRIC]:.4f}, test {SELECT_METRIC} "
             f"{result['test'][SELECT_METRIC]:.4f} ({result['time_s']:.1f}s)")
 
+    def run_probes(prefix, model):
+        started = time.perf_counter()
+        features = probe_features(model, task, seed, embed_batch_size, probe, probe_tokenizations)
+        feature_time = time.perf_counter() - started
+        for name in probe:
+            if name in TOKEN_FEATURES:
+                timed(f"{prefix}probe_{name}", lambda: token_probe(
+                    features[name], labels, len(task.classes), token_probe_settings or TokenProbeSettings(), seed))
+            else:
+                timed(f"{prefix}probe_{name}", lambda: run_probe(features[name], task, seed))
+            results[f"{prefix}probe_{name}"]["selected"]["features_time_s"] = round(feature_time, 2)
+
     for method in methods:
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}")
         if method == "baseline":
             k_range = baseline_k or (loaded.tokenizer.k_min, loaded.tokenizer.k_max)
             timed("baseline", lambda: run_baseline(task, k_range, tfidf, seed))
-        elif method == "probe":
-            started = time.perf_counter()
-            features = probe_features(loaded, task, seed, embed_batch_size, probe, probe_tokenizations)
-            feature_time = time.perf_counter() - started
-            for name in probe:
-                timed(f"probe_{name}", lambda: run_probe(features[name], task, seed))
-                results[f"probe_{name}"]["selected"]["features_time_s"] = round(feature_time, 2)
-        elif method == "finetune":
-            settings = finetune_settings or FinetuneSettings(seed=seed)
-            timed("finetune", lambda: finetune(loaded, task, settings, log))
-        else:
-            raise ValueError(f"unknown method {method!r}")
+            continue
+        for prefix, model in models:
+            if method == "probe":
+                run_probes(prefix, model)
+            else:
+                settings = finetune_settings or FinetuneSettings(seed=seed)
+                timed(f"{prefix}finetune", lambda: finetune(model, task, settings, log))
     return results
 
 
 def row_label(name: str, result: dict[str, Any]) -> str:
+    if name.startswith(RANDOM_INIT):
+        return row_label(name[len(RANDOM_INIT):], result) + ", random init"
     selected = result.get("selected", {})
     if name == "baseline":
         k = (f"k {selected['k_min']}" if selected["k_min"] == selected["k_max"]
              else f"k {selected['k_min']}-{selected['k_max']}")
         return f"k-mer {'tf-idf' if selected['tfidf'] else 'counts'} ({k}) + LR"
     if name.startswith("probe_"):
-        return f"probe: {name[len('probe_'):]} + LR"
+        feature = name[len("probe_"):]
+        return f"probe: {feature} + " + ("linear, log-sum-exp over tokens" if feature in TOKEN_FEATURES else "LR")
     if name == "finetune":
         return f"fine-tune ({selected['pooling']} pooling, epoch {selected['epoch']})"
     return name
@@ -707,6 +874,9 @@ def run_classify(args: argparse.Namespace) -> int:
                                 warmup_fraction=args.warmup_fraction, retokenize=not args.no_retokenize,
                                 seed=args.seed)
     settings.check()
+    probe_settings = TokenProbeSettings(learning_rate=args.probe_learning_rate, weight_decay=args.probe_weight_decay,
+                                        epochs=args.probe_epochs)
+    probe_settings.check()
     output_dir = Path(args.output_dir)
     results_path = output_dir / RESULTS_FILE
     if output_dir.exists() and not output_dir.is_dir():
@@ -723,13 +893,16 @@ def run_classify(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     results = run_methods(task, loaded, methods=methods, seed=args.seed, baseline_k=baseline_k, tfidf=args.tfidf,
                           probe=probe, probe_tokenizations=args.probe_tokenizations,
-                          embed_batch_size=args.embed_batch_size, finetune_settings=settings, log=log)
+                          embed_batch_size=args.embed_batch_size, token_probe_settings=probe_settings,
+                          finetune_settings=settings, random_init_control=args.random_init_control, log=log)
     report = {
         "model": loaded.source if loaded is not None else str(args.model),
         "task": task.summary(),
         "settings": {"methods": methods, "seed": args.seed, "select_metric": SELECT_METRIC,
                      "C_grid": list(C_GRID), "probe_features": probe,
                      "probe_tokenizations": args.probe_tokenizations, "tfidf": bool(args.tfidf),
+                     "token_probe": dataclasses.asdict(probe_settings),
+                     "random_init_control": bool(args.random_init_control),
                      "finetune": dataclasses.asdict(settings)},
         "methods": results,
         "time_s": round(time.perf_counter() - started, 2),

@@ -176,8 +176,9 @@ def _add_classify(subparsers) -> None:
         "classify", help="sequence classification: k-mer baseline, probe, fine-tuning",
         description=(
             "Trains and compares, on the same train/dev/test tables: a bag-of-k-mers logistic regression "
-            "(no pretraining), logistic-regression probes on frozen DNAVec features (mean static k-mer vector, "
-            "[CLS] and mean contextual embeddings) and fine-tuning of the encoder with a classification head. "
+            "(no pretraining), probes on frozen DNAVec features (logistic regression on the mean static k-mer "
+            "vector and the [CLS] and mean contextual embeddings; a per-token linear score pooled by log-sum-exp "
+            "on the static and contextual token vectors) and fine-tuning of the encoder with a classification head. "
             "C and the fine-tuning epoch are chosen on dev MCC. Prints a table (accuracy, macro F1, MCC, AUROC "
             "for binary tasks; dev and test) and writes OUTPUT_DIR/results.json (docs/classify.md)."
         ),
@@ -197,11 +198,15 @@ def _add_classify(subparsers) -> None:
                         help="k of the k-mer baseline: K or K_MIN-K_MAX (default: the model's k range)")
     parser.add_argument("--tfidf", action="store_true",
                         help="baseline: tf-idf weighting instead of L2-normalised counts")
-    parser.add_argument("--probe_features", default="static,cls,mean",
-                        help="comma list of static, cls, mean (default all three)")
+    parser.add_argument("--probe_features", default="static,cls,mean,static_tokens,tokens",
+                        help="comma list of static, cls, mean (pooled, then logistic regression) and static_tokens, "
+                             "tokens (a linear score per token, log-sum-exp pooled); default all five")
     parser.add_argument("--probe_tokenizations", type=int, default=1,
                         help="probe: average the features over this many seeded tokenizations")
     parser.add_argument("--embed_batch_size", type=int, default=64, help="probe: windows per jitted batch")
+    parser.add_argument("--probe_epochs", type=int, default=100, help="token probes: epochs at most")
+    parser.add_argument("--probe_learning_rate", type=float, default=3e-3, help="token probes: AdamW learning rate")
+    parser.add_argument("--probe_weight_decay", type=float, default=0.1, help="token probes: AdamW weight decay")
     parser.add_argument("--learning_rate", type=float, default=3e-4, help="fine-tuning peak learning rate (AdamW)")
     parser.add_argument("--epochs", type=int, default=20, help="fine-tuning epochs at most")
     parser.add_argument("--batch_size", type=int, default=32,
@@ -215,6 +220,9 @@ def _add_classify(subparsers) -> None:
                         help="fine-tuning linear warmup over this fraction of the steps, then linear decay")
     parser.add_argument("--no_retokenize", action="store_true",
                         help="fine-tune on one tokenization (default: a fresh random tokenization each epoch)")
+    parser.add_argument("--random_init_control", action="store_true",
+                        help="also run the probes and fine-tuning on the same architecture with freshly initialised "
+                             "weights: the gap to those rows is what pretraining adds (doubles their cost)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT_DIR/results.json")
     parser.set_defaults(handler=lambda args: _call("classify", "run_classify", args))
 
