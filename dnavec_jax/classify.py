@@ -30,6 +30,9 @@ Methods, all on the same splits:
              token, pooled over ALL tokens of the sequence by log-sum-exp (a smooth max): the
              sequence scores high for a class when any of its tokens does. Mean pooling dilutes a
              short motif among ~150 tokens; this does not (token_probe, TokenProbeSettings).
+             All probe features are taken over --probe_tokenizations (default 4) seeded
+             tokenizations: k is random per position, so one tokenization shows only some of a
+             motif's k-mers; the token probes see the tokens of all of them.
   finetune   the pretrained encoder + a head (pooled vector -> dropout -> dense), trained end to end.
 Baseline and pooled probes are scikit-learn LogisticRegression (lbfgs, L2); C is chosen on dev
 from C_GRID. The token probes are fitted in JAX (AdamW, decoupled weight decay, minibatches, the
@@ -769,7 +772,7 @@ def random_init_model(loaded, seed: int):
 
 def run_methods(task: Task, loaded, *, methods: Sequence[str] = METHODS, seed: int = 0,
                 baseline_k: tuple[int, int] | None = None, tfidf: bool = False,
-                probe: Sequence[str] = PROBE_FEATURES, probe_tokenizations: int = 1, embed_batch_size: int = 64,
+                probe: Sequence[str] = PROBE_FEATURES, probe_tokenizations: int = 4, embed_batch_size: int = 64,
                 token_probe_settings: TokenProbeSettings | None = None,
                 finetune_settings: FinetuneSettings | None = None, random_init_control: bool = False,
                 log: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:

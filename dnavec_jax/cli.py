@@ -201,7 +201,7 @@ def _add_classify(subparsers) -> None:
     parser.add_argument("--probe_features", default="static,cls,mean,static_tokens,tokens",
                         help="comma list of static, cls, mean (pooled, then logistic regression) and static_tokens, "
                              "tokens (a linear score per token, log-sum-exp pooled); default all five")
-    parser.add_argument("--probe_tokenizations", type=int, default=1,
+    parser.add_argument("--probe_tokenizations", type=int, default=4,
                         help="probe: average the features over this many seeded tokenizations")
     parser.add_argument("--embed_batch_size", type=int, default=64, help="probe: windows per jitted batch")
     parser.add_argument("--probe_epochs", type=int, default=100, help="token probes: epochs at most")

@@ -71,11 +71,12 @@ def test_planted_motif_task(motif_task, chr22_fasta):
 def test_finetuning_and_probes_beat_chance_on_the_planted_motif(loaded, motif_task, capsys):
     """The done-when test. Chance is 0.5 accuracy / 0.0 MCC / 0.5 AUROC on these balanced splits.
 
-    Measured on the 2-core CPU (seed 0): k-mer baseline 0.98 test accuracy, fine-tuning 0.93-0.96,
-    token probes 0.78-0.80 (AUROC 0.85-0.90, MCC 0.56-0.60), mean-pooled probes 0.64-0.67 (AUROC
-    ~0.70). The mean-pooled probes stay low because a mean over ~148 tokens dilutes the 14-base motif
-    (<10% of them) in 32 dimensions; the token probes score each token and pool with log-sum-exp,
-    so one motif token is enough (docs/classify.md).
+    Measured on the 2-core CPU (seed 0): k-mer baseline 0.98 test accuracy, fine-tuning 0.93,
+    token probes 0.90-0.91 (AUROC 0.92-0.94, MCC 0.80-0.82), mean-pooled probes 0.70-0.73 (AUROC
+    0.79-0.84); all probes over 4 tokenizations. Other task and --seed draws gave the token probes
+    0.78-0.97 (AUROC 0.84-0.95). The mean-pooled probes stay lower because a mean over ~148 tokens
+    dilutes the 14-base motif (<10% of them) in 32 dimensions; the token probes score each token and
+    pool with log-sum-exp, so one motif token is enough (docs/classify.md).
     """
     paths = motif_task[1]
     task = classify.load_task(paths["train"], paths["dev"], paths["test"])
@@ -89,9 +90,9 @@ def test_finetuning_and_probes_beat_chance_on_the_planted_motif(loaded, motif_ta
     assert results["baseline"]["test"]["accuracy"] >= 0.85
     for feature in classify.TOKEN_FEATURES:  # far above chance: MCC 0.5 or more
         probed = results[f"probe_{feature}"]["test"]
-        assert probed["accuracy"] >= 0.73 and probed["mcc"] >= 0.45 and probed["auroc"] >= 0.8, (feature, probed)
+        assert probed["accuracy"] >= 0.75 and probed["mcc"] >= 0.5 and probed["auroc"] >= 0.82, (feature, probed)
     best_probe = max((results[f"probe_{f}"]["test"] for f in classify.TOKEN_FEATURES), key=lambda m: m["auroc"])
-    assert best_probe["auroc"] >= 0.85 and best_probe["accuracy"] >= 0.75, best_probe
+    assert best_probe["auroc"] >= 0.9 and best_probe["accuracy"] >= 0.85, best_probe
     for feature in ("static", "cls", "mean"):  # above chance, diluted by the mean (see the docstring)
         assert results[f"probe_{feature}"]["test"]["auroc"] > 0.6
     selected = results["finetune"]["selected"]
