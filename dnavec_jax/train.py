@@ -374,7 +374,11 @@ PEAK_FLOPS = (
 def peak_flops_per_device(device: jax.Device) -> float | None:
     if device.platform == "cpu":
         return None
-    kind = getattr(device, "device_kind", "")
+    return peak_flops_for_kind(getattr(device, "device_kind", ""))
+
+
+def peak_flops_for_kind(kind: str) -> float | None:
+    """PEAK_FLOPS of an accelerator named `kind` (jax's device_kind, torch.cuda.get_device_name), None if unknown."""
     for name, peak in PEAK_FLOPS:
         if name in kind:
             return peak
