@@ -431,9 +431,10 @@ class TokenProbeSettings:
         if not self.learning_rate > 0 or self.weight_decay < 0:
             raise DNAVecError(f"--probe_learning_rate must be > 0 and --probe_weight_decay >= 0, got "
                               f"{self.learning_rate} and {self.weight_decay}")
-        for name in ("epochs", "patience", "batch_size"):
-            if getattr(self, name) < 1:
-                raise DNAVecError(f"token probe {name} must be at least 1, got {getattr(self, name)}")
+        if self.epochs < 1:
+            raise DNAVecError(f"--probe_epochs must be at least 1, got {self.epochs}")
+        if self.patience < 1 or self.batch_size < 1:  # not command-line settings
+            raise ValueError(f"patience and batch_size must be at least 1, got {self.patience}, {self.batch_size}")
 
 
 def token_probe_logits(params: dict[str, jax.Array], tokens: jax.Array, mask: jax.Array) -> jax.Array:

@@ -297,6 +297,8 @@ def test_bad_settings_are_one_error_line(tmp_path, capsys):
     for extra, message in ((["--methods", "probe,svm"], "--methods 'probe,svm': expected a comma list"),
                            (["--baseline_k", "3-x"], "--baseline_k '3-x'"),
                            (["--epochs", "0"], "--epochs must be at least 1"),
+                           (["--probe_epochs", "0"], "--probe_epochs must be at least 1"),
+                           (["--probe_learning_rate", "0"], "--probe_learning_rate must be > 0"),
                            (["--max_length", "-1"], "--max_length must be >= 0")):
         assert _classify_cli(tmp_path / "no_model", paths, tmp_path / "out", *extra) == 2
         assert message in capsys.readouterr().err
