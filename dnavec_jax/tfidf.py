@@ -4,7 +4,7 @@ Documents: the examples data prep makes with the same k range, seq_length,
 seed, chromosome selection and contig rules -- the k-mer tokens of one example,
 at most seq_length - 2 consecutive tokens of one contig ([CLS]/[SEP]/[PAD] are
 not terms). They come from the data-prep code path itself
-(pipeline.GenomeWorker.chunk_examples: same windows, N/IUPAC contig splits,
+(pipeline.GenomeWorker.chunk_tokens and layout_examples: same windows, N/IUPAC contig splits,
 min_contig_length, seeded k per position, cuts at validation-block edges), with
 the masking step left out. So the documents are exactly the k-mer content of
 the prepared dataset's examples (train and validation splits, first copy).
@@ -187,43 +187,28 @@ class CorpusTfidf:
 
 
 # ---- documents from a genome: the data-prep code path ----------------------------
-class _DocumentWorker(pipeline.GenomeWorker):
-    """Data prep's GenomeWorker with the masking left out: a chunk's examples as a k-mer id matrix.
-
-    chunk_examples (reading, contig rules, seeded k, validation cuts) is data
-    prep's own; only _examples, which lays the tokens out as examples and masks
-    them, is replaced by the same layout without masking: an example starts at
-    each piece (contig part) start and at each record position that is a
-    multiple of seq_length - 2. tests/test_tfidf.py checks the documents against
-    chunk_examples' true_ids.
-    """
-
-    def _examples(self, piece_ids, piece_positions, split, rng, stats) -> np.ndarray:
-        per_example = self.settings.tokens_per_example
-        if not piece_ids:
-            return np.zeros((0, per_example), np.int32)
-        flat_ids = np.concatenate(piece_ids)
-        positions = np.concatenate(piece_positions)
-        new_example = positions % per_example == 0
-        new_example[np.cumsum([0] + [len(piece) for piece in piece_ids[:-1]])] = True
-        first_token = np.flatnonzero(new_example)
-        example_of = np.cumsum(new_example) - 1
-        column = np.arange(len(flat_ids)) - first_token[example_of]
-        docs = np.full((len(first_token), per_example), PAD_ID, dtype=np.int32)
-        docs[example_of, column] = flat_ids
-        return docs
-
-
 def genome_documents(settings: PrepSettings, sources: Sequence[fasta.SourceFile],
                      records: Sequence[fasta.GenomeRecord]) -> Iterator[tuple[np.ndarray, int]]:
-    """(documents of one chunk as an id matrix padded with [PAD], genome bases of the chunk), chunk by chunk."""
-    worker = _DocumentWorker(settings, sources, records, out_dir=".")
+    """(documents of one chunk as an id matrix padded with [PAD], genome bases of the chunk), chunk by chunk.
+
+    A document is a training example without its masking, [CLS] and [SEP]: data prep's own
+    chunk_tokens (reading, contig rules, seeded k, validation cuts) and layout_examples.
+    tests/test_tfidf.py checks the documents against chunk_examples' true_ids.
+    """
+    worker = pipeline.GenomeWorker(settings, sources, records, out_dir=".")
+    per_example = settings.tokens_per_example
     try:
         chunk = settings.chunk_length
         for record in records:
             for chunk_index in range(math.ceil(record.length / chunk)):
                 bases = min(chunk, record.length - chunk_index * chunk)
-                yield worker.chunk_examples(record, chunk_index, dupe=0), bases
+                tokens = worker.chunk_tokens(record, chunk_index, dupe=0)
+                docs = np.zeros((0, per_example), np.int32)
+                if tokens.piece_ids:
+                    layout = pipeline.layout_examples(tokens.piece_ids, tokens.piece_positions, per_example)
+                    docs = np.full((len(layout.num_tokens), per_example), PAD_ID, dtype=np.int32)
+                    docs[layout.example_of, layout.column] = layout.flat_ids
+                yield docs, bases
     finally:
         worker.reader.close()
 

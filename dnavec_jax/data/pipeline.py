@@ -33,6 +33,7 @@ import multiprocessing
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -144,6 +145,40 @@ class ChunkExamples:
     stats: dict[str, dict[str, int]]
 
 
+@dataclasses.dataclass
+class ChunkTokens:
+    """A chunk's k-mer tokens before they are laid out as examples (GenomeWorker.chunk_tokens)."""
+    piece_ids: list[np.ndarray]  # token ids of each piece (the part of a contig in the chunk)
+    piece_positions: list[np.ndarray]  # record position of each token's first base
+    split: RecordSplit
+    rng: np.random.Generator  # the chunk's generator, after drawing k: masking continues from it
+    stats: dict[str, dict[str, int]]
+
+
+class ExampleLayout(NamedTuple):
+    """Where each token of a chunk goes: example example_of[t], k-mer column column[t] (0 = first k-mer)."""
+    flat_ids: np.ndarray  # (tokens,) the pieces' ids, concatenated
+    example_of: np.ndarray  # (tokens,)
+    column: np.ndarray  # (tokens,)
+    num_tokens: np.ndarray  # (examples,) k-mer tokens per example
+    start_offset: np.ndarray  # (examples,) record position of each example's first token
+
+
+def layout_examples(piece_ids: Sequence[np.ndarray], piece_positions: Sequence[np.ndarray],
+                    tokens_per_example: int) -> ExampleLayout:
+    """Cuts pieces into examples: a new example at each piece start and at each record position that is a
+    multiple of tokens_per_example (so where a chunk ends never decides where an example does)."""
+    flat_ids = np.concatenate(piece_ids)
+    positions = np.concatenate(piece_positions)
+    new_example = positions % tokens_per_example == 0
+    new_example[np.cumsum([0] + [len(piece) for piece in piece_ids[:-1]])] = True
+    first_token = np.flatnonzero(new_example)
+    example_of = np.cumsum(new_example) - 1
+    column = np.arange(len(flat_ids)) - first_token[example_of]
+    num_tokens = np.diff(np.append(first_token, len(flat_ids)))
+    return ExampleLayout(flat_ids, example_of, column, num_tokens, positions[first_token])
+
+
 class GenomeWorker:
     """Everything one process needs to turn chunks into examples and jobs into shard files."""
 
@@ -166,6 +201,10 @@ class GenomeWorker:
         return self._splits[record.index]
 
     def chunk_examples(self, record: GenomeRecord, chunk_index: int, dupe: int) -> ChunkExamples:
+        return self._examples(self.chunk_tokens(record, chunk_index, dupe))
+
+    def chunk_tokens(self, record: GenomeRecord, chunk_index: int, dupe: int) -> ChunkTokens:
+        """The chunk's tokens: its contigs (N/IUPAC runs and split cuts), one seeded k per position."""
         s = self.settings
         k_min, k_max, min_length = s.k_min, s.k_max, s.min_contig_length
         chunk_start = chunk_index * s.chunk_length
@@ -212,34 +251,24 @@ class GenomeWorker:
             )[: last - first]
             piece_ids.append(ids)
             piece_positions.append(np.arange(first, last, dtype=np.int64))
-        return self._examples(piece_ids, piece_positions, split, rng, stats)
+        return ChunkTokens(piece_ids, piece_positions, split, rng, stats)
 
-    def _examples(self, piece_ids, piece_positions, split: RecordSplit, rng: np.random.Generator,
-                  stats) -> ChunkExamples:
+    def _examples(self, chunk: ChunkTokens) -> ChunkExamples:
         s = self.settings
-        per_example = s.tokens_per_example
-        if not piece_ids:
+        rng, stats = chunk.rng, chunk.stats
+        if not chunk.piece_ids:
             none = np.zeros(0, np.int64)
             true_ids = np.zeros((0, s.seq_length), np.int64)
             return ChunkExamples(true_ids, none, self.masker.mask(true_ids, rng), none, none.astype(bool), none,
                                  stats)
-        flat_ids = np.concatenate(piece_ids)
-        positions = np.concatenate(piece_positions)
-        piece_start = np.zeros(len(flat_ids), dtype=bool)
-        piece_start[np.cumsum([0] + [len(p) for p in piece_ids[:-1]])] = True
-        # A new example starts at each piece start and at each multiple of seq_length - 2.
-        new_example = piece_start | (positions % per_example == 0)
-        first_token = np.flatnonzero(new_example)
-        example_of = np.cumsum(new_example) - 1
-        column = np.arange(len(flat_ids)) - first_token[example_of]
-        num_tokens = np.diff(np.append(first_token, len(flat_ids)))
-        rows = len(first_token)
+        layout = layout_examples(chunk.piece_ids, chunk.piece_positions, s.tokens_per_example)
+        num_tokens, start_offset = layout.num_tokens, layout.start_offset
+        rows = len(num_tokens)
         true_ids = np.full((rows, s.seq_length), PAD_ID, dtype=np.int64)
         true_ids[:, 0] = CLS_ID
-        true_ids[example_of, column + 1] = flat_ids
+        true_ids[layout.example_of, layout.column + 1] = layout.flat_ids
         true_ids[np.arange(rows), num_tokens + 1] = SEP_ID
-        start_offset = positions[first_token]
-        is_validation = split.is_validation(start_offset)
+        is_validation = chunk.split.is_validation(start_offset)
 
         masked = self.masker.mask(true_ids, rng)
         leaked, predicted = leak_per_example(true_ids, masked, self.kmer_lengths)
