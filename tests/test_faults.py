@@ -316,10 +316,12 @@ def test_sigkill_during_data_prep_then_rerun_gives_the_identical_dataset(tmp_pat
         train.train_and_evaluate(config, tmp_path / "run")
     monkeypatch.undo()
 
-    # The same command again: a complete dataset, byte for byte the one a clean prep writes.
+    # The same command again: a complete dataset, byte for byte the one a clean prep writes, and the
+    # killed run's tmp directory (gigabytes for hg38) is gone.
     version_dir = prepare_dataset(PrepSettings(**TINY_PREP), data_dir, num_workers=1, progress=False)
+    assert not partial_dir.exists() and [p.name for p in version_dir.parent.iterdir()] == [version_dir.name]
     clean = load_prepared(tiny_dataset)
-    again = load_prepared(data_dir)  # exactly one complete dataset; the killed run's tmp dir is ignored
+    again = load_prepared(data_dir)  # exactly one complete dataset
     assert again.path == version_dir and version_dir.name == clean.path.name
     names = sorted(p.name for p in clean.path.iterdir() if "tfrecord" in p.name or p.name == "vocab.txt")
     assert len(names) >= 9
@@ -328,6 +330,24 @@ def test_sigkill_during_data_prep_then_rerun_gives_the_identical_dataset(tmp_pat
         assert (version_dir / name).read_bytes() == (clean.path / name).read_bytes(), name
     for key in ("settings", "num_examples", "num_tokens", "num_predictions", "files", "shard_lengths", "sources"):
         assert again.metadata[key] == clean.metadata[key], key
+
+
+def test_only_tmp_dirs_nobody_wrote_to_since_the_prep_began_count_as_stale(tmp_path):
+    """A killed prep's tmp dir is removed after the next complete prep; a concurrent prep's is not."""
+    from dnavec_jax.data.builder import _stale_partial_datasets
+
+    config_dir = tmp_path / "dna_kmer_mlm" / "cfg"
+    killed, writing = config_dir / "incomplete.AAAAAA_1.0.0", config_dir / "incomplete.BBBBBB_1.0.0"
+    for directory in (killed, writing, config_dir / "1.0.0"):
+        (directory / "sub").mkdir(parents=True)
+        (directory / "sub" / "part-0.tfrecord.tmp").write_bytes(b"x")
+    started = time.time()
+    old = started - 3600
+    for path in (killed, killed / "sub", killed / "sub" / "part-0.tfrecord.tmp", writing, writing / "sub"):
+        os.utime(path, (old, old))
+    os.utime(writing / "sub" / "part-0.tfrecord.tmp", (started + 5, started + 5))  # still being written
+    assert _stale_partial_datasets(config_dir, started) == [killed]
+    assert _stale_partial_datasets(tmp_path / "absent", started) == []
 
 
 def test_only_the_tfds_tmp_name_marks_a_dataset_incomplete(tmp_path, tiny_dataset):

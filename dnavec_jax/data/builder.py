@@ -282,6 +282,7 @@ def prepare_dataset(settings: PrepSettings, data_dir, num_workers: int | None = 
             print(f"reusing the prepared dataset {version_dir}")
         return version_dir
     _hide_accelerators_from_tensorflow()
+    started = time.time()
     try:
         # TFDS's own chatter ("Using custom data configuration ...", "Downloading and preparing dataset
         # Unknown size ...") says nothing useful here: the progress bar and summary do.
@@ -292,6 +293,10 @@ def prepare_dataset(settings: PrepSettings, data_dir, num_workers: int | None = 
         _remove_leftovers(data_dir, config.name)
         raise
     _remove_leftovers(data_dir, config.name)  # only TFDS's empty download dirs, after success
+    for stale in _stale_partial_datasets(version_dir.parent, started):
+        shutil.rmtree(stale, ignore_errors=True)
+        if progress:
+            print(f"removed {stale}: a partial dataset of this configuration left by an earlier, killed prep")
     if progress:
         print(format_summary(read_complete(version_dir)))
     return version_dir
@@ -317,6 +322,23 @@ def _hide_accelerators_from_tensorflow() -> None:
             tf.config.set_visible_devices([], "GPU")
         except (RuntimeError, ValueError):
             pass
+
+
+def _stale_partial_datasets(config_dir: Path, started: float) -> list[Path]:
+    """TFDS tmp directories (`incomplete.*`) of this configuration that nothing wrote to since `started`.
+
+    A prep that was killed (SIGKILL, power loss) cannot remove its own tmp directory, which
+    for hg38 holds gigabytes. Once a prep of the same configuration has completed, such a
+    directory can never become a dataset. One that a concurrent prep is still writing has
+    files newer than `started`, and is left alone.
+    """
+    stale = []
+    for candidate in config_dir.glob("incomplete*") if config_dir.is_dir() else ():
+        if candidate.is_dir():
+            newest = max((p.stat().st_mtime for p in candidate.rglob("*")), default=candidate.stat().st_mtime)
+            if newest < started:
+                stale.append(candidate)
+    return stale
 
 
 def _remove_leftovers(data_dir: Path, config_name: str) -> None:
