@@ -24,6 +24,7 @@ raises a one-line DNAVecError naming the last complete checkpoint, which stays.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import socket
@@ -54,6 +55,17 @@ def checkpoint_dir(workdir: str | os.PathLike) -> Path:
     return Path(workdir) / CHECKPOINT_DIR
 
 
+class _DropReadOnlyNotice(logging.Filter):
+    """Orbax warns "Given directory is read only" for every read-only manager: that is the intent here,
+    and it is all an inference command would print before its own output."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Given directory is read only")
+
+
+logging.getLogger("absl").addFilter(_DropReadOnlyNotice())
+
+
 def make_manager(workdir: str | os.PathLike, keep: int | None = None, async_save: bool = True,
                  read_only: bool = False, host_numpy: bool = False) -> ocp.CheckpointManager:
     """The run's CheckpointManager; saves only when asked (train.py decides when).
@@ -78,6 +90,9 @@ def make_manager(workdir: str | os.PathLike, keep: int | None = None, async_save
         enable_async_checkpointing=async_save,
         preservation_policy=ocp.checkpoint_managers.LatestN(keep) if keep else None,
         cleanup_tmp_directories=not read_only,  # leftovers of a save interrupted by a crash
+        # Saves happen only when train.py asks; a read-only manager with the default interval of 1
+        # logs a warning that it resets it to 0.
+        save_interval_steps=0 if read_only else 1,
     )
     return ocp.CheckpointManager(checkpoint_dir(workdir).absolute(), options=options, handler_registry=registry)
 
