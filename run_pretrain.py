@@ -54,10 +54,11 @@ def maybe_initialize_distributed(settings) -> None:
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    # TensorFlow (the input pipeline) must not take GPU/TPU memory from JAX.
-    import tensorflow as tf
+    # TensorFlow (the input pipeline), where installed, must not take GPU/TPU memory from JAX: hidden before
+    # anything initialises either framework.
+    from dnavec_jax.input_pipeline import configure_tf
 
-    tf.config.set_visible_devices([], "GPU")
+    configure_tf(int(FLAGS.config.data.tf_threads))
 
     def run() -> None:
         import jax

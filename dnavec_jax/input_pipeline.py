@@ -49,14 +49,19 @@ def tf_thread_count(setting: int) -> int:
     return int(setting) if setting > 0 else max(1, min(8, (os.cpu_count() or 1) // 4))
 
 
-def configure_tf(threads: int = 0) -> None:
+def configure_tf(threads: int = 0) -> bool:
     """Keeps TensorFlow off accelerators and to a few CPU threads (call before any TF op runs).
 
     TF must not grab GPU/TPU memory next to JAX; and with TF's default thread
     pools (one thread per core each) the input pipeline competes with XLA's CPU
     threads: on a 2-core machine that doubled the step time of the demo.
+    Returns False where TensorFlow is not installed: the synthetic source and
+    metrics.jsonl need none (an accelerator image with JAX alone can benchmark).
     """
-    import tensorflow as tf
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return False
 
     for kind in ("GPU", "TPU"):
         try:
@@ -69,6 +74,7 @@ def configure_tf(threads: int = 0) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(count)
     except RuntimeError:
         pass  # TF already running (e.g. several runs in one process): keep its pools
+    return True
 
 
 @dataclasses.dataclass(frozen=True)

@@ -392,7 +392,7 @@ class MetricWriter:
     next to the metric names.
     """
 
-    def __init__(self, workdir: Path, enabled: bool, resume_step: int):
+    def __init__(self, workdir: Path, enabled: bool, resume_step: int, tensorboard: bool = True):
         self.enabled = enabled
         self.path = workdir / "metrics.jsonl"
         self._tb = None
@@ -403,6 +403,9 @@ class MetricWriter:
             kept = [line for line in rows if json.loads(line).get("step", 0) <= resume_step]
             if len(kept) != len(rows):
                 self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        if not tensorboard:
+            logging.warning("TensorFlow is not installed: metrics go to %s only, no TensorBoard files", self.path)
+            return
         import tensorflow as tf
 
         from tensorflow.core.framework import summary_pb2
@@ -421,6 +424,8 @@ class MetricWriter:
         except OSError as error:
             raise DNAVecError(f"{self.path}: cannot write the metrics ({error.strerror or error}); free disk space "
                               "or make the workdir writable, then run the same command again to resume") from None
+        if self._tb is None:
+            return
         import tensorflow as tf
 
         # tf.summary.write with the "scalars" plugin tag: what tf.summary.scalar writes, without
@@ -561,7 +566,10 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, preempt_at_step: i
     model_config = model_config_from(config)
     check_train_settings(config)
     check_vocabulary(config, model_config)
-    input_pipeline.configure_tf(int(config.data.tf_threads))
+    have_tf = input_pipeline.configure_tf(int(config.data.tf_threads))
+    if not have_tf and config.data.source != "synthetic":
+        raise DNAVecError(f"data.source {config.data.source!r} reads TFRecord shards with TensorFlow, which is not "
+                          "installed (pip install tensorflow-cpu); data.source='synthetic' needs none")
     is_main = jax.process_index() == 0
     try:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -569,14 +577,14 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, preempt_at_step: i
         raise DNAVecError(f"{workdir}: cannot create the workdir ({error.strerror or error})") from None
     lock = checkpointing.WorkdirLock(workdir).acquire() if is_main else None
     try:
-        return _train(config, workdir, model_config, is_main, preempt_at_step)
+        return _train(config, workdir, model_config, is_main, preempt_at_step, have_tf)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train(config, workdir: Path, model_config: BertConfig, is_main: bool,
-           preempt_at_step: int | None) -> dict[str, Any]:
+def _train(config, workdir: Path, model_config: BertConfig, is_main: bool, preempt_at_step: int | None,
+           have_tf: bool = True) -> dict[str, Any]:
     t = config.train
     # -- everything a user can get wrong, before anything compiles --
     data = resolve_data(config, model_config)
@@ -672,7 +680,7 @@ def _train(config, workdir: Path, model_config: BertConfig, is_main: bool,
 
     # -- the loop --
     total = int(t.num_train_steps)
-    writer = MetricWriter(workdir, is_main, resume_step=step)
+    writer = MetricWriter(workdir, is_main, resume_step=step, tensorboard=have_tf)
     meter = TrainMeter(int(t.global_batch_size) * data.seq_length,
                        flops_per_token(model_config, data.seq_length, data.max_predictions),
                        peak_flops_per_device(jax.devices()[0]), num_devices)
