@@ -202,7 +202,8 @@ def _add_classify(subparsers) -> None:
                         help="comma list of static, cls, mean (pooled, then logistic regression) and static_tokens, "
                              "tokens (a linear score per token, log-sum-exp pooled); default all five")
     parser.add_argument("--probe_tokenizations", type=int, default=4,
-                        help="probe: average the features over this many seeded tokenizations")
+                        help="probe: use this many seeded tokenizations (pooled features are averaged over them, "
+                             "token probes see the tokens of all of them)")
     parser.add_argument("--embed_batch_size", type=int, default=64, help="probe: windows per jitted batch")
     parser.add_argument("--probe_epochs", type=int, default=100, help="token probes: epochs at most")
     parser.add_argument("--probe_learning_rate", type=float, default=3e-3, help="token probes: AdamW learning rate")
