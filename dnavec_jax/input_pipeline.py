@@ -49,6 +49,15 @@ def tf_thread_count(setting: int) -> int:
     return int(setting) if setting > 0 else max(1, min(8, (os.cpu_count() or 1) // 4))
 
 
+def hide_accelerators_from_tf(tf) -> None:
+    """Makes GPUs and TPUs invisible to the TensorFlow module `tf`, so it never takes their memory from JAX."""
+    for kind in ("GPU", "TPU"):
+        try:
+            tf.config.set_visible_devices([], kind)
+        except (RuntimeError, ValueError):
+            pass  # already initialised (then it was done earlier) or no such device type
+
+
 def configure_tf(threads: int = 0) -> bool:
     """Keeps TensorFlow off accelerators and to a few CPU threads (call before any TF op runs).
 
@@ -63,11 +72,7 @@ def configure_tf(threads: int = 0) -> bool:
     except ImportError:
         return False
 
-    for kind in ("GPU", "TPU"):
-        try:
-            tf.config.set_visible_devices([], kind)
-        except (RuntimeError, ValueError):
-            pass  # already initialised (then it was done earlier) or no such device type
+    hide_accelerators_from_tf(tf)
     count = tf_thread_count(threads)
     try:
         tf.config.threading.set_intra_op_parallelism_threads(count)

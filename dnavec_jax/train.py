@@ -584,7 +584,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, preempt_at_step: i
 
 
 def _train(config, workdir: Path, model_config: BertConfig, is_main: bool, preempt_at_step: int | None,
-           have_tf: bool = True) -> dict[str, Any]:
+           have_tf: bool) -> dict[str, Any]:
     t = config.train
     # -- everything a user can get wrong, before anything compiles --
     data = resolve_data(config, model_config)

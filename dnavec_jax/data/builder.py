@@ -316,12 +316,11 @@ def _quiet_tfds():
 
 def _hide_accelerators_from_tensorflow() -> None:
     """TFDS may load TensorFlow; keep it off GPUs next to JAX (only if TF is already imported)."""
+    from dnavec_jax.input_pipeline import hide_accelerators_from_tf
+
     tf = sys.modules.get("tensorflow")
     if tf is not None:
-        try:
-            tf.config.set_visible_devices([], "GPU")
-        except (RuntimeError, ValueError):
-            pass
+        hide_accelerators_from_tf(tf)
 
 
 def _stale_partial_datasets(config_dir: Path, started: float) -> list[Path]:
