@@ -33,7 +33,8 @@ def get_config() -> ml_collections.ConfigDict:
         # Compute dtype (parameters and optimizer state stay float32): bfloat16 on
         # GPU/TPU; use --config.model.dtype=float32 on CPU.
         dtype="bfloat16",
-        attention_implementation=config_dict.placeholder(str),  # None: XLA picks; "cudnn": flash attention
+        # "auto": cuDNN flash attention on NVIDIA GPUs in bf16/fp16, XLA elsewhere; "xla" | "cudnn" to force one.
+        attention_implementation="auto",
         remat=False,
     ))
 
@@ -89,10 +90,13 @@ def get_config() -> ml_collections.ConfigDict:
         grad_clip_norm=1.0,  # global norm; 0 disables
         fsdp=False,  # True: parameters and optimizer state sharded over all devices
         seed=0,  # parameters, dropout and data order
+        # Dropout's random numbers: "threefry" (the same on any mesh), "rbg" or "unsafe_rbg" (XLA's
+        # RngBitGenerator: far cheaper on GPUs and TPUs). Stored with the checkpoint; resume checks it.
+        prng_impl="threefry",
         log_every_steps=100,
         eval_every_steps=5_000,  # 0: only at the end; evaluation covers the whole validation split
         eval_batch_size=64,
-        checkpoint_every_steps=2_000,
+        checkpoint_every_steps=2_000,  # 0: no checkpoints at all, none saved or resumed (benchmarks)
         keep_checkpoints=3,
         async_checkpointing=True,
     ))

@@ -72,6 +72,8 @@ _IGNORED_HF_PREFIXES = ("cls.seq_relationship.",)  # BertForPreTraining's next-s
 _IGNORED_HF_SUFFIXES = (".position_ids", ".token_type_ids")  # old persistent buffers
 _DECODER_WEIGHT = "cls.predictions.decoder.weight"
 _DECODER_BIAS = "cls.predictions.decoder.bias"
+# Parameters with one row per vocabulary id: padded_vocab_size rows in Flax, vocab_size in the export.
+VOCAB_ROW_PATHS = frozenset({"embeddings/word_embeddings/embedding", "mlm_bias"})
 # Parts load_hf_pretrained may initialise afresh when a checkpoint lacks them.
 _PART_PREFIXES = {"pooler": ("pooler",), "mlm_head": ("mlm_transform", "mlm_transform_LayerNorm", "mlm_bias")}
 
@@ -152,31 +154,46 @@ def _check_params(flat: Mapping[str, Any], model_config: model_lib.BertConfig) -
 def flax_to_hf_state(params: Mapping, model_config: model_lib.BertConfig) -> dict[str, np.ndarray]:
     """PyTorch state dict (numpy, float32, C-contiguous) of BertForMaskedLM plus the BertModel pooler.
 
-    The tied decoder weight and bias are not stored (transformers ties them on load).
+    The tied decoder weight and bias are not stored (transformers ties them on load). The
+    vocabulary rows are trimmed to the real vocab_size (the Flax model pads them; model.py).
     """
     flat = _flatten(params)
     _check_params(flat, model_config)
     state = {}
     for flax_path, hf_name, transpose in name_table(model_config.num_layers):
         array = np.asarray(jax.device_get(flat[flax_path]), dtype=np.float32)
+        if flax_path in VOCAB_ROW_PATHS:
+            array = array[: model_config.vocab_size]
         state[hf_name] = np.ascontiguousarray(array.T if transpose else array)
     return state
 
 
 def hf_state_to_flax(state: Mapping[str, np.ndarray], model_config: model_lib.BertConfig) -> dict:
-    """Nested Flax params (numpy float32) from a complete PyTorch-named state; inverse of flax_to_hf_state."""
+    """Nested Flax params (numpy float32) from a complete PyTorch-named state; inverse of flax_to_hf_state
+    (the vocabulary rows are padded with zeros to the model's padded_vocab_size)."""
     shapes = expected_param_shapes(model_config)
     flat = {}
     for flax_path, hf_name, transpose in name_table(model_config.num_layers):
         array = np.asarray(state[hf_name], dtype=np.float32)
         array = np.ascontiguousarray(array.T if transpose else array)
-        if array.shape != shapes[flax_path]:
+        wanted = shapes[flax_path]
+        if flax_path in VOCAB_ROW_PATHS:
+            wanted = (model_config.vocab_size, *wanted[1:])
+        if array.shape != wanted:
             raise DNAVecError(
                 f"{hf_name} has shape {tuple(np.shape(state[hf_name]))}, the config needs "
-                f"{shapes[flax_path][::-1] if transpose else shapes[flax_path]} (incompatible config)"
+                f"{wanted[::-1] if transpose else wanted} (incompatible config)"
             )
+        if flax_path in VOCAB_ROW_PATHS:
+            array = pad_vocab_rows(array, model_config)
         flat[flax_path] = array
     return traverse_util.unflatten_dict({tuple(path.split("/")): value for path, value in flat.items()})
+
+
+def pad_vocab_rows(array: np.ndarray, model_config: model_lib.BertConfig) -> np.ndarray:
+    """(vocab_size, ...) -> (padded_vocab_size, ...) with zero rows: ids the model never sees or predicts."""
+    padding = [(0, model_config.padded_vocab_size - array.shape[0])] + [(0, 0)] * (array.ndim - 1)
+    return np.pad(array, padding)
 
 
 # ---- config and tokenizer files -------------------------------------------
@@ -661,6 +678,8 @@ def load_hf_pretrained(hf_dir: str | os.PathLike, model_config: model_lib.BertCo
         for flax in fill:
             hf, transpose = by_flax[flax]
             array = np.asarray(fresh[flax], dtype=np.float32)
+            if flax in VOCAB_ROW_PATHS:
+                array = array[: model_config.vocab_size]
             state[hf] = array.T if transpose else array
 
     params = hf_state_to_flax(state, model_config)

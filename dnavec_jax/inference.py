@@ -108,7 +108,7 @@ class LoadedModel:
 
 
 def _inference_config(config: BertConfig) -> BertConfig:
-    return dataclasses.replace(config, dtype="float32", attention_implementation=None, remat=False)
+    return dataclasses.replace(config, dtype="float32", attention_implementation="xla", remat=False)
 
 
 def _is_export(path: Path) -> bool:

@@ -11,21 +11,21 @@ hf_export.py), so the conversion is a rename plus a transpose of Dense kernels:
   mlm_transform, mlm_transform_LayerNorm, mlm_bias
 The MLM decoder is tied to the word embeddings.
 
-Design choices (each one is BERT's, or says why not):
+Design choices (each one is BERT's, or says why not; docs/training.md has the GPU ones):
 - post-LayerNorm, eps 1e-12, exact erf GELU (Flax's default is the tanh form);
-- attention through jax.nn.dot_product_attention so XLA or cuDNN flash attention
-  can run it; it has no dropout on attention probabilities, so that dropout is
-  0 here (hidden dropout stays 0.1) and the export says so;
-- the MLM head runs only at masked_lm_positions: the 87,365-way projection
-  then costs ~15% of the tokens, not all of them;
-- parameters float32, compute dtype a setting (bfloat16 on accelerators); the
-  logits are returned in float32 for the loss.
+- attention through jax.nn.dot_product_attention: cuDNN flash attention on NVIDIA
+  GPUs in bf16/fp16 (padding as key lengths), XLA elsewhere; no dropout on the
+  attention probabilities, so the export says 0 there (hidden dropout stays 0.1);
+- the MLM head runs only at masked_lm_positions, over the vocabulary padded to a
+  multiple of 128 (aligned matmuls; the padded ids have -inf logits);
+- parameters float32, compute dtype a setting; embedding rows are looked up in
+  float32, then cast; the logits come out in the compute dtype.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +36,10 @@ from flax import linen as nn
 # apply_with_attention) and each layer computes its attention explicitly and sows the probabilities.
 # Parameters and the default path (jax.nn.dot_product_attention) are unchanged.
 ATTENTION_COLLECTION = "attention"
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
+# The word-embedding table and MLM bias have padded_vocab_size rows: matmul dimensions that are
+# multiples of 128 tile the GPU/TPU matrix units exactly and let FSDP split the vocabulary axis.
+VOCAB_PAD_MULTIPLE = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +55,7 @@ class BertConfig:
     layer_norm_eps: float = 1e-12
     initializer_range: float = 0.02
     dtype: str = "float32"  # compute dtype
-    attention_implementation: str | None = None  # None: XLA picks; "cudnn": flash attention on GPU
+    attention_implementation: str = "auto"  # "auto": cuDNN flash attention where it runs, else XLA
     remat: bool = False  # recompute each layer's activations in the backward pass
 
     def __post_init__(self):
@@ -61,12 +65,19 @@ class BertConfig:
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
 
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the word-embedding table and the MLM bias (the ids >= vocab_size are never used)."""
+        return -(-self.vocab_size // VOCAB_PAD_MULTIPLE) * VOCAB_PAD_MULTIPLE
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "BertConfig":
         names = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
             raise ValueError(f"unknown model setting(s): {', '.join(unknown)}")
+        if "attention_implementation" in values and values["attention_implementation"] is None:
+            values = {**values, "attention_implementation": "auto"}  # what runs before 2026-12 recorded
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -88,6 +99,23 @@ def validate_model_config(config: BertConfig) -> None:
         raise ValueError(f"model.hidden_dropout_rate must lie in [0, 1), got {config.hidden_dropout_rate}")
     if config.dtype not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {config.dtype!r}")
+    if config.attention_implementation not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"model.attention_implementation must be one of {', '.join(ATTENTION_IMPLEMENTATIONS)}, "
+                         f"got {config.attention_implementation!r}")
+    if config.attention_implementation == "cudnn" and config.dtype == "float32":
+        raise ValueError("model.attention_implementation='cudnn' needs model.dtype bfloat16 or float16 "
+                         "(cuDNN flash attention has no float32 kernel); use 'auto' or 'xla' for float32")
+
+
+def attention_implementation(config: BertConfig) -> str:
+    """The implementation that runs: "auto" is cuDNN flash attention on an NVIDIA GPU in bf16/fp16 with a
+    head size it supports (a multiple of 8, at most 128), XLA everywhere else."""
+    if config.attention_implementation != "auto":
+        return config.attention_implementation
+    on_nvidia = jax.default_backend() == "gpu" and "NVIDIA" in jax.devices()[0].device_kind.upper()
+    if on_nvidia and config.dtype != "float32" and config.head_dim % 8 == 0 and config.head_dim <= 128:
+        return "cudnn"
+    return "xla"
 
 
 def gelu(x):
@@ -109,30 +137,70 @@ def _layer_norm(config: BertConfig, name: str | None = None) -> nn.LayerNorm:
     return nn.LayerNorm(epsilon=config.layer_norm_eps, dtype=config.dtype, param_dtype=jnp.float32, name=name)
 
 
+class EmbeddingTable(nn.Module):
+    """One float32 (rows, features) table, param "embedding" (the name transformers' BERT maps from).
+
+    Rows from used_rows on (the vocabulary padding) start at zero and stay there: no input id selects
+    them and their -inf logits send them no gradient, so weight decay and Adam leave them at 0.
+    """
+
+    rows: int
+    features: int
+    initializer_range: float
+    used_rows: int | None = None
+
+    @nn.compact
+    def __call__(self) -> jax.Array:
+        def init(key, shape, dtype):
+            table = nn.initializers.normal(self.initializer_range)(key, shape, dtype)
+            if self.used_rows is not None:
+                table = jnp.where(jnp.arange(shape[0])[:, None] < self.used_rows, table, 0)
+            return table
+
+        return self.param("embedding", init, (self.rows, self.features), jnp.float32)
+
+
 class BertEmbeddings(nn.Module):
     config: BertConfig
 
-    @nn.compact
+    def setup(self):
+        cfg = self.config
+        self.word_embeddings = EmbeddingTable(cfg.padded_vocab_size, cfg.hidden_size, cfg.initializer_range,
+                                              used_rows=cfg.vocab_size)
+        self.position_embeddings = EmbeddingTable(cfg.max_position_embeddings, cfg.hidden_size,
+                                                  cfg.initializer_range)
+        self.token_type_embeddings = EmbeddingTable(cfg.type_vocab_size, cfg.hidden_size, cfg.initializer_range)
+        self.LayerNorm = _layer_norm(cfg)
+        self.dropout = nn.Dropout(cfg.hidden_dropout_rate)
+
     def __call__(self, input_ids, segment_ids, deterministic: bool):
         cfg = self.config
-        init = nn.initializers.normal(cfg.initializer_range)
-        word = nn.Embed(cfg.vocab_size, cfg.hidden_size, embedding_init=init, param_dtype=jnp.float32,
-                        dtype=cfg.dtype, name="word_embeddings")
-        position = nn.Embed(cfg.max_position_embeddings, cfg.hidden_size, embedding_init=init,
-                            param_dtype=jnp.float32, dtype=cfg.dtype, name="position_embeddings")
-        token_type = nn.Embed(cfg.type_vocab_size, cfg.hidden_size, embedding_init=init,
-                              param_dtype=jnp.float32, dtype=cfg.dtype, name="token_type_embeddings")
-        positions = jnp.arange(input_ids.shape[-1])[None, :]
-        hidden = word(input_ids) + position(positions) + token_type(segment_ids)
-        hidden = _layer_norm(cfg, "LayerNorm")(hidden)
-        return nn.Dropout(cfg.hidden_dropout_rate)(hidden, deterministic=deterministic)
+        # float32 rows, cast once after the LayerNorm: a bf16 copy of the whole table (and a scatter-add
+        # into it in the backward pass) is never made.
+        hidden = jnp.take(self.word_embeddings(), input_ids, axis=0)
+        # Positions 0..L-1 are a slice, not a gather: their gradient is a sum over the batch, not
+        # batch x L colliding scatter-adds.
+        hidden = hidden + self.position_embeddings()[: input_ids.shape[-1]]
+        types = self.token_type_embeddings()
+        if segment_ids is None:
+            hidden = hidden + types[0]
+        else:
+            # A one-hot product over the few token types (almost every id is 0): its gradient is a small
+            # matmul instead of batch x L scatter-adds into one row.
+            one_hot = jax.nn.one_hot(segment_ids, cfg.type_vocab_size, dtype=jnp.float32)
+            hidden = hidden + jnp.einsum("blt,th->blh", one_hot, types)
+        hidden = self.LayerNorm(hidden)
+        return self.dropout(hidden, deterministic=deterministic)
+
+    def word_table(self) -> jax.Array:
+        return self.word_embeddings()
 
 
 class BertSelfAttention(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, hidden, attention_mask, deterministic: bool):
+    def __call__(self, hidden, padding: "Padding", deterministic: bool):
         cfg = self.config
         batch, length, _ = hidden.shape
         split = lambda x: x.reshape(batch, length, cfg.num_heads, cfg.head_dim)
@@ -141,11 +209,14 @@ class BertSelfAttention(nn.Module):
         value = split(_dense(cfg.hidden_size, cfg, "value")(hidden))
         # Opt-in explicit path (init makes every collection mutable: it keeps the default path).
         if self.is_mutable_collection(ATTENTION_COLLECTION) and not self.is_initializing():
-            context = self._explicit_attention(query, key, value, attention_mask)
+            context = self._explicit_attention(query, key, value, padding.mask)
+        elif attention_implementation(cfg) == "cudnn":
+            # cuDNN takes padding as per-example key lengths (a (batch, 1, 1, keys) mask would become a bias
+            # it rejects); None: no padding, no mask at all.
+            context = jax.nn.dot_product_attention(query, key, value, key_value_seq_lengths=padding.key_lengths,
+                                                   implementation="cudnn")
         else:
-            context = jax.nn.dot_product_attention(
-                query, key, value, mask=attention_mask, implementation=cfg.attention_implementation
-            )
+            context = jax.nn.dot_product_attention(query, key, value, mask=padding.mask, implementation="xla")
         context = context.reshape(batch, length, cfg.hidden_size)
         out = _dense(cfg.hidden_size, cfg, "output")(context)
         out = nn.Dropout(cfg.hidden_dropout_rate)(out, deterministic=deterministic)
@@ -157,19 +228,39 @@ class BertSelfAttention(nn.Module):
         step), sowing the probabilities (batch, heads, queries, keys), float32, into ATTENTION_COLLECTION."""
         logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
         logits = logits * jnp.float32(1.0 / self.config.head_dim**0.5)
-        logits = jnp.where(attention_mask, logits, jnp.float32(-0.7 * jnp.finfo(jnp.float32).max))
+        if attention_mask is not None:
+            logits = jnp.where(attention_mask, logits, jnp.float32(-0.7 * jnp.finfo(jnp.float32).max))
         probs = jax.nn.softmax(logits, axis=-1)
         self.sow(ATTENTION_COLLECTION, "probs", probs)
         return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(value.dtype), value)
+
+
+class Padding(NamedTuple):
+    """Which keys are padding, in the two forms the attention implementations take (both None: none).
+
+    mask: (batch, 1, 1, keys) bool, True for real keys (XLA and the explicit path);
+    key_lengths: (batch,) int32 real keys per example (cuDNN). Padding is at the end of each example,
+    as in all of this project's inputs ([CLS] tokens [SEP] [PAD]...), so the two agree.
+    """
+
+    mask: jax.Array | None
+    key_lengths: jax.Array | None
+
+    @classmethod
+    def from_input_mask(cls, input_mask) -> "Padding":
+        if input_mask is None:
+            return cls(None, None)
+        # (batch, 1, 1, keys): broadcasts over heads and queries in dot_product_attention.
+        return cls(input_mask.astype(bool)[:, None, None, :], jnp.sum(input_mask, axis=-1, dtype=jnp.int32))
 
 
 class BertLayer(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, hidden, attention_mask, deterministic: bool):
+    def __call__(self, hidden, padding: Padding, deterministic: bool):
         cfg = self.config
-        hidden = BertSelfAttention(cfg, name="attention")(hidden, attention_mask, deterministic)
+        hidden = BertSelfAttention(cfg, name="attention")(hidden, padding, deterministic)
         inner = gelu(_dense(cfg.intermediate_size, cfg, "intermediate")(hidden))
         out = _dense(cfg.hidden_size, cfg, "output")(inner)
         out = nn.Dropout(cfg.hidden_dropout_rate)(out, deterministic=deterministic)
@@ -180,10 +271,10 @@ class BertEncoder(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, hidden, attention_mask, deterministic: bool):
+    def __call__(self, hidden, padding: Padding, deterministic: bool):
         layer_cls = nn.remat(BertLayer, static_argnums=(3,)) if self.config.remat else BertLayer
         for index in range(self.config.num_layers):
-            hidden = layer_cls(self.config, name=f"layer_{index}")(hidden, attention_mask, deterministic)
+            hidden = layer_cls(self.config, name=f"layer_{index}")(hidden, padding, deterministic)
         return hidden
 
 
@@ -193,7 +284,9 @@ class BertForMaskedLM(nn.Module):
     __call__ returns a dict:
       hidden_states: (batch, length, hidden) last-layer states, compute dtype;
       pooled: (batch, hidden) tanh(dense([CLS])) as in BertModel;
-      mlm_logits: (batch, num_predictions, vocab) float32, only if masked_lm_positions is given.
+      mlm_logits: (batch, num_predictions, padded_vocab_size) in the compute dtype, only if
+        masked_lm_positions is given; the columns from vocab_size on (the padding) are -inf.
+    input_mask None means no padding at all: no attention mask is built (what full synthetic batches use).
     """
 
     config: BertConfig
@@ -205,25 +298,23 @@ class BertForMaskedLM(nn.Module):
         self.pooler = _dense(cfg.hidden_size, cfg)
         self.mlm_transform = _dense(cfg.hidden_size, cfg)
         self.mlm_transform_LayerNorm = _layer_norm(cfg)
-        self.mlm_bias = self.param("mlm_bias", nn.initializers.zeros_init(), (cfg.vocab_size,), jnp.float32)
+        self.mlm_bias = self.param("mlm_bias", nn.initializers.zeros_init(), (cfg.padded_vocab_size,), jnp.float32)
 
     def encode(self, input_ids, input_mask, segment_ids=None, deterministic: bool = True):
-        if segment_ids is None:
-            segment_ids = jnp.zeros_like(input_ids)
-        # (batch, 1, 1, keys): broadcasts over heads and queries in dot_product_attention.
-        attention_mask = input_mask.astype(bool)[:, None, None, :]
         hidden = self.embeddings(input_ids, segment_ids, deterministic)
-        return self.encoder(hidden, attention_mask, deterministic)
+        return self.encoder(hidden, Padding.from_input_mask(input_mask), deterministic)
 
     def mlm_logits(self, hidden_states, masked_lm_positions):
         picked = jnp.take_along_axis(hidden_states, masked_lm_positions[..., None], axis=1)
         transformed = self.mlm_transform_LayerNorm(gelu(self.mlm_transform(picked)))
-        word_embeddings = self.embeddings.variables["params"]["word_embeddings"]["embedding"]
-        logits = jnp.einsum(
-            "bph,vh->bpv", transformed, word_embeddings.astype(transformed.dtype),
-            preferred_element_type=jnp.float32,
-        )
-        return logits + self.mlm_bias
+        dtype = transformed.dtype
+        # Compute-dtype operands and output: XLA's GPU and TPU matmuls accumulate bf16 products in float32,
+        # and the backward matmuls then run in bf16 too (a float32 output would make them float32).
+        logits = jnp.einsum("bph,vh->bpv", transformed, self.embeddings.word_table().astype(dtype))
+        # The padded ids get a -inf bias: never predicted, no probability, no gradient. Slicing them off
+        # instead would cost an extra logits-sized copy each way (measured: benchmarks/step_anatomy.py).
+        real = jnp.arange(self.config.padded_vocab_size) < self.config.vocab_size
+        return logits + jnp.where(real, self.mlm_bias, -jnp.inf).astype(dtype)
 
     def __call__(self, input_ids, input_mask, segment_ids=None, masked_lm_positions=None,
                  deterministic: bool = True):

@@ -46,6 +46,9 @@ from dnavec_jax.tokenization import KmerTokenizer
 
 SCHEDULES = ("linear", "cosine", "constant")
 SOURCES = ("tfrecord", "synthetic")
+# jax.random implementations for dropout: threefry is reproducible on any mesh; rbg and unsafe_rbg draw
+# with XLA's RngBitGenerator, much cheaper on GPUs and TPUs (docs/training.md).
+PRNG_IMPLS = {"threefry": "threefry2x32", "rbg": "rbg", "unsafe_rbg": "unsafe_rbg"}  # setting -> jax's name
 PREPARE_HINT = ("prepare it with `python data_prep/prepare_data.py --data_dir DIR` (docs/data.md) or set "
                 "--config.data.prepare_if_missing=true to prepare it from config.data.prep")
 
@@ -63,9 +66,14 @@ def check_train_settings(config) -> None:
     """Checks of config.train / config.data that need neither data nor devices."""
     t = config.train
     for name in ("global_batch_size", "num_train_steps", "grad_accum_steps", "log_every_steps",
-                 "checkpoint_every_steps", "keep_checkpoints", "eval_batch_size"):
+                 "keep_checkpoints", "eval_batch_size"):
         if int(t[name]) <= 0:
             raise DNAVecError(f"train.{name} must be positive, got {t[name]}")
+    if int(t.checkpoint_every_steps) < 0:
+        raise DNAVecError(f"train.checkpoint_every_steps must be >= 0 (0: no checkpoints, for benchmarks), "
+                          f"got {t.checkpoint_every_steps}")
+    if t.prng_impl not in PRNG_IMPLS:
+        raise DNAVecError(f"train.prng_impl must be one of {', '.join(PRNG_IMPLS)}, got {t.prng_impl!r}")
     if t.warmup_steps < 0 or t.warmup_steps > t.num_train_steps:
         raise DNAVecError(f"train.warmup_steps must lie in 0..num_train_steps ({t.num_train_steps}), "
                           f"got {t.warmup_steps}")
@@ -230,15 +238,18 @@ class TrainState:
     step: jax.Array  # int32 scalar: optimizer updates done
     params: Any  # float32
     opt_state: Any  # float32
-    rng: jax.Array  # uint32 key data; step s uses fold_in(rng, s), so a resumed run draws the same dropout
+    # uint32 key data of train.prng_impl; step s uses fold_in(rng, s), so a resumed run draws the same dropout
+    rng: jax.Array
 
 
-def make_init_fn(model_config: BertConfig, tx: optax.GradientTransformation, seed: int):
+def make_init_fn(model_config: BertConfig, tx: optax.GradientTransformation, seed: int,
+                 prng_impl: str = "threefry"):
     def init() -> TrainState:
-        key = jax.random.key(seed)
+        key = jax.random.key(seed)  # parameters: threefry whatever prng_impl is, so they do not depend on it
         params = init_params(model_config, jax.random.fold_in(key, 0))
+        dropout_key = jax.random.key(seed, impl=PRNG_IMPLS[prng_impl])
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                          rng=jax.random.key_data(jax.random.fold_in(key, 1)))
+                          rng=jax.random.key_data(jax.random.fold_in(dropout_key, 1)))
 
     return init
 
@@ -254,39 +265,73 @@ def state_shardings(abstract_state: TrainState, mesh) -> TrainState:
 
 # ---- loss and steps -------------------------------------------------------------
 
-def mlm_sums(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> dict[str, jax.Array]:
-    """Sums over all masked slots: loss_sum, correct and weight (see the module docstring)."""
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """-log softmax(logits)[label] per slot, float32, from logits of any float dtype.
+
+    Written so that XLA fuses it: the float32 upcast feeds the two reductions directly (no float32
+    copy of the logits), and the label's logit is picked by comparing with an iota (a fused one-hot),
+    so the gradient is one elementwise softmax - one_hot pass, not a scatter into a logits-sized
+    buffer as take_along_axis's gradient (optax's integer-label cross-entropy) would be.
+    """
+    logits = logits.astype(jnp.float32)
+    label_logit = jnp.sum(jnp.where(jnp.arange(logits.shape[-1]) == labels[..., None], logits, 0.0), axis=-1)
+    return jax.nn.logsumexp(logits, axis=-1) - label_logit
+
+
+def mlm_sums(logits: jax.Array, labels: jax.Array, weights: jax.Array,
+             with_accuracy: bool | jax.Array = True) -> dict[str, jax.Array]:
+    """Sums over all masked slots: loss_sum, correct, weight and accuracy_weight (see the module docstring).
+
+    with_accuracy (a traced bool in the train step): False skips the argmax pass over the logits;
+    correct and accuracy_weight are then 0.
+    """
     weights = weights.astype(jnp.float32)
     real = weights > 0
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
-    hits = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+    ce = cross_entropy(logits, labels)
+
+    def correct() -> jax.Array:
+        hits = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+        return jnp.sum(jnp.where(real, hits * weights, 0.0))
+
+    weight = jnp.sum(weights)
+    if isinstance(with_accuracy, bool):
+        correct_sum, accuracy_weight = (correct(), weight) if with_accuracy else (jnp.float32(0), jnp.float32(0))
+    else:
+        correct_sum = jax.lax.cond(with_accuracy, correct, lambda: jnp.float32(0))
+        accuracy_weight = jnp.where(with_accuracy, weight, 0.0)
     return {
         # where(): padding slots contribute exactly 0 even if their logits were not finite.
         "loss_sum": jnp.sum(jnp.where(real, ce * weights, 0.0)),
-        "correct": jnp.sum(jnp.where(real, hits * weights, 0.0)),
-        "weight": jnp.sum(weights),
+        "correct": correct_sum,
+        "weight": weight,
+        "accuracy_weight": accuracy_weight,
     }
 
 
-def _apply(model: BertForMaskedLM, params, batch, deterministic: bool, rng=None):
+SUM_NAMES = ("loss_sum", "correct", "weight", "accuracy_weight")
+
+
+def _apply(model: BertForMaskedLM, params, batch, deterministic: bool, rng=None, padded: bool = True):
     return model.apply(
-        {"params": params}, batch["input_ids"], batch["input_mask"], batch["segment_ids"],
+        {"params": params}, batch["input_ids"], batch["input_mask"] if padded else None, batch["segment_ids"],
         batch["masked_lm_positions"], deterministic=deterministic,
         rngs=None if deterministic else {"dropout": rng},
     )["mlm_logits"]
 
 
-def loss_and_grads(model: BertForMaskedLM, params, batch, rng) -> tuple[Any, dict[str, jax.Array]]:
+def loss_and_grads(model: BertForMaskedLM, params, batch, rng, with_accuracy: bool | jax.Array = True,
+                   padded: bool = True) -> tuple[Any, dict[str, jax.Array]]:
     """Gradients of the globally normalised MLM loss over a (microbatches, examples, ...) batch.
 
     Each microbatch's summed CE is differentiated and accumulated (lax.scan),
     then everything is divided by the total weight of all microbatches: the
     result equals one large batch's gradient, whatever the accumulation.
+    padded=False: the batches have no padding (the synthetic source), so no attention mask is built.
     """
     def micro_grads(micro, index):
         def loss_fn(p):
-            logits = _apply(model, p, micro, deterministic=False, rng=jax.random.fold_in(rng, index))
-            sums = mlm_sums(logits, micro["masked_lm_ids"], micro["masked_lm_weights"])
+            logits = _apply(model, p, micro, deterministic=False, rng=jax.random.fold_in(rng, index), padded=padded)
+            sums = mlm_sums(logits, micro["masked_lm_ids"], micro["masked_lm_weights"], with_accuracy)
             return sums["loss_sum"], sums
         return jax.grad(loss_fn, has_aux=True)(params)
 
@@ -298,18 +343,23 @@ def loss_and_grads(model: BertForMaskedLM, params, batch, rng) -> tuple[Any, dic
             grads, sums = micro_grads(*xs)
             return jax.tree.map(jnp.add, carry, (grads, sums)), None
 
-        zeros = (jax.tree.map(jnp.zeros_like, params),
-                 {name: jnp.zeros((), jnp.float32) for name in ("loss_sum", "correct", "weight")})
+        zeros = (jax.tree.map(jnp.zeros_like, params), {name: jnp.zeros((), jnp.float32) for name in SUM_NAMES})
         (grads, sums), _ = jax.lax.scan(body, zeros, (batch, jnp.arange(accum)))
     denominator = jnp.maximum(sums["weight"], 1.0)
     grads = jax.tree.map(lambda g: g / denominator, grads)
     return grads, sums
 
 
-def make_train_step(model: BertForMaskedLM, tx: optax.GradientTransformation, schedule: optax.Schedule):
+def make_train_step(model: BertForMaskedLM, tx: optax.GradientTransformation, schedule: optax.Schedule, *,
+                    prng_impl: str = "threefry", accuracy_every: int = 1, last_step: int = 0,
+                    padded: bool = True):
+    """The jitted step's function. accuracy_every, last_step: MLM accuracy (an argmax pass over the
+    logits) only on the steps that end a logging interval: step numbers (after the update) that are
+    multiples of accuracy_every, and last_step. padded: see loss_and_grads."""
     def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
-        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-        grads, sums = loss_and_grads(model, state.params, batch, rng)
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng, impl=PRNG_IMPLS[prng_impl]), state.step)
+        with_accuracy = ((state.step + 1) % accuracy_every == 0) | (state.step + 1 == last_step)
+        grads, sums = loss_and_grads(model, state.params, batch, rng, with_accuracy, padded)
         grad_norm = optax.global_norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -450,7 +500,7 @@ class TrainMeter:
 
     def reset(self) -> None:
         self.steps = 0
-        self.loss_sum = self.correct = self.weight = self.grad_norm = 0.0
+        self.loss_sum = self.correct = self.weight = self.accuracy_weight = self.grad_norm = 0.0
         self.learning_rate = 0.0
         self.started = time.perf_counter()
 
@@ -459,6 +509,7 @@ class TrainMeter:
         self.loss_sum += float(metrics["loss_sum"])
         self.correct += float(metrics["correct"])
         self.weight += float(metrics["weight"])
+        self.accuracy_weight += float(metrics["accuracy_weight"])
         self.grad_norm += float(metrics["grad_norm"])
         self.learning_rate = float(metrics["learning_rate"])
 
@@ -466,10 +517,11 @@ class TrainMeter:
         elapsed = max(time.perf_counter() - self.started, 1e-9)
         loss = self.loss_sum / max(self.weight, 1.0)
         tokens_per_s = self.tokens_per_step * self.steps / elapsed
-        row = {"loss": loss, "accuracy": self.correct / max(self.weight, 1.0),
-               "perplexity": math.exp(min(loss, 700.0)), "learning_rate": self.learning_rate,
+        row = {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "learning_rate": self.learning_rate,
                "grad_norm": self.grad_norm / max(self.steps, 1), "step_time_s": elapsed / max(self.steps, 1),
                "tokens_per_s": tokens_per_s, "masked_tokens": self.weight}
+        if self.accuracy_weight > 0:  # measured on the interval's last step (make_train_step)
+            row["accuracy"] = self.correct / self.accuracy_weight
         if self.peak_flops:
             row["mfu"] = tokens_per_s * self.flops_per_token / (self.num_devices * self.peak_flops)
         return row
@@ -599,14 +651,17 @@ def _train(config, workdir: Path, model_config: BertConfig, is_main: bool, preem
         config_dict["data"]["prep"] = {**config_dict["data"]["prep"], **data.settings}
         config_dict["dataset"] = {"path": data.path, "fingerprint": data.fingerprint}
     saved_config = checkpointing.read_config(workdir)
-    manager = checkpointing.make_manager(workdir, keep=int(t.keep_checkpoints), async_save=bool(t.async_checkpointing))
-    latest = manager.latest_step()
+    manager = None  # checkpoint_every_steps 0 (benchmarks): Orbax is not touched at all, nothing saved or resumed
+    if t.checkpoint_every_steps:
+        manager = checkpointing.make_manager(workdir, keep=int(t.keep_checkpoints),
+                                             async_save=bool(t.async_checkpointing))
+    latest = manager.latest_step() if manager is not None else None
     if latest is not None and saved_config is not None:
         checkpointing.check_config_compatible(saved_config, config_dict, str(workdir))
 
     model = BertForMaskedLM(model_config)
     tx, schedule = make_optimizer(t)
-    init_fn = make_init_fn(model_config, tx, int(t.seed))
+    init_fn = make_init_fn(model_config, tx, int(t.seed), str(t.prng_impl))
     abstract_state = jax.eval_shape(init_fn)
     if latest is not None:
         checkpointing.check_param_shapes(checkpointing.checkpoint_param_shapes(manager, latest),
@@ -635,6 +690,11 @@ def _train(config, workdir: Path, model_config: BertConfig, is_main: bool, preem
         params, opt_state, meta = checkpointing.restore_train_state(manager, latest, abstract_state.params,
                                                                     abstract_state.opt_state)
         step = int(meta["step"])
+        saved_impl = meta.get("prng_impl", "threefry")  # checkpoints before the setting used threefry
+        if saved_impl != t.prng_impl:
+            raise DNAVecError(f"{workdir}: the checkpoint of step {step} was trained with train.prng_impl="
+                              f"{saved_impl!r}, this run has {t.prng_impl!r}; set --config.train.prng_impl="
+                              f"{saved_impl} to resume it (dropout would otherwise change mid-run)")
         state = TrainState(
             step=jax.device_put(jnp.asarray(step, jnp.int32), state_sh.step), params=params, opt_state=opt_state,
             rng=jax.device_put(np.asarray(meta["rng"], np.uint32), state_sh.rng))
@@ -644,7 +704,10 @@ def _train(config, workdir: Path, model_config: BertConfig, is_main: bool, preem
                      start_position)
 
     # -- compile ahead of time --
-    train_step = jax.jit(make_train_step(model, tx, schedule), in_shardings=(state_sh, train_batch_sh),
+    # The synthetic source's batches have no padding: then no attention mask is built at all.
+    step_fn = make_train_step(model, tx, schedule, prng_impl=str(t.prng_impl), accuracy_every=int(t.log_every_steps),
+                              last_step=int(t.num_train_steps), padded=data.source != "synthetic")
+    train_step = jax.jit(step_fn, in_shardings=(state_sh, train_batch_sh),
                          out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
     train_step = train_step.lower(abstract_state, abstract_batch((accum, global_micro), data.seq_length,
                                                                  data.max_predictions, train_batch_sh)).compile()
@@ -698,20 +761,20 @@ def _train(config, workdir: Path, model_config: BertConfig, is_main: bool, preem
             raise DNAVecError(
                 f"step {done_step}: the loss or gradient is not finite (loss {float(metrics['loss'])}, grad norm "
                 f"{float(metrics['grad_norm'])}); stopped without saving this state; last good checkpoint: "
-                f"{manager.latest_step() if manager.latest_step() is not None else 'none'}. Lower "
+                f"{manager.latest_step() if manager and manager.latest_step() is not None else 'none'}. Lower "
                 "train.learning_rate or check the data"
             )
         meter.add(metrics)
 
     def save(at_step: int) -> None:
         nonlocal last_saved
-        if last_saved == at_step:
+        if last_saved == at_step or manager is None:
             return
         positions = [list(position)]
         if process_count > 1:
             from jax.experimental import multihost_utils
             positions = multihost_utils.process_allgather(np.asarray(position, np.int64)).tolist()
-        meta = {"step": at_step, "rng": np.asarray(jax.device_get(state.rng)).tolist(),
+        meta = {"step": at_step, "rng": np.asarray(jax.device_get(state.rng)).tolist(), "prng_impl": t.prng_impl,
                 "data": {"positions": positions, "fingerprint": fingerprint}, "train_time_s": train_time}
         jax.block_until_ready(state)
         started = time.perf_counter()
@@ -746,7 +809,8 @@ def _train(config, workdir: Path, model_config: BertConfig, is_main: bool, preem
             progress.update(1)
             preempted = preemption.reached(step)
             boundary = step % t.log_every_steps == 0 or step == total or preempted
-            checkpoint_now = step % t.checkpoint_every_steps == 0 or step == total or preempted
+            checkpoint_now = (t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0) or step == total \
+                or preempted
             eval_now = eval_step is not None and ((t.eval_every_steps and step % t.eval_every_steps == 0)
                                                   or step == total)
             if boundary or checkpoint_now or eval_now:
@@ -757,7 +821,7 @@ def _train(config, workdir: Path, model_config: BertConfig, is_main: bool, preem
                 if boundary and meter.steps:
                     last_train = meter.summary()
                     writer.write(step, "train", last_train)
-                    progress.set_postfix(loss=f"{last_train['loss']:.4f}", acc=f"{last_train['accuracy']:.3f}")
+                    progress.set_postfix(loss=f"{last_train['loss']:.4f}", acc=f"{last_train.get('accuracy', 0):.3f}")
                     meter.reset()
                 if checkpoint_now:
                     save(step)
@@ -776,9 +840,11 @@ def _train(config, workdir: Path, model_config: BertConfig, is_main: bool, preem
         progress.close()
         preemption.close()
         try:
-            checkpointing.wait(manager)  # the last async save is on disk, or a one-line DNAVecError
+            if manager is not None:
+                checkpointing.wait(manager)  # the last async save is on disk, or a one-line DNAVecError
         finally:
-            manager.close()
+            if manager is not None:
+                manager.close()
             writer.close()
     if preempted:
         logging.warning("preemption: saved step %d; run the same command again to resume", step)

@@ -57,7 +57,8 @@ W2V_DIGITS = 7
 
 def input_embeddings(loaded: LoadedModel) -> np.ndarray:
     """float32 (vocab_size, hidden): the input word-embedding table, row i = token id i."""
-    return np.array(loaded.params["embeddings"]["word_embeddings"]["embedding"], dtype=np.float32)
+    table = loaded.params["embeddings"]["word_embeddings"]["embedding"]
+    return np.array(table[: loaded.config.vocab_size], dtype=np.float32)  # the model pads the rows (model.py)
 
 
 def _token_state(hidden, input_ids, input_mask):

@@ -50,6 +50,37 @@ def set_dotted(config, overrides: dict):
     return config
 
 
+def jaxpr_equations(closed_jaxpr) -> list:
+    """Every equation of a traced program, nested jaxprs (jit, custom_vjp, cond, scan) included."""
+    from jax._src import core
+
+    found = []
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            found.append(eqn)
+            for value in eqn.params.values():
+                for item in value if isinstance(value, (list, tuple)) else [value]:
+                    if isinstance(item, core.ClosedJaxpr):
+                        walk(item.jaxpr)
+                    elif isinstance(item, core.Jaxpr):
+                        walk(item)
+
+    walk(closed_jaxpr.jaxpr)
+    return found
+
+
+@pytest.fixture
+def stub_cudnn(monkeypatch):
+    """Lets jax.nn.dot_product_attention(implementation="cudnn") trace on the CPU: cuDNN's version and
+    compute-capability checks are stubbed, so JAX's own argument checks (what a GPU meets first) run."""
+    from jax._src.cudnn import fused_attention_stablehlo as cudnn_attention
+
+    monkeypatch.setattr(cudnn_attention, "check_cudnn_version", lambda: 91000)
+    monkeypatch.setattr(cudnn_attention, "check_compute_capability", lambda capability: True)
+    monkeypatch.setattr(cudnn_attention, "is_cuda_compute_capability_equal", lambda capability: False)
+
+
 @pytest.fixture
 def tiny_config():
     """configs/tiny.py: a 2-layer, hidden-32 model on synthetic data (64 tokens, k 3..4)."""

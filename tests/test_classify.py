@@ -77,6 +77,9 @@ def test_finetuning_and_probes_beat_chance_on_the_planted_motif(loaded, motif_ta
     0.78-0.97 (AUROC 0.84-0.95). The mean-pooled probes stay lower because a mean over ~148 tokens
     dilutes the 14-base motif (<10% of them) in 32 dimensions; the token probes score each token and
     pool with log-sum-exp, so one motif token is enough (docs/classify.md).
+    Fine-tuning is one draw with 90 test rows: over fine-tune seeds 0-3 and two model initialisations
+    (before and after the vocabulary padding of 2026-11-30) its test AUROC ranged 0.85-0.97, accuracy
+    0.86-0.93 and MCC 0.73-0.87, so the AUROC bound sits below that range, not at one draw's value.
     """
     paths = motif_task[1]
     task = classify.load_task(paths["train"], paths["dev"], paths["test"])
@@ -86,7 +89,7 @@ def test_finetuning_and_probes_beat_chance_on_the_planted_motif(loaded, motif_ta
     for name, result in results.items():
         assert set(result["dev"]) == set(result["test"]) == set(classify.METRICS), name
     finetuned = results["finetune"]["test"]
-    assert finetuned["accuracy"] >= 0.85 and finetuned["mcc"] >= 0.7 and finetuned["auroc"] >= 0.9, finetuned
+    assert finetuned["accuracy"] >= 0.85 and finetuned["mcc"] >= 0.7 and finetuned["auroc"] >= 0.8, finetuned
     assert results["baseline"]["test"]["accuracy"] >= 0.85
     for feature in classify.TOKEN_FEATURES:  # far above chance: MCC 0.5 or more
         probed = results[f"probe_{feature}"]["test"]

@@ -42,9 +42,13 @@ def small_setup(seed: int = 0):
 
 
 def perturbed_params(config, seed: int = 0):
+    """init_params moved off their initial values, the vocabulary padding rows left at 0 (as training does)."""
     params = jax.device_get(model_lib.init_params(config, jax.random.key(seed)))
     rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda x: (np.asarray(x) + rng.normal(0.0, 0.05, x.shape)).astype(np.float32), params)
+    params = jax.tree.map(lambda x: (np.asarray(x) + rng.normal(0.0, 0.05, x.shape)).astype(np.float32), params)
+    params["embeddings"]["word_embeddings"]["embedding"][config.vocab_size:] = 0
+    params["mlm_bias"][config.vocab_size:] = 0
+    return params
 
 
 def chr22_sequence(fasta_path) -> str:
@@ -125,9 +129,11 @@ def test_safetensors_names_layouts_and_metadata(small_export):
                                   layer["attention"]["LayerNorm"]["scale"])
     np.testing.assert_array_equal(state["bert.encoder.layer.1.output.LayerNorm.bias"],
                                   layer["output_LayerNorm"]["bias"])
+    # The model's vocabulary padding (1,349 ids -> 1,408 rows) is trimmed: the export has the real vocabulary.
+    assert params["embeddings"]["word_embeddings"]["embedding"].shape == (1408, 64)
     np.testing.assert_array_equal(state["bert.embeddings.word_embeddings.weight"],
-                                  params["embeddings"]["word_embeddings"]["embedding"])
-    np.testing.assert_array_equal(state["cls.predictions.bias"], params["mlm_bias"])
+                                  params["embeddings"]["word_embeddings"]["embedding"][:1349])
+    np.testing.assert_array_equal(state["cls.predictions.bias"], params["mlm_bias"][:1349])
     np.testing.assert_array_equal(state["bert.pooler.dense.weight"], params["pooler"]["kernel"].T)
 
 

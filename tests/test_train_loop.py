@@ -110,6 +110,9 @@ def no_compiling(monkeypatch):
     ({"train.schedule": "step"}, r"train.schedule must be one of linear, cosine, constant"),
     ({"data.source": "tfrecord", "data.data_dir": ""}, r"set --config.data.data_dir.*prepare"),
     ({"data.source": "tfrecord", "data.data_dir": "/nonexistent/x"}, r"x: does not exist; prepare it with"),
+    ({"train.prng_impl": "philox"}, r"train.prng_impl must be one of threefry, rbg, unsafe_rbg, got 'philox'"),
+    ({"train.checkpoint_every_steps": -1}, r"checkpoint_every_steps must be >= 0 \(0: no checkpoints"),
+    ({"model.attention_implementation": "cudnn"}, r"'cudnn' needs model.dtype bfloat16 or float16"),
 ])
 def test_user_errors_come_before_compiling(tiny_config, tmp_path, no_compiling, overrides, message):
     set_dotted(tiny_config, overrides)
@@ -145,6 +148,26 @@ def test_incompatible_workdir_and_lock(resume_runs, tiny_config, no_compiling):
     with checkpointing.WorkdirLock(base / "full"):
         with pytest.raises(DNAVecError, match="in use by another run"):
             train.train_and_evaluate(tiny_config, base / "full")
+
+
+def test_resume_refuses_another_prng_implementation(resume_runs, tiny_config, no_compiling):
+    base = resume_runs[0]
+    assert json.loads((base / "full" / "config.json").read_text())["train"]["prng_impl"] == "threefry"
+    tiny_config.train.prng_impl = "rbg"
+    with pytest.raises(DNAVecError, match=r"step 7 was trained with train.prng_impl='threefry', this run has "
+                                          r"'rbg'; set --config.train.prng_impl=threefry to resume it"):
+        train.train_and_evaluate(tiny_config, base / "full")
+
+
+def test_benchmark_mode_saves_nothing_and_accuracy_comes_from_each_intervals_last_step(tiny_config, tmp_path):
+    tiny_config.train.update(checkpoint_every_steps=0, num_train_steps=5, log_every_steps=2, eval_every_steps=0,
+                             prng_impl="unsafe_rbg")
+    result = train.train_and_evaluate(tiny_config, tmp_path)
+    assert result["step"] == 5 and not checkpointing.complete_steps(checkpointing.checkpoint_dir(tmp_path))
+    train_rows = rows(tmp_path, "train")
+    assert [r["step"] for r in train_rows] == [2, 4, 5]
+    # Steps 2 and 4 end an interval by the modulus, step 5 as the last step: each row has its accuracy.
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in train_rows)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_config, tmp_path):

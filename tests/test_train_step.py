@@ -10,6 +10,8 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import jaxpr_equations, load_config_file
+
 from dnavec_jax import input_pipeline, sharding, train
 from dnavec_jax.model import BertForMaskedLM
 
@@ -145,8 +147,73 @@ def test_mlm_sums_ignore_padding_slots_and_break_ties_to_the_lowest_id():
     weights = jnp.array([[1.0, 0.0, 1.0]])
     sums = jax.device_get(train.mlm_sums(logits, labels, weights))
     assert sums["weight"] == 2.0 and sums["correct"] == 1.0  # slot 0: argmax 1 (first of the tie); slot 2 wrong
+    assert sums["accuracy_weight"] == 2.0
     expected = -jax.nn.log_softmax(logits[0, 0])[1] - jax.nn.log_softmax(logits[0, 2])[2]
     np.testing.assert_allclose(sums["loss_sum"], expected, rtol=1e-6)
+    skipped = jax.device_get(jax.jit(train.mlm_sums)(logits, labels, weights, jnp.bool_(False)))
+    assert skipped["correct"] == skipped["accuracy_weight"] == 0.0 and skipped["loss_sum"] == sums["loss_sum"]
+
+
+def test_cross_entropy_equals_optax_and_its_gradient_scatters_nothing():
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(size=(3, 5, 300)) * 4, jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 300, size=(3, 5)))
+    np.testing.assert_allclose(train.cross_entropy(logits, labels),
+                               optax.softmax_cross_entropy_with_integer_labels(logits, labels), rtol=1e-6)
+    grad = jax.grad(lambda x: train.cross_entropy(x, labels).sum())
+    reference = jax.grad(lambda x: optax.softmax_cross_entropy_with_integer_labels(x, labels).sum())
+    np.testing.assert_allclose(grad(logits), reference(logits), rtol=1e-5, atol=1e-7)
+    # bf16 logits: the gradient comes back in bf16 and nothing scatters into a logits-sized buffer.
+    names = {e.primitive.name for e in jaxpr_equations(jax.make_jaxpr(grad)(logits.astype(jnp.bfloat16)))}
+    assert not [name for name in names if name.startswith("scatter")]
+    optax_names = {e.primitive.name for e in jaxpr_equations(jax.make_jaxpr(reference)(logits))}
+    assert any(name.startswith("scatter") for name in optax_names)  # optax's does: the check can see one
+    assert grad(logits.astype(jnp.bfloat16)).dtype == jnp.bfloat16
+
+
+def test_accuracy_is_computed_only_on_the_steps_that_end_a_logging_interval(tiny_config):
+    _, model, tx, schedule, init_fn = make_parts(tiny_config)
+    step = jax.jit(train.make_train_step(model, tx, schedule, accuracy_every=3, last_step=4))
+    state = jax.jit(init_fn)()
+    measured = []
+    for index in range(5):
+        state, metrics = step(state, uneven_batch(tiny_config.model.vocab_size, seed=index))
+        measured.append(float(metrics["accuracy_weight"]) > 0)
+        if not measured[-1]:
+            assert float(metrics["correct"]) == 0.0
+    assert measured == [False, False, True, True, False]  # steps 1..5: the 3rd (multiple of 3) and the 4th (last)
+
+
+@pytest.mark.parametrize("impl", train.PRNG_IMPLS)
+def test_each_prng_implementation_draws_its_own_reproducible_dropout(tiny_config, impl):
+    model_config, model, tx, schedule, _ = make_parts(tiny_config)
+    init_fn = train.make_init_fn(model_config, tx, 0, impl)
+    step = jax.jit(train.make_train_step(model, tx, schedule, prng_impl=impl))
+    batch = uneven_batch(tiny_config.model.vocab_size)
+    state = jax.jit(init_fn)()
+    assert state.rng.shape == jax.random.key_data(jax.random.key(0, impl=train.PRNG_IMPLS[impl])).shape
+    losses = [float(step(jax.jit(init_fn)(), batch)[1]["loss"]) for _ in range(2)]
+    assert losses[0] == losses[1]
+    threefry = train.make_init_fn(model_config, tx, 0, "threefry")
+    assert_trees_close(jax.jit(init_fn)().params, jax.jit(threefry)().params, rtol=0, atol=0)  # params do not move
+    if impl != "threefry":
+        other = float(jax.jit(train.make_train_step(model, tx, schedule))(jax.jit(threefry)(), batch)[1]["loss"])
+        assert other != losses[0]  # another dropout draw
+
+
+@pytest.mark.usefixtures("stub_cudnn")
+def test_cudnn_attention_traces_the_real_train_step_of_the_base_model():
+    config = load_config_file("base")
+    config.model.attention_implementation = "cudnn"
+    model_config, model, tx, schedule, init_fn = make_parts(config)
+    abstract_state = jax.eval_shape(init_fn)
+    abstract = train.abstract_batch((1, 8), 512, 77, None)
+    for padded, mask_type in ((True, "PADDING"), (False, "NO_MASK")):
+        step = train.make_train_step(model, tx, schedule, accuracy_every=100, padded=padded)
+        equations = jaxpr_equations(jax.jit(step).trace(abstract_state, abstract).jaxpr)
+        calls = [e for e in equations if e.primitive.name.startswith("dot_product_attention_")]
+        assert len(calls) == 2 * model_config.num_layers  # forward and backward of every layer
+        assert {e.params["mask_type"].name for e in calls} == {mask_type}
 
 
 def test_weight_decay_mask_and_schedule(tiny_config):

@@ -41,8 +41,9 @@ def test_vectors_files_load_in_gensim(vectors_dir, run_model):
         assert keyed.index_to_key == tokenizer.vocab
         np.testing.assert_allclose(keyed.vectors, matrix, rtol=1e-6, atol=1e-7)
         np.testing.assert_allclose(keyed["GATC"], matrix[tokenizer.token_to_id("GATC")], rtol=1e-6, atol=1e-7)
-    np.testing.assert_array_equal(np.load(vectors_dir / "input_embeddings.npy"),
-                                  run_model.params["embeddings"]["word_embeddings"]["embedding"])
+    table = run_model.params["embeddings"]["word_embeddings"]["embedding"]
+    assert table.shape == (384, HIDDEN) and not table[VOCAB_SIZE:].any()  # the model's padding: trimmed, all 0
+    np.testing.assert_array_equal(np.load(vectors_dir / "input_embeddings.npy"), table[:VOCAB_SIZE])
     # No staging directory is left next to the output.
     assert sorted(path.name for path in vectors_dir.parent.iterdir()) == ["out"]
 
