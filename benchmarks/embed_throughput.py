@@ -17,15 +17,14 @@ timing. Prints sequences/s and tokens/s for both and the ratio as one JSON line.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import (MATMUL_PRECISIONS, REPO, load_config, set_jax_matmul_precision, set_torch_matmul_precision,
+                    versions)
 
 
 def random_model_export(config_path: str, out_dir: Path) -> Path:
@@ -34,10 +33,7 @@ def random_model_export(config_path: str, out_dir: Path) -> Path:
     from dnavec_jax import hf_export, train
     from dnavec_jax.model import init_params
 
-    spec = importlib.util.spec_from_file_location("bench_config", config_path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = load_config(config_path)
     model_config = train.model_config_from(config)
     prep = config.data.prep
     tokenizer = hf_export.tokenizer_from_train_config(config.to_dict())
@@ -50,10 +46,12 @@ def random_model_export(config_path: str, out_dir: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="run dir or export (default: random weights of --config)")
-    parser.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "base.py"))
+    parser.add_argument("--config", default=str(REPO / "configs" / "base.py"))
     parser.add_argument("--num_sequences", type=int, default=64)
     parser.add_argument("--length", type=int, default=1000, help="bases per sequence")
     parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--matmul_precision", choices=MATMUL_PRECISIONS, default="tf32",
+                        help="float32 matmuls on both sides: TF32 allowed or full float32")
     args = parser.parse_args()
 
     import jax
@@ -63,6 +61,10 @@ def main() -> None:
 
     from dnavec_jax import embedding, hf_export, inference
     from dnavec_jax.tokenization import CLS_ID, PAD_ID, SEP_ID
+
+    set_jax_matmul_precision(args.matmul_precision)
+    set_torch_matmul_precision(args.matmul_precision)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the same device as JAX's
 
     rng = np.random.default_rng(0)
     sequences = ["".join(rng.choice(list("ACGT"), args.length)) for _ in range(args.num_sequences)]
@@ -82,7 +84,8 @@ def main() -> None:
         export_dir = model_dir
         if not (Path(model_dir) / "model.safetensors").exists():
             export_dir = str(hf_export.export_checkpoint(model_dir, Path(tmp) / "hf")[0])
-        torch_model = BertModel.from_pretrained(export_dir, dtype=torch.float32, attn_implementation="sdpa").eval()
+        torch_model = BertModel.from_pretrained(export_dir, dtype=torch.float32, attn_implementation="sdpa")
+        torch_model = torch_model.to(device).eval()
         windows = [window.ids for index, seq in enumerate(sequences)
                    for window in inference.sequence_windows(
                        loaded.tokenizer, seq, embedding.record_seed(0, 0, np.frombuffer(seq.encode(), np.uint8)),
@@ -97,10 +100,11 @@ def main() -> None:
                     ids = np.full((len(chunk), width), PAD_ID, np.int64)
                     for row, window in enumerate(chunk):
                         ids[row, :len(window) + 2] = [CLS_ID, *window, SEP_ID]
-                    mask = torch.from_numpy((ids != PAD_ID).astype(np.int64))
-                    hidden = torch_model(input_ids=torch.from_numpy(ids), attention_mask=mask).last_hidden_state
+                    mask = torch.from_numpy((ids != PAD_ID).astype(np.int64)).to(device)
+                    hidden = torch_model(input_ids=torch.from_numpy(ids).to(device),
+                                         attention_mask=mask).last_hidden_state
                     pooled.append((hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True))
-            return torch.cat(pooled)
+            return torch.cat(pooled).cpu()  # on the host, as ours: the timing includes the copy back
 
         theirs()  # warm-up
         started = time.perf_counter()
@@ -109,6 +113,7 @@ def main() -> None:
 
     print(json.dumps({
         "machine": f"{platform.platform()}, {jax.devices()[0].device_kind}, torch threads {torch.get_num_threads()}",
+        "torch_device": str(device), "matmul_precision": args.matmul_precision,
         "model": args.model or f"random weights of {Path(args.config).name}",
         "hidden": loaded.config.hidden_size, "layers": loaded.config.num_layers,
         "sequences": args.num_sequences, "bases_per_sequence": args.length, "tokens": tokens,
@@ -117,7 +122,7 @@ def main() -> None:
         "ours_tokens_per_s": round(tokens / ours_seconds),
         "transformers_sequences_per_s": round(args.num_sequences / theirs_seconds, 2),
         "ratio_ours_over_transformers": round(theirs_seconds / ours_seconds, 2),
-        "versions": {"jax": jax.__version__, "torch": torch.__version__},
+        "versions": versions("jax", "jaxlib", "flax", "torch", "transformers"),
     }))
 
 
