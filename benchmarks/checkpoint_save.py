@@ -42,15 +42,15 @@ def main() -> None:
 
     import jax
 
-    from dnavec_jax import checkpointing, sharding, train
+    from dnavec_jax.training import checkpointing, optim, settings, sharding, steps
 
     config = load_config(args.config)
-    model_config = train.model_config_from(config)
-    tx, _ = train.make_optimizer(config.train)
-    init_fn = train.make_init_fn(model_config, tx, 0)
+    model_config = settings.model_config_from(config)
+    tx, _ = optim.make_optimizer(config.train)
+    init_fn = steps.make_init_fn(model_config, tx, 0)
     mesh = sharding.make_mesh(False)
     abstract = jax.eval_shape(init_fn)
-    state_sh = train.state_shardings(abstract, mesh)
+    state_sh = steps.train_state_shardings(abstract, mesh)
     state = jax.block_until_ready(jax.jit(init_fn, out_shardings=state_sh)())
     state_bytes = sum(x.nbytes for x in jax.tree.leaves((state.params, state.opt_state)))
     blocking, total = [], []

@@ -23,18 +23,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import (MATMUL_PRECISIONS, REPO, load_config, set_jax_matmul_precision, set_torch_matmul_precision,
-                    versions)
+from common import MATMUL_PRECISIONS, REPO, load_config, set_jax_matmul_precision, set_torch_matmul_precision, versions
 
 
 def random_model_export(config_path: str, out_dir: Path) -> Path:
     import jax
 
-    from dnavec_jax import hf_export, train
+    from dnavec_jax import hf_export
     from dnavec_jax.model import init_params
+    from dnavec_jax.training import settings
 
     config = load_config(config_path)
-    model_config = train.model_config_from(config)
+    model_config = settings.model_config_from(config)
     prep = config.data.prep
     tokenizer = hf_export.tokenizer_from_train_config(config.to_dict())
     params = jax.device_get(init_params(model_config, jax.random.key(0)))

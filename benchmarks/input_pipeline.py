@@ -1,11 +1,11 @@
 """Input pipeline throughput: prepared shards -> device-ready global batches. Not a test.
 
-    python benchmarks/input_pipeline.py                                  # base shapes (512 tokens, 77 predictions)
-    python benchmarks/input_pipeline.py --global_batch 64 --batches 400 --trainer_tokens_per_s 243
+    python benchmarks/batches.py                                  # base shapes (512 tokens, 77 predictions)
+    python benchmarks/batches.py --global_batch 64 --batches 400 --trainer_tokens_per_s 243
 
 Prepares the embedded chr22 corpus with base.py's shapes (k 3..8, 512 tokens,
 --dupe_factor copies) in a temporary directory, then times exactly what the
-training loop does per step: next() on input_pipeline.tfrecord_train_batches
+training loop does per step: next() on batches.tfrecord_train_batches
 (interleave, seeded shuffle, parse) and sharding.global_batch onto all local
 devices, blocking until the arrays are on the devices. Prints examples/s and
 tokens/s, and the ratio to a trainer's consumption rate: the one given with
@@ -40,22 +40,23 @@ def main() -> None:
     import jax
     import numpy as np
 
-    from dnavec_jax import input_pipeline, sharding
+    from dnavec_jax import tf_runtime
     from dnavec_jax.data import PrepSettings, load_prepared, prepare_dataset
+    from dnavec_jax.training import batches, sharding
 
-    input_pipeline.configure_tf()
+    tf_runtime.configure_tf()
     settings = PrepSettings(seq_length=512, max_predictions=77, dupe_factor=args.dupe_factor)
     with tempfile.TemporaryDirectory() as data_dir:
         prepare_dataset(settings, data_dir, progress=False)
         dataset = load_prepared(data_dir)
         mesh = sharding.make_mesh(fsdp=False)
         batch_sharding = sharding.batch_sharding(mesh, 1)
-        shape = input_pipeline.BatchShape(1, args.global_batch, 512, 77)
-        batches = input_pipeline.tfrecord_train_batches(dataset.files("train"), shape, seed=0,
-                                                        shuffle_buffer=args.shuffle_buffer)
+        shape = batches.BatchShape(1, args.global_batch, 512, 77)
+        stream = batches.tfrecord_train_batches(dataset.files("train"), shape, seed=0,
+                                                shuffle_buffer=args.shuffle_buffer)
 
         def one_step():
-            local, _ = next(batches)
+            local, _ = next(stream)
             arrays = sharding.global_batch(local, batch_sharding, args.global_batch, example_axis=1)
             jax.block_until_ready(arrays)
 

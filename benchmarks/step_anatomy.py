@@ -2,7 +2,7 @@
 
     python benchmarks/step_anatomy.py --config configs/base.py --batch 64 --dtype bfloat16
 
-Lowers and compiles the trainer's real step (train.make_train_step, synthetic-batch
+Lowers and compiles the trainer's real step (steps.make_train_step, synthetic-batch
 shapes, one device of the current backend) and prints one JSON line:
   temp_gib / argument_gib   XLA's memory analysis;
   gflops / gbytes_accessed  XLA's cost analysis (bytes read + written by all ops);
@@ -36,19 +36,19 @@ def main() -> None:
 
     import jax
 
-    from dnavec_jax import train
     from dnavec_jax.model import BertForMaskedLM
+    from dnavec_jax.training import optim, settings, steps
 
     config = load_config(args.config)
     config.model.update(dtype=args.dtype, attention_implementation=args.attention)
     config.train.prng_impl = args.prng_impl
-    model_config = train.model_config_from(config)
+    model_config = settings.model_config_from(config)
     model = BertForMaskedLM(model_config)
-    tx, schedule = train.make_optimizer(config.train)
-    init_fn = train.make_init_fn(model_config, tx, 0, args.prng_impl)
+    tx, schedule = optim.make_optimizer(config.train)
+    init_fn = steps.make_init_fn(model_config, tx, 0, args.prng_impl)
     prep = config.data.prep
-    step = train.make_train_step(model, tx, schedule, prng_impl=args.prng_impl, accuracy_every=100, padded=False)
-    batch = train.abstract_batch((1, args.batch), prep.seq_length, prep.max_predictions, None)
+    step = steps.make_train_step(model, tx, schedule, prng_impl=args.prng_impl, accuracy_every=100, padded=False)
+    batch = steps.abstract_batch((1, args.batch), prep.seq_length, prep.max_predictions, None)
     compiled = jax.jit(step, donate_argnums=0).lower(jax.eval_shape(init_fn), batch).compile()
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis()

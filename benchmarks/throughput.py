@@ -4,7 +4,7 @@
   python benchmarks/throughput.py --config configs/base.py --batch_sizes 64,128,256 \
       --config.model.attention_implementation=cudnn --config.train.prng_impl=rbg
 
-Runs the real training loop (train.train_and_evaluate) on the synthetic source in
+Runs the real training loop (loop.train_and_evaluate) on the synthetic source in
 a temporary workdir, with checkpointing off (checkpoint_every_steps=0) and no
 eval, once per global batch size of --batch_sizes, in one process. Prints one
 JSON line per batch size as soon as it is measured: steady-state step time,
@@ -21,9 +21,8 @@ import tempfile
 from pathlib import Path
 
 from absl import app, flags
-from ml_collections import config_flags
-
 from common import MATMUL_PRECISIONS, set_jax_matmul_precision, versions
+from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
@@ -37,8 +36,8 @@ flags.mark_flags_as_required(["config"])
 def measure(config, steps: int, interval: int) -> dict:
     import jax
 
-    from dnavec_jax import train
     from dnavec_jax.model import attention_implementation, flops_per_token
+    from dnavec_jax.training import loop, settings
 
     with config.unlocked():
         config.data.source = "synthetic"
@@ -46,13 +45,13 @@ def measure(config, steps: int, interval: int) -> dict:
         config.train.update(num_train_steps=steps + interval, warmup_steps=0, log_every_steps=interval,
                             eval_every_steps=0, checkpoint_every_steps=0, async_checkpointing=False)
     with tempfile.TemporaryDirectory() as workdir:
-        train.train_and_evaluate(config, workdir)
+        loop.train_and_evaluate(config, workdir)
         rows = [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
     timed = [r for r in rows if r["split"] == "train"][1:]
     step_time = sum(r["step_time_s"] for r in timed) / len(timed)
     prep = config.data.prep
     tokens = config.train.global_batch_size * prep.seq_length / step_time
-    model = train.model_config_from(config)
+    model = settings.model_config_from(config)
     flops = flops_per_token(model, prep.seq_length, prep.max_predictions)
     result = dict(side="ours (JAX/Flax)", device=jax.devices()[0].device_kind, devices=jax.device_count(),
                   fsdp=config.train.fsdp, dtype=model.dtype, attention=attention_implementation(model),

@@ -22,7 +22,7 @@ Model FLOPs use model.flops_per_token (the masked-head count, the same for
 both heads, so --head full's extra work shows as a lower MFU). --warmup
 steps (compilation, autotuning) are left out of the timing. Prints one JSON
 line: step time, tokens/s, model TFLOP/s and MFU where the device's peak is
-known (train.PEAK_FLOPS), the TF32 setting and the library versions.
+known (metrics.PEAK_FLOPS), the TF32 setting and the library versions.
 
 The synthetic batches are full (no padding), so no attention mask is passed
 and SDPA may pick its flash kernel; our trainer builds no mask for them either.
@@ -56,11 +56,12 @@ def main() -> None:
     import torch
     import transformers
 
-    from dnavec_jax import hf_export, train
+    from dnavec_jax import hf_export
     from dnavec_jax.model import flops_per_token
+    from dnavec_jax.training import metrics, settings
 
     config = load_config(args.config)
-    model_config = train.model_config_from(config)
+    model_config = settings.model_config_from(config)
     prep = config.data.prep
     batch, seq, predictions = args.batch_size or config.train.global_batch_size, prep.seq_length, prep.max_predictions
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -120,7 +121,7 @@ def main() -> None:
     tokens_per_s = batch * seq / step_time
     tflops = tokens_per_s * flops_per_token(model_config, seq, predictions) / 1e12
     kind = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    peak = train.peak_flops_for_kind(kind) if device.type == "cuda" else None
+    peak = metrics.peak_flops_for_kind(kind) if device.type == "cuda" else None
     result = {
         "side": "transformers BertForMaskedLM (torch)", "device": kind, "dtype": args.dtype, "compile": args.compile,
         "head": args.head, "batch_size": batch, "seq_length": seq, "max_predictions": predictions,

@@ -2,17 +2,12 @@
 
   python run_pretrain.py --config configs/demo.py --workdir runs/demo
 
-Prepares the dataset under data_cache/chr22_demo first if it is missing
-(k 3..6, 128 tokens, span masking, 4 differently tokenized/masked copies).
-docs/training.md states the measured loss and the unigram baseline.
+Prepares the dataset under data_cache/chr22_demo first if it is missing (k 3..6,
+128 tokens, span masking, 4 differently tokenized/masked copies). docs/training.md
+states the measured loss and the unigram baseline.
 """
 
-import importlib.util
-from pathlib import Path
-
-_spec = importlib.util.spec_from_file_location("dnavec_config_base", Path(__file__).with_name("base.py"))
-base = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(base)
+from configs import base
 
 
 def get_config():

@@ -3,12 +3,7 @@
   python run_pretrain.py --config configs/tiny.py --workdir /tmp/tiny
 """
 
-import importlib.util
-from pathlib import Path
-
-_spec = importlib.util.spec_from_file_location("dnavec_config_base", Path(__file__).with_name("base.py"))
-base = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(base)
+from configs import base
 
 
 def get_config():

@@ -50,10 +50,10 @@ Fine-tuning (see FinetuneSettings):
 - tokenization: evaluation uses the tokenization `embed` uses (record_seed(seed, 0, sequence));
   training draws a fresh one each epoch (record_seed(seed, epoch, ...)) as augmentation, since a
   k-mer model sees the same bases under many tokenizations.
-- the pretraining machinery: sharding.make_mesh (data parallel), train.TrainState and
-  train.state_shardings, the batch split over all devices with sharding.batch_sharding and
+- the pretraining machinery: sharding.make_mesh (data parallel), steps.TrainState and
+  steps.train_state_shardings, the batch split over all devices with sharding.batch_sharding and
   sharding.global_batch, jax.jit with those in/out shardings and the state donated, optax AdamW
-  from train.make_optimizer (linear warmup over warmup_fraction of the steps, linear decay to 0,
+  from optim.make_optimizer (linear warmup over warmup_fraction of the steps, linear decay to 0,
   global-norm clipping, no decay on biases and LayerNorm), dropout from fold_in(rng, step).
 - loss: mean cross-entropy over the real examples of a batch (the last batch of an epoch is
   padded with weight-0 rows); one dev evaluation per epoch, early stopping after --patience
@@ -549,7 +549,7 @@ class FinetuneSettings:
             raise DNAVecError("--warmup_fraction must lie in [0, 1) and --weight_decay be >= 0")
 
     def optimizer_settings(self, total_steps: int):
-        """The fields train.make_optimizer reads, for fine-tuning."""
+        """The fields optim.make_optimizer reads, for fine-tuning."""
         import ml_collections
 
         return ml_collections.ConfigDict(dict(
@@ -631,8 +631,8 @@ def _pack(window_lists: Sequence[list[np.ndarray]], rows: int, windows: int, len
 def finetune(loaded, task: Task, settings: FinetuneSettings,
              log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Fine-tunes the encoder with a classification head (see the module docstring); returns dev/test metrics."""
-    from dnavec_jax import sharding, train
     from dnavec_jax.inference import padded_length
+    from dnavec_jax.training import optim, sharding, steps
 
     settings.check()
     log = log or (lambda message: None)
@@ -668,13 +668,13 @@ def finetune(loaded, task: Task, settings: FinetuneSettings,
 
     steps_per_epoch = -(-len(sequences["train"]) // batch_size)
     optimizer_settings = settings.optimizer_settings(steps_per_epoch * settings.epochs)
-    tx, _ = train.make_optimizer(optimizer_settings)
+    tx, _ = optim.make_optimizer(optimizer_settings)
 
     def init_state(params):
-        return train.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+        return steps.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                                 rng=jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 1)))
 
-    state_sh = train.state_shardings(jax.eval_shape(init_state, host_params), mesh)
+    state_sh = steps.train_state_shardings(jax.eval_shape(init_state, host_params), mesh)
     batch_sh = sharding.batch_sharding(mesh, 0)
     state = jax.jit(init_state, in_shardings=(state_sh.params,), out_shardings=state_sh)(
         jax.device_put(host_params, state_sh.params))

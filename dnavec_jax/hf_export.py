@@ -439,13 +439,32 @@ def export_checkpoint(workdir: str | os.PathLike, output_dir: str | os.PathLike,
     check_output_dir(output_dir, overwrite)  # fail before loading a large checkpoint
     if not Path(workdir).is_dir():
         raise DNAVecError(f"--workdir {workdir}: no such directory")
-    from dnavec_jax import checkpointing  # the trainer's module (Orbax); only this command needs it
+    from dnavec_jax.training import checkpointing  # the trainer's module (Orbax); only this command needs it
 
     params, model_config, config, loaded_step = checkpointing.load_for_inference(workdir, step=step)
     tokenizer = tokenizer_from_train_config(config, source=str(Path(workdir) / "config.json"))
     path = export_to_hf(params, model_config, tokenizer, output_dir, overwrite=overwrite, step=loaded_step,
                         train_config=config)
     return path, int(loaded_step)
+
+
+def export_after_training(config, workdir: str | os.PathLike, result: Mapping[str, Any]) -> Path | None:
+    """run_pretrain.py's last step: a completed one-process run exports its final checkpoint to
+    config.export.hf_dir (relative to the workdir; "" disables). Returns the export directory, if any."""
+    from absl import logging
+
+    export_dir = str(config.export.hf_dir)
+    if not export_dir or result["preempted"]:
+        return None
+    if jax.process_count() > 1:
+        # Orbax's checkpoint reading synchronises all processes; the export is a one-process job.
+        if jax.process_index() == 0:
+            logging.info("multi-process run: export with `dnavec export-hf --workdir %s --output_dir OUT`", workdir)
+        return None
+    target = Path(workdir) / export_dir  # an absolute hf_dir stays as it is
+    output_dir, step = export_checkpoint(workdir, target, overwrite=True)
+    logging.info("exported step %d as a Hugging Face model to %s", step, output_dir)
+    return output_dir
 
 
 def tokenizer_from_train_config(config: Mapping[str, Any], source: str = "training config") -> KmerTokenizer:

@@ -149,7 +149,8 @@ def load_model(path: str | os.PathLike, step: int | None = None) -> LoadedModel:
 
 
 def _load_run(path: Path, step: int | None) -> LoadedModel:
-    from dnavec_jax import checkpointing, hf_export  # Orbax loads only for run directories
+    from dnavec_jax import hf_export  # Orbax loads only for run directories
+    from dnavec_jax.training import checkpointing
 
     params, config, train_config, loaded_step = checkpointing.load_for_inference(path, step=step)
     tokenizer = hf_export.tokenizer_from_train_config(train_config, source=str(path / "config.json"))

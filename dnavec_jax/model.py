@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from dnavec_jax.fields import setting
 
 # Opt-in attention probabilities: apply the model with mutable=[ATTENTION_COLLECTION] (see
 # apply_with_attention) and each layer computes its attention explicitly and sows the probabilities.
@@ -44,19 +45,26 @@ VOCAB_PAD_MULTIPLE = 128
 
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
-    vocab_size: int = 87_365
-    hidden_size: int = 512
-    num_layers: int = 12
-    num_heads: int = 8
-    intermediate_size: int = 2048
-    max_position_embeddings: int = 512
-    type_vocab_size: int = 2
-    hidden_dropout_rate: float = 0.1
-    layer_norm_eps: float = 1e-12
-    initializer_range: float = 0.02
-    dtype: str = "float32"  # compute dtype
-    attention_implementation: str = "auto"  # "auto": cuDNN flash attention where it runs, else XLA
-    remat: bool = False  # recompute each layer's activations in the backward pass
+    """The model's settings; the defaults are the paper's base model (configs/base.py computes in bf16)."""
+
+    vocab_size: int = setting(87_365, "5 special tokens + all k-mers of k_min..k_max (87,365 for k 3..8)")
+    hidden_size: int = setting(512, "hidden width")
+    num_layers: int = setting(12, "encoder layers")
+    num_heads: int = setting(8, "attention heads: the paper says 12, but 12 does not divide 512 (42.67 dims a "
+                                "head), so 8 heads of 64")
+    intermediate_size: int = setting(2048, "feed-forward width")
+    max_position_embeddings: int = setting(512, "learned absolute positions")
+    type_vocab_size: int = setting(2, "token types (for transformers; all our inputs are type 0)")
+    hidden_dropout_rate: float = setting(0.1, "dropout on embeddings and sublayer outputs (none on attention "
+                                              "probabilities)")
+    layer_norm_eps: float = setting(1e-12, "BERT's LayerNorm epsilon")
+    initializer_range: float = setting(0.02, "standard deviation of the initial weights")
+    dtype: str = setting("float32", "compute dtype (parameters and optimizer state stay float32): bfloat16 "
+                                    "on GPUs and TPUs", choices=("float32", "bfloat16", "float16"))
+    attention_implementation: str = setting("auto", "auto: cuDNN flash attention where it runs (NVIDIA GPU, "
+                                                    "bf16/fp16), else XLA; xla or cudnn force one",
+                                            choices=ATTENTION_IMPLEMENTATIONS)
+    remat: bool = setting(False, "recompute each layer's activations in the backward pass")
 
     def __post_init__(self):
         validate_model_config(self)

@@ -10,6 +10,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
+import importlib  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -31,12 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def load_config_file(name: str):
     """get_config() of configs/<name>.py (an unlocked ml_collections ConfigDict)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"dnavec_config_{name}", REPO / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return importlib.import_module(f"configs.{name}").get_config()
 
 
 def set_dotted(config, overrides: dict):
@@ -134,7 +130,7 @@ def trained_workdir(tmp_path_factory, compile_cache, tiny_dataset) -> Path:
     A stand-in for a demo run: real data, real checkpoints, a metrics.jsonl whose
     last eval row covers the whole validation split.
     """
-    from dnavec_jax import train
+    from dnavec_jax.training import loop
 
     config = load_config_file("tiny")
     config.data.update(source="tfrecord", data_dir=str(tiny_dataset), shuffle_buffer=256)
@@ -142,7 +138,7 @@ def trained_workdir(tmp_path_factory, compile_cache, tiny_dataset) -> Path:
     config.train.update(num_train_steps=40, warmup_steps=5, log_every_steps=10, eval_every_steps=0,
                         checkpoint_every_steps=20, async_checkpointing=False)
     workdir = tmp_path_factory.mktemp("trained") / "run"
-    train.train_and_evaluate(config, workdir)
+    loop.train_and_evaluate(config, workdir)
     return workdir
 
 

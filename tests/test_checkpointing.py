@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from dnavec_jax import checkpointing, train
 from dnavec_jax.errors import DNAVecError
 from dnavec_jax.model import BertConfig
+from dnavec_jax.training import checkpointing, loop, optim, settings, steps
 
 pytestmark = pytest.mark.usefixtures("compile_cache")
 
@@ -28,7 +28,7 @@ def fsdp_run(tmp_path_factory, compile_cache):
     config = load_config_file("tiny")
     config.train.update(fsdp=True, num_train_steps=4, eval_every_steps=0)
     workdir = tmp_path_factory.mktemp("fsdp_run")
-    result = train.train_and_evaluate(config, workdir)
+    result = loop.train_and_evaluate(config, workdir)
     assert result["step"] == 4
     return workdir, config
 
@@ -71,15 +71,15 @@ import json, sys
 import jax, numpy as np
 sys.path.insert(0, "tests")
 from conftest import load_config_file
-from dnavec_jax import checkpointing, sharding, train
+from dnavec_jax.training import checkpointing, loop, optim, settings, sharding, steps
 workdir = sys.argv[1]
 config = load_config_file("tiny")
 config.train.update(fsdp=True, num_train_steps=5, eval_every_steps=0)
-model_config = train.model_config_from(config)
-tx, _ = train.make_optimizer(config.train)
-abstract = jax.eval_shape(train.make_init_fn(model_config, tx, 0))
+model_config = settings.model_config_from(config)
+tx, _ = optim.make_optimizer(config.train)
+abstract = jax.eval_shape(steps.make_init_fn(model_config, tx, 0))
 mesh = sharding.make_mesh(True)
-shardings = train.state_shardings(abstract, mesh)
+shardings = steps.train_state_shardings(abstract, mesh)
 target = sharding.with_shardings(abstract, shardings)
 manager = checkpointing.make_manager(workdir, read_only=True)
 params, opt_state, meta = checkpointing.restore_train_state(manager, 4, target.params, target.opt_state)
@@ -91,7 +91,7 @@ out = {"devices": jax.device_count(), "step": meta["step"], "kernel_spec": str(k
        "mu_shard_shape": list(mu.addressable_shards[0].data.shape),
        "sums": {jax.tree_util.keystr(p): float(np.asarray(x, np.float64).sum())
                 for p, x in jax.tree_util.tree_leaves_with_path(params)}}
-result = train.train_and_evaluate(config, workdir)  # resume on 2 devices: one more step
+result = loop.train_and_evaluate(config, workdir)  # resume on 2 devices: one more step
 out["resumed_to"] = result["step"]
 print("RESULT " + json.dumps(out))
 """
@@ -120,13 +120,13 @@ def test_four_device_checkpoint_restores_onto_two_devices(fsdp_run, compile_cach
 
 def test_restore_checks_the_shardings(fsdp_run):
     workdir, config = fsdp_run
-    from dnavec_jax import sharding
+    from dnavec_jax.training import sharding
 
-    model_config = train.model_config_from(config)
-    tx, _ = train.make_optimizer(config.train)
-    abstract = jax.eval_shape(train.make_init_fn(model_config, tx, 0))
+    model_config = settings.model_config_from(config)
+    tx, _ = optim.make_optimizer(config.train)
+    abstract = jax.eval_shape(steps.make_init_fn(model_config, tx, 0))
     mesh = sharding.make_mesh(False, jax.devices()[:2])  # replicated over 2 devices this time
-    target = sharding.with_shardings(abstract, train.state_shardings(abstract, mesh))
+    target = sharding.with_shardings(abstract, steps.train_state_shardings(abstract, mesh))
     manager = checkpointing.make_manager(workdir, read_only=True)
     try:
         params, _, meta = checkpointing.restore_train_state(manager, 2, target.params, target.opt_state)
@@ -164,8 +164,8 @@ def test_workdir_lock(tmp_path):
 def test_config_compatibility():
     from conftest import load_config_file
 
-    old = train.config_to_dict(load_config_file("tiny"))
-    new = train.config_to_dict(load_config_file("tiny"))
+    old = settings.RunSettings.from_config(load_config_file("tiny")).to_dict()
+    new = settings.RunSettings.from_config(load_config_file("tiny")).to_dict()
     new["train"]["learning_rate"] = 0.5  # optimizer settings may change on resume
     checkpointing.check_config_compatible(old, new, "w")
     new["model"]["hidden_size"] = 64

@@ -9,7 +9,6 @@ import os
 import re
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import jax
@@ -18,11 +17,11 @@ import pytest
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
-import dnavec_jax
 from dnavec_jax import atomic_files, cli, hf_export
 from dnavec_jax import model as model_lib
 from dnavec_jax.errors import DNAVecError
 from dnavec_jax.tokenization import KmerTokenizer
+from dnavec_jax.training import checkpointing
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -347,7 +346,7 @@ def test_import_fills_pooler_and_head_only_when_allowed(small_export, tmp_path):
 
 @pytest.fixture
 def fake_checkpointing(monkeypatch):
-    """Stands in for dnavec_jax.checkpointing.load_for_inference (the trainer's module)."""
+    """Stands in for training.checkpointing.load_for_inference (no training run needed)."""
     tokenizer, config, params = small_setup()
     calls = []
 
@@ -358,10 +357,7 @@ def fake_checkpointing(monkeypatch):
         train_config = {"data": {"prep": {"k_min": 3, "k_max": 5, "seq_length": 128}}}
         return params, config, train_config, 20
 
-    fake = types.ModuleType("dnavec_jax.checkpointing")
-    fake.load_for_inference = load_for_inference
-    monkeypatch.setitem(sys.modules, "dnavec_jax.checkpointing", fake)
-    monkeypatch.setattr(dnavec_jax, "checkpointing", fake, raising=False)
+    monkeypatch.setattr(checkpointing, "load_for_inference", load_for_inference)
     return calls, params
 
 
@@ -395,7 +391,6 @@ def test_cli_export_hf(tmp_path, capsys, fake_checkpointing):
 
 def test_cli_with_the_trainers_checkpoints(tmp_path, capsys):
     """A real Orbax checkpoint written with checkpointing.save, exported by `dnavec export-hf`."""
-    checkpointing = pytest.importorskip("dnavec_jax.checkpointing")
     tokenizer, config, params = small_setup()
     workdir = tmp_path / "run"
     workdir.mkdir()

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from conftest import jaxpr_equations, load_config_file
 
-from dnavec_jax import input_pipeline, train
 from dnavec_jax import model as M
+from dnavec_jax.training import batches, steps
 
 CFG = M.BertConfig(vocab_size=69, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
                    max_position_embeddings=32)
 
 
 def batch(rows=2, seq=16, pred=3, vocab=69, seed=0):
-    return input_pipeline.synthetic_examples(np.random.default_rng(seed), rows, seq, pred, vocab)
+    return batches.synthetic_examples(np.random.default_rng(seed), rows, seq, pred, vocab)
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_flops_per_token_matches_xla_cost_analysis():
     rows, seq, pred = 8, 128, 20
     b = {k: v[None] for k, v in batch(rows, seq, pred, cfg.vocab_size).items()}
     abstract = jax.eval_shape(lambda: M.init_params(cfg, jax.random.key(0)))
-    compiled = jax.jit(functools.partial(train.loss_and_grads, M.BertForMaskedLM(cfg))).lower(
+    compiled = jax.jit(functools.partial(steps.loss_and_grads, M.BertForMaskedLM(cfg))).lower(
         abstract, b, jax.random.key(0)).compile()
     xla = compiled.cost_analysis()["flops"] / (rows * seq)
     formula = M.flops_per_token(cfg, seq, pred)

@@ -11,7 +11,7 @@ import sys
 import pytest
 from conftest import REPO, load_config_file
 
-from dnavec_jax import checkpointing, train
+from dnavec_jax.training import checkpointing, loop
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("compile_cache")]
 
@@ -32,7 +32,7 @@ def losses(workdir):
 def test_two_processes_match_one_process(tmp_path, compile_cache):
     config = load_config_file("tiny")
     config.train.num_train_steps = STEPS
-    train.train_and_evaluate(config, tmp_path / "one")
+    loop.train_and_evaluate(config, tmp_path / "one")
 
     port = free_port()
     env = {**os.environ, **compile_cache, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu",

@@ -9,11 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
 from conftest import jaxpr_equations, load_config_file
 
-from dnavec_jax import input_pipeline, sharding, train
 from dnavec_jax.model import BertForMaskedLM
+from dnavec_jax.training import batches, metrics, optim, settings, sharding, steps
 
 pytestmark = pytest.mark.usefixtures("compile_cache")
 
@@ -21,16 +20,16 @@ SEQ, PRED = 64, 10
 
 
 def make_parts(config):
-    model_config = train.model_config_from(config)
+    model_config = settings.model_config_from(config)
     model = BertForMaskedLM(model_config)
-    tx, schedule = train.make_optimizer(config.train)
-    init_fn = train.make_init_fn(model_config, tx, int(config.train.seed))
+    tx, schedule = optim.make_optimizer(config.train)
+    init_fn = steps.make_init_fn(model_config, tx, int(config.train.seed))
     return model_config, model, tx, schedule, init_fn
 
 
 def uneven_batch(vocab_size: int, accum: int = 1, rows: int = 8, seed: int = 0) -> dict[str, np.ndarray]:
     """Synthetic examples whose masked-token counts differ a lot between the 4 device shards."""
-    batch = input_pipeline.synthetic_examples(np.random.default_rng(seed), rows, SEQ, PRED, vocab_size)
+    batch = batches.synthetic_examples(np.random.default_rng(seed), rows, SEQ, PRED, vocab_size)
     weights = batch["masked_lm_weights"]
     weights[: rows // 4, 2:] = 0.0  # the first device's rows: 2 real predictions each
     weights[rows // 4: rows // 2, 6:] = 0.0
@@ -40,7 +39,7 @@ def uneven_batch(vocab_size: int, accum: int = 1, rows: int = 8, seed: int = 0) 
 
 def on_mesh(mesh, init_fn, batch):
     abstract = jax.eval_shape(init_fn)
-    state_sh = train.state_shardings(abstract, mesh)
+    state_sh = steps.train_state_shardings(abstract, mesh)
     state = jax.jit(init_fn, out_shardings=state_sh)()
     batch_sh = sharding.batch_sharding(mesh, 1)
     return state, state_sh, jax.device_put(batch, batch_sh), batch_sh
@@ -48,7 +47,7 @@ def on_mesh(mesh, init_fn, batch):
 
 def grads_on(mesh, model, init_fn, batch):
     state, state_sh, batch, batch_sh = on_mesh(mesh, init_fn, batch)
-    fn = jax.jit(functools.partial(train.loss_and_grads, model),
+    fn = jax.jit(functools.partial(steps.loss_and_grads, model),
                  in_shardings=(state_sh.params, batch_sh, sharding.replicated(mesh)))
     grads, sums = fn(state.params, batch, jax.random.key(7))
     return jax.device_get(grads), jax.device_get(sums), state
@@ -93,7 +92,7 @@ def test_loss_is_normalised_by_the_global_masked_token_count(tiny_config):
 
 def test_fsdp_and_data_parallel_agree_over_three_steps(tiny_config):
     _, model, tx, schedule, init_fn = make_parts(tiny_config)
-    step_fn = train.make_train_step(model, tx, schedule)
+    step_fn = steps.make_train_step(model, tx, schedule)
     results = {}
     for fsdp in (False, True):
         mesh = sharding.make_mesh(fsdp)
@@ -135,7 +134,7 @@ def test_non_finite_step_leaves_the_state_alone(tiny_config):
     params["mlm_bias"] = params["mlm_bias"].at[7].set(jnp.inf)
     state = state.replace(params=params)
     batch = uneven_batch(tiny_config.model.vocab_size)
-    new_state, metrics = jax.jit(train.make_train_step(model, tx, schedule))(state, batch)
+    new_state, metrics = jax.jit(steps.make_train_step(model, tx, schedule))(state, batch)
     assert not bool(metrics["finite"])
     assert int(new_state.step) == 0
     assert_trees_close(new_state.params, state.params, rtol=0, atol=0)
@@ -145,12 +144,12 @@ def test_mlm_sums_ignore_padding_slots_and_break_ties_to_the_lowest_id():
     logits = jnp.array([[[1.0, 3.0, 3.0, 0.0], [jnp.nan, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 5.0]]])
     labels = jnp.array([[1, 0, 2]])
     weights = jnp.array([[1.0, 0.0, 1.0]])
-    sums = jax.device_get(train.mlm_sums(logits, labels, weights))
+    sums = jax.device_get(steps.mlm_sums(logits, labels, weights))
     assert sums["weight"] == 2.0 and sums["correct"] == 1.0  # slot 0: argmax 1 (first of the tie); slot 2 wrong
     assert sums["accuracy_weight"] == 2.0
     expected = -jax.nn.log_softmax(logits[0, 0])[1] - jax.nn.log_softmax(logits[0, 2])[2]
     np.testing.assert_allclose(sums["loss_sum"], expected, rtol=1e-6)
-    skipped = jax.device_get(jax.jit(train.mlm_sums)(logits, labels, weights, jnp.bool_(False)))
+    skipped = jax.device_get(jax.jit(steps.mlm_sums)(logits, labels, weights, jnp.bool_(False)))
     assert skipped["correct"] == skipped["accuracy_weight"] == 0.0 and skipped["loss_sum"] == sums["loss_sum"]
 
 
@@ -158,9 +157,9 @@ def test_cross_entropy_equals_optax_and_its_gradient_scatters_nothing():
     rng = np.random.default_rng(0)
     logits = jnp.asarray(rng.normal(size=(3, 5, 300)) * 4, jnp.float32)
     labels = jnp.asarray(rng.integers(0, 300, size=(3, 5)))
-    np.testing.assert_allclose(train.cross_entropy(logits, labels),
+    np.testing.assert_allclose(steps.cross_entropy(logits, labels),
                                optax.softmax_cross_entropy_with_integer_labels(logits, labels), rtol=1e-6)
-    grad = jax.grad(lambda x: train.cross_entropy(x, labels).sum())
+    grad = jax.grad(lambda x: steps.cross_entropy(x, labels).sum())
     reference = jax.grad(lambda x: optax.softmax_cross_entropy_with_integer_labels(x, labels).sum())
     np.testing.assert_allclose(grad(logits), reference(logits), rtol=1e-5, atol=1e-7)
     # bf16 logits: the gradient comes back in bf16 and nothing scatters into a logits-sized buffer.
@@ -173,7 +172,7 @@ def test_cross_entropy_equals_optax_and_its_gradient_scatters_nothing():
 
 def test_accuracy_is_computed_only_on_the_steps_that_end_a_logging_interval(tiny_config):
     _, model, tx, schedule, init_fn = make_parts(tiny_config)
-    step = jax.jit(train.make_train_step(model, tx, schedule, accuracy_every=3, last_step=4))
+    step = jax.jit(steps.make_train_step(model, tx, schedule, accuracy_every=3, last_step=4))
     state = jax.jit(init_fn)()
     measured = []
     for index in range(5):
@@ -184,20 +183,20 @@ def test_accuracy_is_computed_only_on_the_steps_that_end_a_logging_interval(tiny
     assert measured == [False, False, True, True, False]  # steps 1..5: the 3rd (multiple of 3) and the 4th (last)
 
 
-@pytest.mark.parametrize("impl", train.PRNG_IMPLS)
+@pytest.mark.parametrize("impl", settings.PRNG_IMPLS)
 def test_each_prng_implementation_draws_its_own_reproducible_dropout(tiny_config, impl):
     model_config, model, tx, schedule, _ = make_parts(tiny_config)
-    init_fn = train.make_init_fn(model_config, tx, 0, impl)
-    step = jax.jit(train.make_train_step(model, tx, schedule, prng_impl=impl))
+    init_fn = steps.make_init_fn(model_config, tx, 0, impl)
+    step = jax.jit(steps.make_train_step(model, tx, schedule, prng_impl=impl))
     batch = uneven_batch(tiny_config.model.vocab_size)
     state = jax.jit(init_fn)()
-    assert state.rng.shape == jax.random.key_data(jax.random.key(0, impl=train.PRNG_IMPLS[impl])).shape
+    assert state.rng.shape == jax.random.key_data(jax.random.key(0, impl=settings.PRNG_IMPLS[impl])).shape
     losses = [float(step(jax.jit(init_fn)(), batch)[1]["loss"]) for _ in range(2)]
     assert losses[0] == losses[1]
-    threefry = train.make_init_fn(model_config, tx, 0, "threefry")
+    threefry = steps.make_init_fn(model_config, tx, 0, "threefry")
     assert_trees_close(jax.jit(init_fn)().params, jax.jit(threefry)().params, rtol=0, atol=0)  # params do not move
     if impl != "threefry":
-        other = float(jax.jit(train.make_train_step(model, tx, schedule))(jax.jit(threefry)(), batch)[1]["loss"])
+        other = float(jax.jit(steps.make_train_step(model, tx, schedule))(jax.jit(threefry)(), batch)[1]["loss"])
         assert other != losses[0]  # another dropout draw
 
 
@@ -207,9 +206,9 @@ def test_cudnn_attention_traces_the_real_train_step_of_the_base_model():
     config.model.attention_implementation = "cudnn"
     model_config, model, tx, schedule, init_fn = make_parts(config)
     abstract_state = jax.eval_shape(init_fn)
-    abstract = train.abstract_batch((1, 8), 512, 77, None)
+    abstract = steps.abstract_batch((1, 8), 512, 77, None)
     for padded, mask_type in ((True, "PADDING"), (False, "NO_MASK")):
-        step = train.make_train_step(model, tx, schedule, accuracy_every=100, padded=padded)
+        step = steps.make_train_step(model, tx, schedule, accuracy_every=100, padded=padded)
         equations = jaxpr_equations(jax.jit(step).trace(abstract_state, abstract).jaxpr)
         calls = [e for e in equations if e.primitive.name.startswith("dot_product_attention_")]
         assert len(calls) == 2 * model_config.num_layers  # forward and backward of every layer
@@ -218,7 +217,7 @@ def test_cudnn_attention_traces_the_real_train_step_of_the_base_model():
 
 def test_weight_decay_mask_and_schedule(tiny_config):
     _, _, _, _, init_fn = make_parts(tiny_config)
-    mask = train.weight_decay_mask(jax.eval_shape(init_fn).params)
+    mask = optim.weight_decay_mask(jax.eval_shape(init_fn).params)
     assert mask["encoder"]["layer_0"]["attention"]["query"]["kernel"]
     assert mask["embeddings"]["word_embeddings"]["embedding"]
     assert not mask["encoder"]["layer_0"]["attention"]["query"]["bias"]
@@ -226,10 +225,10 @@ def test_weight_decay_mask_and_schedule(tiny_config):
     assert not mask["mlm_bias"] and not mask["pooler"]["kernel"]
     t = tiny_config.train
     t.update(num_train_steps=100, warmup_steps=10, learning_rate=1.0, schedule="linear")
-    lr = train.learning_rate_schedule(t)
+    lr = optim.learning_rate_schedule(t)
     assert [float(lr(s)) for s in (0, 5, 10, 55, 100)] == pytest.approx([0.0, 0.5, 1.0, 0.5, 0.0], abs=1e-6)
     t.schedule, t.end_learning_rate_factor = "cosine", 0.1
-    lr = train.learning_rate_schedule(t)
+    lr = optim.learning_rate_schedule(t)
     assert [float(lr(s)) for s in (10, 55, 100)] == pytest.approx([1.0, 0.55, 0.1], abs=1e-6)
 
 
@@ -237,9 +236,9 @@ def test_peak_flops_table():
     class Fake:
         platform, device_kind = "gpu", "NVIDIA H100 80GB HBM3"
 
-    assert train.peak_flops_per_device(Fake()) == 989e12
+    assert metrics.peak_flops_per_device(Fake()) == 989e12
     Fake.device_kind = "NVIDIA H100 PCIe"
-    assert train.peak_flops_per_device(Fake()) == 756e12
+    assert metrics.peak_flops_per_device(Fake()) == 756e12
     Fake.device_kind = "Some Future GPU"
-    assert train.peak_flops_per_device(Fake()) is None
-    assert train.peak_flops_per_device(jax.devices()[0]) is None  # CPU: MFU omitted
+    assert metrics.peak_flops_per_device(Fake()) is None
+    assert metrics.peak_flops_per_device(jax.devices()[0]) is None  # CPU: MFU omitted

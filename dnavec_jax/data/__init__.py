@@ -21,6 +21,8 @@ __all__ = [
 
 
 def __getattr__(name: str):
+    # The builder imports TensorFlow Datasets (and with it TensorFlow): loaded on first use only, so that
+    # training on the synthetic source and the tools run where TensorFlow is absent (the GPU image).
     if name in _LAZY:
         from dnavec_jax.data import builder
 

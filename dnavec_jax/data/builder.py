@@ -44,6 +44,7 @@ from dnavec_jax.data.prepared import (  # noqa: F401  (re-exported)
 )
 from dnavec_jax.data.settings import PrepSettings
 from dnavec_jax.errors import DNAVecError
+from dnavec_jax.tf_runtime import hide_accelerators_from_tf
 
 DATASET_VERSION = "1.0.0"
 _WORK_DIR = "_work"  # decompressed FASTA and .fai indexes, deleted before the dataset is complete
@@ -316,8 +317,6 @@ def _quiet_tfds():
 
 def _hide_accelerators_from_tensorflow() -> None:
     """TFDS may load TensorFlow; keep it off GPUs next to JAX (only if TF is already imported)."""
-    from dnavec_jax.input_pipeline import hide_accelerators_from_tf
-
     tf = sys.modules.get("tensorflow")
     if tf is not None:
         hide_accelerators_from_tf(tf)

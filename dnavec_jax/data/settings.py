@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dnavec_jax.errors import DNAVecError
+from dnavec_jax.fields import setting
 from dnavec_jax.tokenization import KmerTokenizer, validate_k_range
 
 MASK_STRATEGIES = ("token", "span")
@@ -31,24 +32,30 @@ class PrepSettings:
     of the output.
     """
 
-    fasta: tuple[str, ...] = ()  # FASTA(.gz) paths; empty: the embedded 1 Mbp chr22 demo corpus
-    chromosomes: str = "chr1-22"  # "chr1-22" | "all" | "chr1,chr2,..." (also 1..22, 22:1-100 headers)
-    k_min: int = 3
-    k_max: int = 8
-    k_weights: tuple[float, ...] | None = None  # relative probability per k in k_min..k_max; None: uniform
-    seq_length: int = 512  # [CLS] + up to seq_length - 2 k-mer tokens + [SEP]
-    mask_rate: float = 0.15
-    max_predictions: int = 77  # ceil(0.15 * 512)
-    mask_strategy: str = "token"  # "token" | "span"
-    mask_span: int = 6  # tokens per masked run (span strategy only)
-    dupe_factor: int = 1  # differently tokenized and masked copies of the training split
-    seed: int = 0
-    soft_masked: str = "upper"  # lower-case (soft-masked) bases: "upper" keeps them, "drop" treats them like N
-    min_contig_length: int = 64  # shorter ACGT runs are skipped (and counted)
-    validation_fraction: float = 0.01  # share of genome blocks held out (at least one per record of >= 2 blocks)
-    validation_block_size: int = 100_000  # bases per held-out block
-    chunk_bases: int = 1_000_000  # streaming unit and RNG unit (rounded down to whole examples)
-    shard_bases: int = 16_000_000  # genome bases per training shard file (per dupe)
+    fasta: tuple[str, ...] = setting((), "FASTA or FASTA.gz files of the genome; empty: the embedded 1 Mbp chr22 "
+                                         "demo corpus", flag=False)
+    chromosomes: str = setting("chr1-22", "'chr1-22', 'all', or comma-separated record names (chr1, 1 and "
+                                          "1:1-100 match)")
+    k_min: int = setting(3, "shortest k-mer")
+    k_max: int = setting(8, "longest k-mer")
+    k_weights: tuple[float, ...] | None = setting(None, "comma-separated relative probabilities of k = k_min..k_max "
+                                                        "(default: uniform)")
+    seq_length: int = setting(512, "tokens per example including [CLS] and [SEP]")
+    mask_rate: float = setting(0.15, "share of the k-mer tokens masked")
+    max_predictions: int = setting(77, "masked positions per example at most (ceil(0.15 * 512))")
+    mask_strategy: str = setting("token", "token: BERT's (the paper's); span: runs of mask_span tokens, which "
+                                          "hide most of the overlap leak (docs/data.md)", choices=MASK_STRATEGIES)
+    mask_span: int = setting(6, "tokens per masked run with mask_strategy span")
+    dupe_factor: int = setting(1, "differently tokenized and masked copies of the training split")
+    seed: int = setting(0, "tokenization, masking and validation-block seed")
+    soft_masked: str = setting("upper", "lower-case (soft-masked) bases: 'upper' keeps them, 'drop' treats them "
+                                        "like N", choices=SOFT_MASKED_MODES)
+    min_contig_length: int = setting(64, "ACGT runs shorter than this are skipped (and counted)")
+    validation_fraction: float = setting(0.01, "share of validation_block_size blocks held out for validation "
+                                               "(at least one per record of two blocks or more)")
+    validation_block_size: int = setting(100_000, "bases per held-out block")
+    chunk_bases: int = setting(1_000_000, "streaming and RNG unit in bases (rounded down to whole examples)")
+    shard_bases: int = setting(16_000_000, "genome bases per training shard file (per dupe)")
 
     # ---- construction -----------------------------------------------------
     @classmethod
@@ -150,6 +157,14 @@ class PrepSettings:
         """TFDS config name: readable settings plus the fingerprint."""
         strategy = "token" if self.mask_strategy == "token" else f"span{self.mask_span}"
         return f"{strategy}_k{self.k_min}_{self.k_max}_len{self.seq_length}_{self.fingerprint()}"
+
+
+def parse_k_weights(text: str) -> tuple[float, ...]:
+    """A --k_weights flag: comma-separated numbers."""
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise DNAVecError(f"--k_weights must be comma-separated numbers, got {text!r}") from None
 
 
 def _convert(name: str, value: Any, default: Any) -> Any:

@@ -1,85 +1,44 @@
-"""Input pipeline: the prepared TFRecord shards (or synthetic data) -> this process's batches.
+"""Input: the prepared TFRecord shards (or synthetic data) -> this process's batches (docs/training.md).
 
-Batches are dicts of numpy arrays (ids int32, masked_lm_weights float32):
-  train: (grad_accum_steps, per-process microbatch, ...) per step;
-  eval:  (per-process eval batch, ...).
-train.py turns them into global jax.Arrays with make_array_from_process_local_data.
-
-Determinism and resuming (rebuild and skip; tf.data's own iterator checkpoints
-are not used: they store shuffle buffers, are per process and tie the
-checkpoint to TensorFlow's graph format):
-- training: process p of P reads the shards files[p::P] (disjoint). Epoch e of
-  a process is its shards in a seeded order (seed, e), interleaved
-  deterministically, shuffled with a buffer seeded by (seed, e), cut into
-  fixed-size batches (the last partial batch of an epoch is dropped). A
-  position is (epoch, batches consumed in that epoch); resuming rebuilds epoch
-  e and skips the consumed examples before parsing them, so a resumed run sees
-  exactly the batches the uninterrupted run would have seen.
-- evaluation: every process reads all validation shards in file order and keeps
-  every P-th example (tf.data shard), no shuffling, no dropout in the step. The
-  last partial batch is padded with all-zero examples of masked_lm_weights 0,
-  and processes with fewer examples add all-padding batches, so every process
-  runs the same number of eval steps over the WHOLE split.
-A shard TensorFlow cannot read (truncated, corrupt, not an example) stops the
-run with a one-line DNAVecError naming the file and the problem (_checked).
-TensorFlow is kept off accelerators and to a few threads (configure_tf).
+Batches are dicts of numpy arrays (ids int32, masked_lm_weights float32): train
+(grad_accum_steps, per-process microbatch, ...), eval (per-process batch, ...);
+the loop makes global jax.Arrays of them. Training: process p reads shards
+files[p::P], epoch e in a (seed, e) order, interleaved and shuffled with seeded
+buffers; a position is (epoch, batches consumed), and a resume rebuilds epoch e
+and skips the consumed records unparsed, so it sees exactly the batches the
+uninterrupted run would have. Evaluation covers the whole split on every process
+(padded with weight-0 examples). A damaged shard is a one-line DNAVecError.
+TensorFlow is imported inside the shard readers only: the synthetic source runs without it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import jax
 import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
 
+from dnavec_jax import data as data_lib
+from dnavec_jax.data.features import tf_feature_spec
 from dnavec_jax.errors import DNAVecError
+from dnavec_jax.model import BertConfig
 from dnavec_jax.tokenization import CLS_ID, MASK_ID, NUM_SPECIAL, SEP_ID
+from dnavec_jax.training.checkpointing import DATA_SHAPE_FIELDS
+from dnavec_jax.training.settings import RunSettings
 
 FEATURES = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids", "masked_lm_weights")
 Batch = dict[str, np.ndarray]
 Position = tuple[int, int]  # (epoch, batches consumed in that epoch) of one process
-
-
-def tf_thread_count(setting: int) -> int:
-    """TensorFlow threads for the input pipeline: the setting, or (0) a quarter of the cores, 1 to 8."""
-    return int(setting) if setting > 0 else max(1, min(8, (os.cpu_count() or 1) // 4))
-
-
-def hide_accelerators_from_tf(tf) -> None:
-    """Makes GPUs and TPUs invisible to the TensorFlow module `tf`, so it never takes their memory from JAX."""
-    for kind in ("GPU", "TPU"):
-        try:
-            tf.config.set_visible_devices([], kind)
-        except (RuntimeError, ValueError):
-            pass  # already initialised (then it was done earlier) or no such device type
-
-
-def configure_tf(threads: int = 0) -> bool:
-    """Keeps TensorFlow off accelerators and to a few CPU threads (call before any TF op runs).
-
-    TF must not grab GPU/TPU memory next to JAX; and with TF's default thread
-    pools (one thread per core each) the input pipeline competes with XLA's CPU
-    threads: on a 2-core machine that doubled the step time of the demo.
-    Returns False where TensorFlow is not installed: the synthetic source and
-    metrics.jsonl need none (an accelerator image with JAX alone can benchmark).
-    """
-    try:
-        import tensorflow as tf
-    except ImportError:
-        return False
-
-    hide_accelerators_from_tf(tf)
-    count = tf_thread_count(threads)
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(count)
-        tf.config.threading.set_inter_op_parallelism_threads(count)
-    except RuntimeError:
-        pass  # TF already running (e.g. several runs in one process): keep its pools
-    return True
+PREPARE_HINT = ("prepare it with `python data_prep/prepare_data.py --data_dir DIR` (docs/data.md) or set "
+                "--config.data.prepare_if_missing=true to prepare it from config.data.prep")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,9 +66,7 @@ def zeros_batch(rows: int, seq_length: int, max_predictions: int) -> Batch:
 
 
 def _parse_fn(seq_length: int, max_predictions: int):
-    import tensorflow as tf
-
-    from dnavec_jax.data import tf_feature_spec
+    import tensorflow as tf  # lazy: see the module docstring
 
     spec = {name: feature for name, feature in tf_feature_spec(seq_length, max_predictions).items()
             if name in FEATURES}  # the shards also hold trace features (record_index, ...)
@@ -139,7 +96,7 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 def _epoch_dataset(files: Sequence[str], epoch: int, seed: int, shape: BatchShape, shuffle_buffer: int,
                    skip_batches: int, compression: str | None):
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: see the module docstring
 
     order = np.random.default_rng([seed, epoch]).permutation(len(files))
     ds = tf.data.Dataset.from_tensor_slices([files[i] for i in order])
@@ -190,7 +147,7 @@ def tfrecord_train_batches(files: Sequence[str], shape: BatchShape, seed: int, s
 
 def _checked(iterator, files: Sequence[str], compression: str | None, parse, split: str) -> Iterator:
     """Passes a tf.data numpy iterator through; a shard TensorFlow cannot read becomes a DNAVecError."""
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: see the module docstring
 
     while True:
         try:
@@ -215,7 +172,7 @@ def find_damaged_shard(files: Sequence[str], compression: str | None = None, par
     Checks the record framing and checksums of every file, then (with `parse`)
     that every record parses as an example of the dataset.
     """
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: see the module docstring
 
     for with_parse in (False, True) if parse is not None else (False,):
         for path in files:
@@ -232,7 +189,7 @@ def find_damaged_shard(files: Sequence[str], compression: str | None = None, par
 
 def describe_read_error(error) -> str:
     """A short description of a TensorFlow read error of one TFRecord file."""
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: see the module docstring
 
     message = str(getattr(error, "message", error)).split(", value:")[0]  # not the record's bytes
     noise = (r"\{\{function_node [^}]*\}\}|\[Op:[^\]]*\]( name: ?)?|\[\[\{\{node [^}]*\}\}\]\]|"
@@ -317,7 +274,7 @@ def tfrecord_eval_batches(files: Sequence[str], local_batch: int, seq_length: in
                           process_index: int, process_count: int, num_batches: int,
                           compression: str | None = None) -> Iterator[Batch]:
     """The whole split, this process's every P-th example, in file order, padded to num_batches batches."""
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: see the module docstring
 
     ds = tf.data.TFRecordDataset([str(f) for f in files], compression_type=compression or "")
     ds = ds.shard(process_count, process_index).batch(local_batch)
@@ -346,5 +303,127 @@ def synthetic_eval_batches(num_examples: int, local_batch: int, seq_length: int,
             local_batch, seq_length, max_predictions)
 
 
-def describe_batch(batch: Batch) -> dict[str, Any]:
-    return {k: (v.shape, str(v.dtype)) for k, v in batch.items()}
+# ---- the run's data: found (or prepared), checked, and its batch streams ----------------------------
+
+@dataclasses.dataclass(frozen=True)
+class DataInfo:
+    source: str
+    seq_length: int
+    max_predictions: int
+    train_files: tuple[str, ...] = ()
+    validation_files: tuple[str, ...] = ()
+    num_validation_examples: int = 0
+    path: str = ""
+    settings: dict[str, Any] | None = None  # the data-prep settings the shards were written with
+    fingerprint: str = ""
+
+
+def resolve_data(settings: RunSettings) -> DataInfo:
+    """Finds (or prepares) the dataset and checks it against the model and data settings.
+
+    With data.prepare_if_missing, prepare_dataset(prep, data_dir) returns the dataset of
+    exactly those settings (prepared now if missing); otherwise data_dir must hold one.
+    """
+    prep, model_config = settings.prep, settings.model
+    if settings.data.source == "synthetic":
+        info = DataInfo("synthetic", prep.seq_length, prep.max_predictions,
+                        num_validation_examples=settings.data.synthetic_eval_examples)
+        _check_data_shapes(info, model_config, "config.data.prep")
+        return info
+
+    data_dir = settings.data.data_dir
+    if not data_dir:
+        raise DNAVecError(f"set --config.data.data_dir to the prepared dataset's directory; {PREPARE_HINT}")
+    if settings.data.prepare_if_missing:
+        if jax.process_index() == 0:
+            version_dir = data_lib.prepare_dataset(prep, data_dir, progress=True)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("dnavec: dataset prepared")
+            if jax.process_index() != 0:
+                version_dir = data_lib.prepare_dataset(prep, data_dir, progress=False)  # finds it
+        dataset = data_lib.load_prepared(version_dir)
+    else:
+        try:
+            dataset = data_lib.load_prepared(data_dir)
+        except DNAVecError as error:
+            raise DNAVecError(f"{error}, or set --config.data.prepare_if_missing=true to prepare it from "
+                              "config.data.prep") from None
+
+    stored = dataset.metadata
+    where = str(dataset.path)
+    # config.json records the data's settings (the export builds its tokenizer from
+    # them), so the shapes the user configured must be those of the data.
+    for field in DATA_SHAPE_FIELDS:
+        if field in stored and int(stored[field]) != int(getattr(prep, field)):
+            raise DNAVecError(f"the dataset {where} was prepared with {field}={stored[field]}, but "
+                              f"config.data.prep.{field} is {getattr(prep, field)}; set --config.data.prep.{field}="
+                              f"{stored[field]} or prepare a new dataset")
+    if int(stored["vocab_size"]) != model_config.vocab_size:
+        raise DNAVecError(f"the dataset {where} has a vocabulary of {stored['vocab_size']} ids (k "
+                          f"{stored.get('k_min')}..{stored.get('k_max')}), but model.vocab_size is "
+                          f"{model_config.vocab_size}; set --config.model.vocab_size={stored['vocab_size']}")
+    train_files = tuple(str(f) for f in dataset.files("train"))
+    if not train_files or dataset.num_examples("train") == 0:
+        raise DNAVecError(f"the dataset {where} has no training examples; {PREPARE_HINT}")
+    info = DataInfo("tfrecord", int(stored["seq_length"]), int(stored["max_predictions"]), train_files,
+                    tuple(str(f) for f in dataset.files("validation")), dataset.num_examples("validation"),
+                    where, dict(stored.get("settings") or {}), str(stored.get("fingerprint", "")))
+    _check_data_shapes(info, model_config, where)
+    return info
+
+
+def _check_data_shapes(info: DataInfo, model_config: BertConfig, where: str) -> None:
+    if info.seq_length > model_config.max_position_embeddings:
+        raise DNAVecError(f"{where}: sequences of {info.seq_length} tokens do not fit "
+                          f"model.max_position_embeddings ({model_config.max_position_embeddings})")
+    if info.max_predictions > info.seq_length:
+        raise DNAVecError(f"{where}: max_predictions ({info.max_predictions}) exceeds seq_length ({info.seq_length})")
+
+
+def batch_shape(settings: RunSettings, data: DataInfo) -> BatchShape:
+    """This process's share of one step's batch."""
+    train = settings.train
+    return BatchShape(train.grad_accum_steps, train.micro_batch_size // jax.process_count(), data.seq_length,
+                      data.max_predictions)
+
+
+def pipeline_fingerprint(settings: RunSettings, data: DataInfo, shape: BatchShape) -> dict[str, Any]:
+    """What a saved data position means: resuming keeps the position only if all of this is unchanged."""
+    files = hashlib.sha256("\n".join(os.path.basename(f) for f in data.train_files).encode()).hexdigest()[:16]
+    return {"source": data.source, "seed": settings.train.seed, "process_count": jax.process_count(),
+            "examples_per_step": shape.examples, "grad_accum_steps": shape.grad_accum_steps,
+            "shuffle_buffer": settings.data.shuffle_buffer, "train_files": files}
+
+
+def resume_position(data_meta: dict[str, Any], fingerprint: dict[str, Any], process_index: int) -> Position:
+    """This process's saved data position, or the next epoch's start when the pipeline changed."""
+    positions = data_meta.get("positions") or [[0, 0]]
+    if data_meta.get("fingerprint") == fingerprint and len(positions) > process_index:
+        epoch, batch = positions[process_index]
+        return int(epoch), int(batch)
+    next_epoch = max(int(p[0]) for p in positions) + 1
+    changed = sorted(k for k in fingerprint if (data_meta.get("fingerprint") or {}).get(k) != fingerprint[k])
+    logging.warning("the data pipeline changed since the checkpoint (%s): the exact data position cannot be "
+                    "carried over; continuing at the start of epoch %d", ", ".join(changed), next_epoch)
+    return next_epoch, 0
+
+
+def train_batches(settings: RunSettings, data: DataInfo, shape: BatchShape, start: Position,
+                  ) -> Iterator[tuple[Batch, Position]]:
+    """This process's endless (batch, position after it) stream from `start`."""
+    index, count = jax.process_index(), jax.process_count()
+    if data.source == "synthetic":
+        return synthetic_train_batches(shape, settings.model.vocab_size, settings.train.seed, index, count, start)
+    files = process_files(data.train_files, index, count)
+    return tfrecord_train_batches(files, shape, settings.train.seed, settings.data.shuffle_buffer, start)
+
+
+def eval_batches(settings: RunSettings, data: DataInfo) -> Iterator[Batch]:
+    """This process's batches of the whole validation split (the same count on every process)."""
+    index, count = jax.process_index(), jax.process_count()
+    local = settings.train.eval_batch_size // count
+    if data.source == "synthetic":
+        return synthetic_eval_batches(data.num_validation_examples, local, data.seq_length, data.max_predictions,
+                                      settings.model.vocab_size, settings.train.seed, index, count)
+    return tfrecord_eval_batches(data.validation_files, local, data.seq_length, data.max_predictions, index, count,
+                                 num_eval_batches(data.num_validation_examples, local, count))

@@ -55,8 +55,8 @@ def param_spec(shape: tuple[int, ...], fsdp_size: int) -> P:
     return P(*([None] * axis + [FSDP]))
 
 
-def state_shardings(abstract_tree: Any, mesh: Mesh) -> Any:
-    """NamedShardings for a tree of arrays / ShapeDtypeStructs (params, optimizer state, ...)."""
+def array_shardings(abstract_tree: Any, mesh: Mesh) -> Any:
+    """NamedShardings for a tree of arrays / ShapeDtypeStructs (params, optimizer state, ...) by param_spec."""
     fsdp_size = mesh.shape[FSDP]
     return jax.tree.map(lambda leaf: NamedSharding(mesh, param_spec(tuple(leaf.shape), fsdp_size)), abstract_tree)
 

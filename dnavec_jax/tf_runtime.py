@@ -1,0 +1,42 @@
+"""TensorFlow next to JAX: kept off accelerators and to a few CPU threads (docs/training.md).
+
+TensorFlow (tf.data, TFDS) must never take GPU/TPU memory from JAX, and with its
+default thread pools it competes with XLA's CPU threads: on a 2-core machine that
+doubled the demo's step time. Call configure_tf before any TensorFlow op runs.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def tf_thread_count(setting: int) -> int:
+    """TensorFlow threads for the input pipeline: the setting, or (0) a quarter of the cores, 1 to 8."""
+    return int(setting) if setting > 0 else max(1, min(8, (os.cpu_count() or 1) // 4))
+
+
+def hide_accelerators_from_tf(tf) -> None:
+    """Makes GPUs and TPUs invisible to the TensorFlow module `tf`, so it never takes their memory from JAX."""
+    for kind in ("GPU", "TPU"):
+        try:
+            tf.config.set_visible_devices([], kind)
+        except (RuntimeError, ValueError):
+            pass  # already initialised (then it was done earlier) or no such device type
+
+
+def configure_tf(threads: int = 0) -> bool:
+    """Hides accelerators from TensorFlow and sizes its thread pools; False where TensorFlow is not installed
+    (the synthetic source and metrics.jsonl need none: an accelerator image with JAX alone can benchmark)."""
+    try:
+        import tensorflow as tf  # optional at run time: imported only to configure it
+    except ImportError:
+        return False
+
+    hide_accelerators_from_tf(tf)
+    count = tf_thread_count(threads)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(count)
+        tf.config.threading.set_inter_op_parallelism_threads(count)
+    except RuntimeError:
+        pass  # TF already running (e.g. several runs in one process): keep its pools
+    return True
