@@ -1,25 +1,10 @@
-"""BERT encoder with an MLM head in Flax Linen. Knows nothing of data or checkpoints.
+"""BERT encoder with an MLM head in Flax Linen; knows nothing of data or checkpoints (docs/training.md).
 
-Parameter names follow Hugging Face's BertForMaskedLM module by module (see
-hf_export.py), so the conversion is a rename plus a transpose of Dense kernels:
-
-  embeddings/{word_embeddings,position_embeddings,token_type_embeddings}/embedding
-  embeddings/LayerNorm/{scale,bias}
-  encoder/layer_N/attention/{query,key,value,output}/{kernel,bias}
-  encoder/layer_N/attention/LayerNorm, layer_N/{intermediate,output,output_LayerNorm}
-  pooler (BertModel's [CLS] pooler; not trained by MLM, kept so AutoModel loads)
-  mlm_transform, mlm_transform_LayerNorm, mlm_bias
-The MLM decoder is tied to the word embeddings.
-
-Design choices (each one is BERT's, or says why not; docs/training.md has the GPU ones):
-- post-LayerNorm, eps 1e-12, exact erf GELU (Flax's default is the tanh form);
-- attention through jax.nn.dot_product_attention: cuDNN flash attention on NVIDIA
-  GPUs in bf16/fp16 (padding as key lengths), XLA elsewhere; no dropout on the
-  attention probabilities, so the export says 0 there (hidden dropout stays 0.1);
-- the MLM head runs only at masked_lm_positions, over the vocabulary padded to a
-  multiple of 128 (aligned matmuls; the padded ids have -inf logits);
-- parameters float32, compute dtype a setting; embedding rows are looked up in
-  float32, then cast; the logits come out in the compute dtype.
+Parameter names follow transformers' BertForMaskedLM module by module (hf_export.name_table maps them).
+BERT's numerics: post-LayerNorm, eps 1e-12, exact erf GELU. Attention runs through
+jax.nn.dot_product_attention (cuDNN flash attention on NVIDIA GPUs in bf16, XLA elsewhere); the MLM
+head runs only at the masked positions, over the vocabulary padded to a multiple of 128; parameters
+are float32, compute in model.dtype.
 """
 
 from __future__ import annotations

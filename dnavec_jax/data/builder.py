@@ -1,17 +1,12 @@
 """The TFDS builder that writes the prepared dataset, and prepare_dataset(), its Python front door.
 
-One code path writes shards: DnaKmerMlm._download_and_prepare. TFDS's own
-example writer serialises in one process (about 3.3 M tokens/s measured here),
-below the prep target, so the builder fans shard writing out to worker
-processes (pipeline.run_jobs) and registers the finished shards in its
-DatasetInfo (split infos with shard lengths), exactly what TFDS's writer would
-have recorded. `tfds build` and `tfds.builder_from_directory` work as usual:
+The builder fans shard writing out to worker processes (pipeline.run_jobs; TFDS's own writer
+serialises in one process, below the prep target) and registers the shards in its DatasetInfo, so
+`tfds build` and `tfds.builder_from_directory` work as usual:
 
     tfds build --imports dnavec_jax.data.builder dna_kmer_mlm/demo_span --data_dir DIR
-    tfds build --imports dnavec_jax.data.builder dna_kmer_mlm/hg38_span --manual_dir DIR_WITH_hg38.fa.gz
 
-Relative FASTA paths in a config are looked up in the manual dir; absolute
-ones are used as they are; no FASTA means the embedded demo corpus.
+docs/data.md ("Output layout", "hg38") has the configs and the manual-dir rule.
 """
 
 from __future__ import annotations

@@ -1,15 +1,8 @@
 """Streaming genome input: FASTA(.gz) files -> selected records -> windows of base codes -> contigs.
 
-Reading goes through pyfaidx (a maintained FASTA indexer with random access):
-memory stays bounded because a record is only ever read as windows of about a
-chunk, never whole (chr1 is 248 Mbp). pyfaidx needs an uncompressed file (or
-BGZF) for random access, so gzip input is first streamed to an uncompressed
-copy in a work directory; the .fai index is written there too, never next to
-the user's file.
-
-Contigs are the maximal runs of A/C/G/T (any case) inside one split segment:
-N runs, IUPAC letters and, with soft_masked="drop", lower-case bases end them
-(tokenization.acgt_runs does the splitting).
+pyfaidx reads records as windows of about a chunk, never whole; gzip input is first streamed to an
+uncompressed copy (and its .fai index) in a work directory, never next to the user's file. Contigs
+are the A/C/G/T runs between N, IUPAC letters and (soft_masked="drop") lower-case bases. docs/data.md.
 """
 
 from __future__ import annotations

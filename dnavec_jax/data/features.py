@@ -1,18 +1,8 @@
-"""The features of a prepared example (names and dtypes as google-research/bert writes them).
+"""The features of a prepared example: names and dtypes as google-research/bert writes them.
 
-Cheap to import: no TensorFlow until tf_feature_spec is called.
-
-| feature | dtype | shape |
-|---|---|---|
-| input_ids | int64 | (seq_length,) [CLS] k-mers [SEP] then [PAD] = 0 |
-| input_mask | int64 | (seq_length,) 1 on [CLS], k-mers and [SEP]; 0 on padding |
-| segment_ids | int64 | (seq_length,) all 0 (one segment) |
-| masked_lm_positions | int64 | (max_predictions,) ascending, 0-padded |
-| masked_lm_ids | int64 | (max_predictions,) original ids, 0-padded |
-| masked_lm_weights | float32 | (max_predictions,) 1.0 real, 0.0 padding (BERT writes floats) |
-| record_index | int64 | () index into metadata["records"] |
-| start_offset | int64 | () 0-based position in the record of the first k-mer's first base |
-| dupe_index | int64 | () which differently tokenized/masked copy (0 for validation) |
+input_ids, input_mask, segment_ids (seq_length,), masked_lm_positions, masked_lm_ids,
+masked_lm_weights (max_predictions,), plus the trace features record_index, start_offset and
+dupe_index; docs/data.md has the table. Cheap to import: TensorFlow only when tf_feature_spec is called.
 """
 
 from __future__ import annotations

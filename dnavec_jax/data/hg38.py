@@ -1,17 +1,9 @@
-"""Download helper for UCSC hg38.fa.gz: resumable (HTTP Range), checked, one-line errors when offline.
+"""Download of UCSC hg38.fa.gz: resumable (HTTP Range), checked, one-line errors when offline.
 
     python data_prep/download_hg38.py --output_dir data_cache/fasta
 
-What is checked, and against what (nothing here is a number we could verify
-ourselves offline, so none is hard-coded):
-- completeness: the final size must equal the server's Content-Length
-  (Content-Range total for a resumed download);
-- integrity: the MD5 of the file is compared with the entry for hg38.fa.gz in
-  UCSC's published md5sum.txt next to it (skipped with a warning if that list
-  cannot be fetched);
-- plausibility: it must be gzip data.
-The partial download lives in hg38.fa.gz.part and is renamed only when complete
-and checked, so an interrupted run resumes where it stopped.
+Checks the final size against the server's Content-Length, the MD5 against UCSC's md5sum.txt and the
+gzip magic; the partial file (hg38.fa.gz.part) is renamed only when complete. docs/data.md.
 """
 
 from __future__ import annotations

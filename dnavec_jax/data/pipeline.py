@@ -1,26 +1,10 @@
 """Genome records -> tokenized, masked examples -> TFRecord shards, spread over worker processes.
 
-Work layout (none of it depends on the number of workers):
-- a record is cut into chunks of `chunk_length` bases (a whole number of
-  example lengths); a chunk is the streaming unit (read as one window with a
-  margin on each side) and the RNG unit: its generator is derived from
-  SeedSequence([seed, dupe index, record index, chunk index]);
-- consecutive chunks (of one or several records) are packed into tasks of at
-  most `shard_bases` bases; a (dupe, task) job writes one training shard and,
-  for dupe 0, one validation shard;
-- shards are numbered in (dupe, task) order, so the same inputs, settings and
-  seed give byte-identical shards with 1 or N workers.
-
-Examples: the k-mer tokens of a contig are cut into examples at positions that
-are multiples of seq_length - 2 in record coordinates (so chunk edges never
-cut one) and at contig ends. The examples of a chunk are masked together and
-written in a seeded random order.
-
-Splits: a record is divided into blocks of validation_block_size bases; a
-fixed, seed-independent choice of blocks (about validation_fraction of them,
-at least one per record of two or more blocks) forms the validation split.
-Contigs are cut where train and validation blocks meet and tokens never cross
-a cut, so the splits share no base. Validation is written once (dupe 0).
+A record is cut into chunks (whole example lengths; the streaming and RNG unit, seeded by
+[seed, dupe, record, chunk]); chunks are packed into shard jobs of at most shard_bases; shards are
+numbered in (dupe, job) order, so 1 or N workers write byte-identical shards. Validation is a fixed
+choice of validation_block_size blocks, cut so that no token crosses a train/validation boundary.
+docs/data.md ("Determinism and parallelism", "Train / validation split").
 """
 
 from __future__ import annotations

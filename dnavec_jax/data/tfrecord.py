@@ -1,14 +1,8 @@
 """tf.train.Example serialisation and TFRecord files, without TensorFlow in the worker processes.
 
-Why not tf.io.TFRecordWriter: importing TensorFlow costs each worker process
-about 750 MB of resident memory (measured here, TF 2.21), which with two
-workers breaks the 2 GB prep budget. The Example protos come from the copy of
-tf.train.Example that tensorflow-datasets ships (tensorflow_datasets.proto,
-same wire format, loaded without TensorFlow) and are serialised by protobuf;
-the record framing is TFRecord's documented format (length, masked CRC32C of
-the length, data, masked CRC32C of the data) with the checksum from
-google-crc32c. Tests read the files back with tf.data.TFRecordDataset, which
-verifies both checksums.
+Importing TensorFlow costs each worker about 750 MB, which broke the 2 GB prep budget: the Example
+protos come from the copy tensorflow-datasets ships, the framing is TFRecord's documented format
+with google-crc32c checksums, and tests read the files back with tf.data (docs/data.md).
 """
 
 from __future__ import annotations

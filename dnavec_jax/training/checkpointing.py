@@ -1,24 +1,9 @@
-"""Checkpoints (Orbax), the run's config.json and the workdir lock.
+"""Checkpoints (Orbax), the run's config.json and the workdir lock (docs/training.md).
 
-A workdir of run_pretrain.py:
-  config.json          the full training config (written at start; compared on resume)
-  lock                 {"pid", "host", "create_time"} while a run uses the workdir
-  checkpoints/<step>/  one Orbax checkpoint per saved step, three items:
-      params     the float32 parameters (StandardSave: sharded arrays, any layout on restore)
-      opt_state  the optax state (same)
-      meta       JSON: step, the base RNG key, the data position of every process, timers
-  metrics.jsonl, tensorboard/   (train.py)
-
-Restores go into abstract ShapeDtypeStruct targets that carry the NEW
-NamedShardings, so a checkpoint written on 4 devices restores onto 2 (or 1, or
-another mesh shape); restore_train_state checks the shardings it got back.
-load_for_inference is the entry point for export/analysis code: host numpy
-parameters, no mesh and no optimizer state needed.
-
-Faults: Orbax writes a step into `<step>.orbax-checkpoint-tmp` and renames it
-when complete, so a save cut short is never listed or loaded (and the next
-training run deletes it). A write that fails (disk full, unwritable workdir)
-raises a one-line DNAVecError naming the last complete checkpoint, which stays.
+checkpoints/<step>/ holds params, opt_state (sharded arrays, restored into the NEW shardings, so 4
+devices restore onto 2) and meta (JSON: step, RNG key, data positions, timers). A save cut short
+never has a plain step name; a failed write is a one-line DNAVecError naming the last complete
+checkpoint. load_for_inference gives host numpy parameters to the export and the tools.
 """
 
 from __future__ import annotations

@@ -1,16 +1,10 @@
-"""The mesh and the sharding rules: the one place that decides where arrays live.
+"""The mesh and the sharding rule: the one place that decides where arrays live.
 
-One 2-D mesh with axes ("data", "fsdp") over all devices of all processes:
-- data parallel (default): mesh (n, 1); parameters and optimizer state are
-  replicated, the batch is split over all n devices;
-- FSDP (config.train.fsdp): mesh (1, n); every parameter and optimizer-state
-  array of at least MIN_SHARD_SIZE elements is split along its largest
-  dimension that n divides (replicated if none does; e.g. the 87,365-row
-  embedding is split along its 512 hidden columns), and the batch is still split
-  over all n devices. XLA gathers the parameters where the step needs them.
-The rule depends on an array's shape only, so Adam's mu and nu (and any other
-state with a parameter's shape) land exactly where their parameter does.
-The batch's leading example axis is always split over ("data", "fsdp") jointly.
+One mesh ("data", "fsdp") over all devices of all processes. Data parallel (default): mesh (n, 1),
+parameters and optimizer state replicated. FSDP: mesh (1, n), every array of at least MIN_SHARD_SIZE
+elements split along its largest dimension that n divides (replicated if none does). The rule reads
+an array's shape only, so Adam's moments land where their parameter does. A batch's example axis is
+always split over ("data", "fsdp") jointly.
 """
 
 from __future__ import annotations
