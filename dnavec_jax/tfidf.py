@@ -235,22 +235,17 @@ def genome_tfidf(fasta_paths: Sequence[str], settings: PrepSettings, progress: b
     """Corpus tf-idf of the selected records of FASTA(.gz) files, in two streaming passes."""
     started = time.perf_counter()
     paths = list(fasta_paths)
-    fasta.check_fasta_paths(paths)
     tokenizer = settings.tokenizer()
     with tempfile.TemporaryDirectory(prefix="dnavec_tfidf_") as work_dir:
-        sources = [fasta.open_source(path, Path(work_dir), index) for index, path in enumerate(paths)]
-        records, _ = fasta.select_records(sources, settings.chromosomes)
-        bases = sum(record.length for record in records)
+        genome = fasta.open_genome(paths, Path(work_dir), settings.chromosomes)
+        sources, records, bases = genome.sources, genome.records, genome.bases
         accumulator = CorpusTfidf(tokenizer.vocab_size)
         passes = (("pass 1/2 (df)", accumulator.add_frequencies), ("pass 2/2 (tf-idf)", accumulator.add_scores))
         for name, add in passes:
-            bar = _progress_bar(bases, name, progress)
-            for docs, chunk_bases in genome_documents(settings, sources, records):
-                add(docs)
-                if bar is not None:
+            with fasta.bases_bar(bases, f"tf-idf {name}", progress) as bar:
+                for docs, chunk_bases in genome_documents(settings, sources, records):
+                    add(docs)
                     bar.update(chunk_bases)
-            if bar is not None:
-                bar.close()
             if accumulator.num_documents == 0:
                 raise DNAVecError(
                     f"{', '.join(paths)}: the selected records hold no contig of at least min_contig_length="
@@ -260,13 +255,6 @@ def genome_tfidf(fasta_paths: Sequence[str], settings: PrepSettings, progress: b
                        accumulator.num_documents, accumulator.num_tokens, bases, [r.name for r in records],
                        time.perf_counter() - started)
 
-
-def _progress_bar(total: int, name: str, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="bp", unit_scale=True, desc=f"tf-idf {name}", smoothing=0.05)
 
 
 # ---- ranking and outputs ----------------------------------------------------------

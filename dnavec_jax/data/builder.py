@@ -151,18 +151,14 @@ def write_dataset(settings: PrepSettings, fasta_paths: list[str], out_dir: Path,
     """Reads the genome, writes shards + vocab.txt into out_dir; returns (metadata, per-split shard info)."""
     started = time.perf_counter()
     paths = fasta_paths or [str(fasta.DEMO_FASTA)]
-    fasta.check_fasta_paths(paths)
     work_dir = out_dir / _WORK_DIR
     try:
-        sources = [fasta.open_source(path, work_dir, index) for index, path in enumerate(paths)]
-        records, skipped = fasta.select_records(sources, settings.chromosomes)
+        genome = fasta.open_genome(paths, work_dir, settings.chromosomes)
+        sources, records, skipped = genome.sources, genome.records, genome.skipped
         jobs = pipeline.plan_jobs(settings, records)
         workers = min(num_workers or pipeline.default_num_workers(), len(jobs))
-        bar = pipeline.ProgressBar(sum(job.bases for job in jobs), progress)
-        try:
+        with fasta.bases_bar(sum(job.bases for job in jobs), "tokenize+mask+write", progress) as bar:
             results = pipeline.run_jobs(settings, sources, records, jobs, str(out_dir), workers, bar.update)
-        finally:
-            bar.close()
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     stats = pipeline.empty_stats()

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from dnavec_jax.data.settings import parse_chromosome_selection, record_selected
 from dnavec_jax.errors import DNAVecError
@@ -184,6 +185,32 @@ def select_records(sources: Sequence[SourceFile], chromosomes: str) -> tuple[lis
             "use --chromosomes all or list the names"
         )
     return selected, skipped
+
+
+@dataclasses.dataclass(frozen=True)
+class Genome:
+    """FASTA files opened for reading: their sources and the records the chromosome selection keeps."""
+
+    sources: list[SourceFile]
+    records: list[GenomeRecord]
+    skipped: list[str]  # record names the selection left out
+
+    @property
+    def bases(self) -> int:
+        return sum(record.length for record in self.records)
+
+
+def open_genome(paths: Sequence[str], work_dir: Path, chromosomes: str) -> Genome:
+    """The one way every command opens a genome: checked paths, indexed sources, selected records."""
+    check_fasta_paths(paths)
+    sources = [open_source(path, Path(work_dir), index) for index, path in enumerate(paths)]
+    records, skipped = select_records(sources, chromosomes)
+    return Genome(sources, records, skipped)
+
+
+def bases_bar(total: int, desc: str, enabled: bool) -> tqdm:
+    """A progress bar over genome bases (bp/s); a no-op when disabled."""
+    return tqdm(total=total, unit="bp", unit_scale=True, desc=desc, smoothing=0.05, disable=not enabled)
 
 
 class RecordReader:

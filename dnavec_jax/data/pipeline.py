@@ -387,23 +387,3 @@ def collect_shards(results: Sequence[dict], final_path: Callable[[str, int, int]
             "num_bytes": sum(size for _, _, size in parts),
         }
     return splits
-
-
-class ProgressBar:
-    """tqdm over bases, showing bases/s (off when disabled)."""
-
-    def __init__(self, total: int, enabled: bool):
-        self._bar = None
-        if enabled:
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=total, unit="bp", unit_scale=True, desc="tokenize+mask+write", smoothing=0.05)
-
-    def update(self, bases: int) -> None:
-        if self._bar is not None:
-            self._bar.update(bases)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
