@@ -180,7 +180,7 @@ def test_sentence_transformers_equals_embed_mean(export, chr22_fasta):
     out, tokenizer = export
     model = SentenceTransformer(str(out), trust_remote_code=True)
     assert type(model[1]).__name__ == "KmerMeanPooling" and model.get_embedding_dimension() == 64
-    sequences = [*chr22_windows(chr22_fasta, [40, 129, 90]), DNA[1]]  # 129 bases: 126 4-mers, a full window
+    sequences = [*chr22_windows(chr22_fasta, [40, 128, 90]), DNA[1]]  # 128 bases: 125 4-mers, 126 random-k tokens
     vectors = model.encode(sequences)
     loaded = inference.load_model(out)
     embedded = embedding.embed_sequences(loaded, sequences)
