@@ -173,7 +173,7 @@ def test_save_pretrained_round_trip(hf_tokenizer, tmp_path):
     assert again(DNA)["input_ids"] == hf_tokenizer(DNA)["input_ids"]
 
 
-def test_sentence_transformers_equals_embed_mean(export, chr22_fasta):
+def test_sentence_transformers_equals_embed_mean(export, chr22_fasta, tmp_path):
     """One vector per sequence; `dnavec embed`'s mean for one-run sequences that fit one window."""
     from sentence_transformers import SentenceTransformer
 
@@ -204,6 +204,10 @@ def test_sentence_transformers_equals_embed_mean(export, chr22_fasta):
     with torch.no_grad():
         states = model[0].auto_model(input_ids=torch.tensor([[CLS_ID, *ids, SEP_ID]])).last_hidden_state
     np.testing.assert_allclose(model.encode([long])[0], states[0, 1:-1].mean(0).numpy(), atol=1e-5, rtol=0)
+    # Saved again by sentence-transformers (e.g. after fine-tuning), it loads and gives the same vectors.
+    model.save(str(tmp_path / "resaved"))
+    again = SentenceTransformer(str(tmp_path / "resaved"), trust_remote_code=True)
+    np.testing.assert_allclose(again.encode(sequences), vectors, atol=1e-6, rtol=0)
 
 
 def card_snippets(out) -> list[str]:

@@ -20,6 +20,8 @@ class DNAVecTransformer(Transformer):
 
 
 class KmerMeanPooling(Module):
+    """sentence_embedding = mean of token_embeddings over the tokens with id >= first_kmer_id and mask 1."""
+
     config_keys = ["embedding_dimension", "first_kmer_id"]
 
     def __init__(self, embedding_dimension: int, first_kmer_id: int = 5):
