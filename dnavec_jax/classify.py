@@ -19,9 +19,9 @@ Methods, all on the same splits:
              (default: the model's k range), rows L2-normalised or tf-idf (--tfidf); no pretraining.
   probe      frozen DNAVec features, one row each:
                static  mean of the input word-embedding vectors (vectors.input_embeddings) of the
-                       sequence's k-mer tokens (the tokenization `embed` uses, seed --seed);
-               cls     embed_sequences' `cls` (mean [CLS] state over the windows);
-               mean    embed_sequences' `mean` (mean state over all k-mer tokens);
+                       sequence's k-mer tokens (random k, as `embed --k random --seed`);
+               cls     embed_sequences' `cls` (mean [CLS] state over the windows), random k;
+               mean    embed_sequences' `mean` (mean state over all k-mer tokens), random k;
              standardised (StandardScaler fitted on train), then logistic regression; and two
              token-level probes that pool after the linear map instead of before it:
                static_tokens  the input word-embedding vector of every k-mer token;
@@ -47,7 +47,7 @@ Fine-tuning (see FinetuneSettings):
   dropped, a motif in the last window counts. Every batch has shape (batch, W, L): W = the most
   windows of any sequence, L = the padded length of the longest window; shorter sequences get
   empty [CLS] [SEP] windows that the pooling ignores. Cost grows with W: cap it with --max_length.
-- tokenization: evaluation uses the tokenization `embed` uses (record_seed(seed, 0, sequence));
+- tokenization: evaluation uses `embed --k random`'s first tokenization (record_seed(seed, 0, sequence));
   training draws a fresh one each epoch (record_seed(seed, epoch, ...)) as augmentation, since a
   k-mer model sees the same bases under many tokenizations.
 - the pretraining machinery: sharding.make_mesh (data parallel), steps.TrainState and
@@ -386,7 +386,7 @@ def probe_features(loaded, task: Task, seed: int, batch_size: int = 64,
         sequences, names = task.sequences(split), task.splits[split].row_names()
         if set(features) & {"cls", "mean", "tokens", "static_tokens"}:
             embedded = embed_sequences(loaded, sequences, seed=seed, num_tokenizations=num_tokenizations,
-                                       batch_size=batch_size, per_token=per_token, names=names)
+                                       batch_size=batch_size, per_token=per_token, names=names, k="random")
             for name in ("cls", "mean"):
                 if name in features:
                     out[name][split] = embedded[name]

@@ -95,16 +95,20 @@ def _add_embed(subparsers) -> None:
         description=(
             "Per FASTA record: `cls` (mean [CLS] state over its windows) and `mean` (mean state over its k-mer "
             "tokens), with `ids` (record names); N splits a record into contigs, long contigs are cut into "
-            "windows of the model's length and pooled. A record's vectors depend only on its own sequence, "
-            "--seed and --num_tokenizations (docs/outputs.md)."
+            "windows of the model's length and pooled. A record's vectors depend only on its own sequence "
+            "and --k (with --k random: --seed and --num_tokenizations) (docs/outputs.md)."
         ),
     )
     _add_model_argument(parser)
     parser.add_argument("--fasta", required=True, help="FASTA(.gz) file; every record is embedded")
     parser.add_argument("--output", required=True, help="output .npz")
-    parser.add_argument("--seed", type=int, default=0, help="tokenization seed (random k per position)")
+    parser.add_argument("--k", default="default",
+                        help="tokenization: an integer k (every k-mer), 'random' (one random k per position, as "
+                             "in training) or 'default': the middle k of the model's range, rounded down, which "
+                             "embedded best in docs/outputs.md")
+    parser.add_argument("--seed", type=int, default=0, help="tokenization seed (--k random)")
     parser.add_argument("--num_tokenizations", type=int, default=1,
-                        help="average over this many seeded tokenizations per record")
+                        help="average over this many seeded tokenizations per record (--k random)")
     parser.add_argument("--per_token", action="store_true",
                         help="also store every token's vector (flat arrays + per-record offsets)")
     parser.add_argument("--batch_size", type=int, default=64, help="windows per jitted batch")

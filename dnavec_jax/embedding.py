@@ -3,12 +3,15 @@
 Per sequence (a FASTA record):
   1. N runs and IUPAC letters split it into contigs of A/C/G/T (lower case reads as upper
      case), as in data prep; other letters are an error naming the record.
-  2. It is tokenized as in training (inference.tokenize_sequence: one random k per
-     position, k_min..k_max). The generator's seed is derived from the --seed, the
-     tokenization index t (0..num_tokenizations-1) and a SHA-256 of the sequence's own
-     upper-cased letters: np.random.SeedSequence([seed, t, digest words]). So a record's
-     tokens, and its vectors, do not depend on its name, its position in the file or the
-     other records (two records with the same sequence get the same vectors).
+  2. It is tokenized (inference.tokenize_sequence) with one fixed k by default: every k-mer,
+     k = default_k(tokenizer), the middle of the model's k range rounded down, which gave
+     better vectors than random k on a planted-motif task (docs/outputs.md). With
+     k="random" (--k random) as in training instead: one random k per position, k_min..k_max,
+     from a generator seeded by --seed, the tokenization index t (0..num_tokenizations-1)
+     and a SHA-256 of the sequence's own upper-cased letters:
+     np.random.SeedSequence([seed, t, digest words]). Either way a record's tokens, and its
+     vectors, do not depend on its name, its position in the file or the other records
+     (two records with the same sequence get the same vectors).
   3. Each contig's tokens are cut into windows of at most max_tokens (the model's training
      length minus [CLS]/[SEP]), in near-equal parts; nothing is truncated. A window is
      padded to a length that depends only on its own token count (inference.padded_length),
@@ -21,10 +24,13 @@ Per sequence (a FASTA record):
      A record with no token (no A/C/G/T run of k_min bases) is an error naming it.
 
 embed_sequences(loaded, sequences, seed=0, num_tokenizations=1, batch_size=64,
-                per_token=False, *, names=None, progress=False) -> dict
+                per_token=False, *, names=None, progress=False, k="default") -> dict
+  k: "default" (default_k), an int in the model's range, or "random"/None; seed and
+  num_tokenizations > 1 apply to random k only.
   cls, mean              float32 (n, hidden)
   num_tokens, num_windows int64 (n,): per tokenization (the same for every tokenization:
-                          a contig of L bases always has L - k_min + 1 tokens)
+                          a contig of L bases has L - k_min + 1 tokens with random k,
+                          L - k + 1 with a fixed k)
   with per_token (npz cannot hold ragged arrays without pickle, so flat arrays + offsets):
   token_vectors          float32 (T, hidden), record by record, then tokenization by
                           tokenization, then in sequence order
@@ -34,8 +40,8 @@ embed_sequences(loaded, sequences, seed=0, num_tokenizations=1, batch_size=64,
   token_offsets          int64 (n + 1,): record i's tokens are rows offsets[i]:offsets[i+1]
 
 `dnavec embed --model M --fasta F --output X.npz` writes those arrays plus `ids` (record
-names, a unicode array), `lengths` (bases per record) and the settings (`model`, `seed`,
-`num_tokenizations`, `max_tokens`, 0-d arrays); np.load(X, allow_pickle=False) reads it. The file is
+names, a unicode array), `lengths` (bases per record) and the settings (`model`, `k` (0 for
+random), `seed`, `num_tokenizations`, `max_tokens`, 0-d arrays); np.load(X, allow_pickle=False) reads it. The file is
 written to a temporary name and renamed; an existing --output is refused unless
 --overwrite. Records are read through data/fasta.py (pyfaidx), one whole record at a
 time; only one record's tokens plus the batches being filled are held at once (and the
@@ -45,7 +51,6 @@ per-token output, when asked for).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 import tempfile
 import time
@@ -57,18 +62,11 @@ import numpy as np
 from dnavec_jax.atomic_files import write_atomic
 from dnavec_jax.errors import DNAVecError
 from dnavec_jax.inference import Encoder, LoadedModel, check_dna, load_model, sequence_windows
-from dnavec_jax.tokenization import NUM_SPECIAL
+from dnavec_jax.tokenization import NUM_SPECIAL, KmerTokenizer, record_seed
 
 # The last Encoder built, reused while the same LoadedModel object and settings come back
 # (classification embeds train, dev and test with one model: one compilation per shape).
 _ENCODER_CACHE: list = []
-
-
-def record_seed(seed: int, tokenization: int, raw: np.ndarray) -> np.random.SeedSequence:
-    """The tokenization seed of one sequence: its own letters (upper-cased), --seed and t; see the module docstring."""
-    upper = np.where((raw >= ord("a")) & (raw <= ord("z")), raw - 32, raw).astype(np.uint8)
-    digest = hashlib.sha256(upper.tobytes()).digest()
-    return np.random.SeedSequence([int(seed), int(tokenization), *np.frombuffer(digest, dtype="<u4").tolist()])
 
 
 def _pool_head(hidden, input_ids, input_mask):
@@ -91,21 +89,56 @@ def _encoder(loaded: LoadedModel, batch_size: int, per_token: bool) -> Encoder:
     return encoder
 
 
-def _check_settings(seed: int, num_tokenizations: int, batch_size: int) -> None:
+def default_k(tokenizer: KmerTokenizer) -> int:
+    """embed's default k, and the exported tokenizer's: the middle of the k range, rounded down.
+
+    Measured (docs/outputs.md, scripts/compare_embed_tokenizations.py): with the demo model
+    (k 3..6) a fixed k=4 gave better mean vectors on the planted-motif task than k=3, 5 or 6,
+    than one random-k draw and than 16 draws averaged.
+    """
+    return (tokenizer.k_min + tokenizer.k_max) // 2
+
+
+def parse_k(value: int | str | None) -> int | str | None:
+    """--k / k=: "default", "random" (or None: random k per position) or a fixed k; DNAVecError otherwise."""
+    if value is None or value == "random":
+        return None
+    if value == "default":
+        return "default"
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise DNAVecError(f"--k must be 'default', 'random' or an integer, got {value!r}") from None
+
+
+def _resolve_k(value: int | str | None, loaded: LoadedModel) -> int | None:
+    k = parse_k(value)
+    return default_k(loaded.tokenizer) if k == "default" else k
+
+
+def _check_settings(seed: int, num_tokenizations: int, batch_size: int, k: int | str | None,
+                    loaded: LoadedModel | None = None) -> None:
+    """One-line errors for bad settings; k as parse_k returns it (the range is checked once a model is loaded)."""
     if seed < 0:
         raise DNAVecError(f"--seed must be non-negative, got {seed}")
     if num_tokenizations < 1:
         raise DNAVecError(f"--num_tokenizations must be at least 1, got {num_tokenizations}")
     if batch_size < 1:
         raise DNAVecError(f"--batch_size must be positive, got {batch_size}")
+    if k is not None and num_tokenizations != 1:
+        raise DNAVecError(f"--num_tokenizations {num_tokenizations} needs --k random: with a fixed k every "
+                          "tokenization is the same")
+    if isinstance(k, int) and loaded is not None and not loaded.tokenizer.k_min <= k <= loaded.tokenizer.k_max:
+        raise DNAVecError(f"--k {k} is outside the model's k range "
+                          f"{loaded.tokenizer.k_min}..{loaded.tokenizer.k_max}")
 
 
 def _embed(loaded: LoadedModel, records: Iterable[tuple[str, np.ndarray]], num_records: int, *, seed: int,
-           num_tokenizations: int, batch_size: int, per_token: bool, progress: bool) -> dict:
+           num_tokenizations: int, batch_size: int, per_token: bool, progress: bool, k: int | None) -> dict:
     """The pooled (and per-token) vectors of (name, raw letters) records; see the module docstring."""
     from tqdm import tqdm
 
-    _check_settings(seed, num_tokenizations, batch_size)
+    _check_settings(seed, num_tokenizations, batch_size, k, loaded)
     hidden_size = loaded.config.hidden_size
     cls_sum = np.zeros((num_records, hidden_size), np.float64)
     token_sum = np.zeros((num_records, hidden_size), np.float64)
@@ -120,10 +153,11 @@ def _embed(loaded: LoadedModel, records: Iterable[tuple[str, np.ndarray]], num_r
         for index, (name, raw) in enumerate(records):
             seen += 1
             for t in range(num_tokenizations):
-                pieces = sequence_windows(loaded.tokenizer, raw, record_seed(seed, t, raw), loaded.max_tokens, name)
+                pieces = sequence_windows(loaded.tokenizer, raw, record_seed(seed, t, raw), loaded.max_tokens, name,
+                                          k=k)
                 if not pieces:
-                    raise DNAVecError(f"{name}: no k-mer to embed (no run of {loaded.tokenizer.k_min} or more "
-                                      "A/C/G/T bases)")
+                    raise DNAVecError(f"{name}: no k-mer to embed (no run of {k or loaded.tokenizer.k_min} or "
+                                      "more A/C/G/T bases)")
                 for w, window in enumerate(pieces):
                     num_tokens[index] += len(window.ids)
                     num_windows[index] += 1
@@ -168,7 +202,8 @@ def _embed(loaded: LoadedModel, records: Iterable[tuple[str, np.ndarray]], num_r
 
 def embed_sequences(loaded: LoadedModel, sequences: Sequence[str | bytes], seed: int = 0,
                     num_tokenizations: int = 1, batch_size: int = 64, per_token: bool = False, *,
-                    names: Sequence[str] | None = None, progress: bool = False) -> dict:
+                    names: Sequence[str] | None = None, progress: bool = False,
+                    k: int | str | None = "default") -> dict:
     """Pooled (and optionally per-token) vectors of DNA strings; see the module docstring for the keys.
 
     names: used in error messages (default "sequence i"). Raises DNAVecError for a letter that is
@@ -183,7 +218,7 @@ def embed_sequences(loaded: LoadedModel, sequences: Sequence[str | bytes], seed:
         raise DNAVecError("no sequences to embed")
     records = ((name, check_dna(sequence, name)) for name, sequence in zip(names, sequences))
     return _embed(loaded, records, len(sequences), seed=seed, num_tokenizations=num_tokenizations,
-                  batch_size=batch_size, per_token=per_token, progress=progress)
+                  batch_size=batch_size, per_token=per_token, progress=progress, k=_resolve_k(k, loaded))
 
 
 # ---- FASTA and the command line -------------------------------------------------
@@ -233,20 +268,22 @@ def run_embed(args: argparse.Namespace) -> int:
     from dnavec_jax.data import fasta
 
     output = _check_output(args.output, args.overwrite)
-    _check_settings(args.seed, args.num_tokenizations, args.batch_size)
+    k = parse_k(args.k)
+    _check_settings(args.seed, args.num_tokenizations, args.batch_size, k)
     fasta.check_fasta_paths([args.fasta])  # fail before loading the model
     loaded = load_model(args.model, step=args.step)
+    k = _resolve_k(k, loaded)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="dnavec_embed_") as work_dir:
         index, records = fasta_records(args.fasta, Path(work_dir))
         result = _embed(loaded, records, len(index), seed=args.seed, num_tokenizations=args.num_tokenizations,
-                        batch_size=args.batch_size, per_token=args.per_token, progress=sys.stderr.isatty())
+                        batch_size=args.batch_size, per_token=args.per_token, progress=sys.stderr.isatty(), k=k)
     seconds = time.perf_counter() - started
     names = [name for name, _ in index]
     arrays = {
         "ids": np.array(names, dtype=str), "lengths": np.array([length for _, length in index], np.int64),
         **result,
-        "model": np.array(loaded.source), "seed": np.array(args.seed),
+        "model": np.array(loaded.source), "k": np.array(k or 0), "seed": np.array(args.seed),
         "num_tokenizations": np.array(args.num_tokenizations), "max_tokens": np.array(loaded.max_tokens),
     }
     _write_npz(output, arrays, args.overwrite)

@@ -1,22 +1,17 @@
 """Hugging Face export and import: Flax params <-> a transformers BertForMaskedLM directory.
 
 transformers 5 has no Flax classes, so the export targets the PyTorch ones. It
-is written from numpy (safetensors.numpy, the `tokenizers` library and JSON):
-exporting needs neither torch nor transformers.
-
-An export directory holds:
-  config.json              BertForMaskedLM / model_type bert, sizes from the model config
-  model.safetensors        PyTorch names and (out, in) layouts, metadata {"format": "pt"};
-                           the decoder is tied to the word embeddings (not stored), its
-                           bias is cls.predictions.bias; the pooler is stored for AutoModel
-  vocab.txt                the k-mer vocabulary in id order
-  tokenizer.json           fast WordPiece tokenizer: whitespace split, no lower-casing,
-                           [CLS] $A [SEP] template
-  tokenizer_config.json    BertTokenizer, do_lower_case false, model_max_length
-  special_tokens_map.json
-  dnavec.json              what transformers does not need: k range and weights, the
-                           Flax model config, the step (read back by load_hf_pretrained)
-  README.md                model card
+is written from numpy (safetensors.numpy and JSON): exporting needs neither
+torch nor transformers. docs/export.md describes the directory; in short:
+  config.json, model.safetensors  BertForMaskedLM (PyTorch names and layouts) plus the pooler
+  vocab.txt, tokenizer_config.json, tokenization_dnavec.py, dnavec_kmers.py
+                                  the export's own tokenizer (raw DNA, trust_remote_code); dnavec_kmers.py
+                                  is a verbatim copy of tokenization.py
+  tokenizer.json                  a guard: no tokenizer, the instruction in its load error
+  modules.json, sentence_bert_config.json, config_sentence_transformers.json, 1_Pooling/config.json,
+  sentence_dnavec.py              sentence-transformers: BERT + KmerMeanPooling (embed's mean)
+  special_tokens_map.json, dnavec.json (k range and weights, Flax model config, step), README.md
+The code and the model card template are in export_files/.
 
 One checkpoint cannot load into both heads without a report: BertForMaskedLM has
 no pooler (transformers reports bert.pooler.* as unexpected) and BertModel has no
@@ -41,6 +36,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import string
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -54,15 +50,25 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from dnavec_jax import model as model_lib
+from dnavec_jax import tokenization
 from dnavec_jax.atomic_files import replace_directory, umask
+from dnavec_jax.embedding import default_k
 from dnavec_jax.errors import DNAVecError, read_json_object
-from dnavec_jax.tokenization import CLS_ID, NUM_SPECIAL, SEP_ID, SPECIAL_TOKENS, KmerTokenizer
+from dnavec_jax.tokenization import NUM_SPECIAL, KmerTokenizer
 
 EXPORT_FORMAT = "dnavec-hf-export"
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2  # 2: the export carries its own raw-DNA tokenizer and sentence-transformers modules
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 DNAVEC_FILE = "dnavec.json"
+# Files every export carries for transformers / sentence-transformers remote code (docs/export.md).
+EXPORT_FILES = Path(__file__).with_name("export_files")
+KMERS_FILE = "dnavec_kmers.py"  # a verbatim copy of tokenization.py
+TOKENIZER_MODULE = "tokenization_dnavec"
+SENTENCE_MODULE = "sentence_dnavec"
+POOLING_DIR = "1_Pooling"
+GUARD_MESSAGE = ("not a tokenizer: this DNAVec export reads raw DNA with its own code; load it with "
+                 "AutoTokenizer.from_pretrained(path, trust_remote_code=True) (see its README.md)")
 
 # Shape-defining settings: an imported checkpoint must agree on these with a given model config.
 _SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
@@ -280,34 +286,22 @@ def model_config_from_hf(hf_config: Mapping[str, Any], base: model_lib.BertConfi
         raise DNAVecError(f"{source}: {error}") from None
 
 
-def build_fast_tokenizer(tokenizer: KmerTokenizer):
-    """A `tokenizers.Tokenizer` giving exactly KmerTokenizer's ids on k-mer text (see kmer_text).
+def tokenizer_config_dict(tokenizer: KmerTokenizer, model_max_length: int) -> dict[str, Any]:
+    """tokenizer_config.json: the export's own DNAVecTokenizer (raw DNA), reached through auto_map.
 
-    WordPiece over the vocabulary, split on whitespace only, no normaliser (so no
-    lower-casing: k-mers are upper case), [CLS] $A [SEP] / [CLS] $A [SEP] $B [SEP].
+    Without trust_remote_code transformers does not ask for it: a BERT config counts as local
+    code, so it falls back to tokenizer.json, which is the guard (guard_tokenizer_json).
     """
-    from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers, processors
-    from tokenizers.models import WordPiece
-
-    vocab = {token: index for index, token in enumerate(tokenizer.vocab)}
-    fast = Tokenizer(WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
-    fast.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast.decoder = decoders.WordPiece(prefix="##")
-    fast.post_processor = processors.TemplateProcessing(
-        single="[CLS]:0 $A:0 [SEP]:0",
-        pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", CLS_ID), ("[SEP]", SEP_ID)],
-    )
-    fast.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in SPECIAL_TOKENS])
-    return fast
-
-
-def tokenizer_config_dict(model_max_length: int) -> dict[str, Any]:
+    k_weights = None if tokenizer.k_probs is None else [float(p) for p in tokenizer.k_probs]
     return {
-        "tokenizer_class": "BertTokenizer",
-        "do_lower_case": False,  # otherwise k-mers are lower-cased into [UNK]
-        "tokenize_chinese_chars": False,
-        "strip_accents": False,
+        "tokenizer_class": "DNAVecTokenizer",
+        "auto_map": {"AutoTokenizer": [f"{TOKENIZER_MODULE}.DNAVecTokenizer", None]},
+        "k_min": tokenizer.k_min,
+        "k_max": tokenizer.k_max,
+        "k_weights": k_weights,
+        "k": default_k(tokenizer),
+        "seed": 0,
+        "draw": 0,
         "model_max_length": model_max_length,
         "unk_token": "[UNK]",
         "sep_token": "[SEP]",
@@ -318,21 +312,40 @@ def tokenizer_config_dict(model_max_length: int) -> dict[str, Any]:
     }
 
 
+def guard_tokenizer_json() -> dict[str, Any]:
+    """tokenizer.json that is no tokenizer: loading it fails with the instruction (docs/export.md).
+
+    Without it, AutoTokenizer (no trust_remote_code) fails with a message about sentencepiece; with
+    a WordPiece one it would read raw DNA as [UNK]. The `tokenizers` library prints an unknown
+    version string in its error, so the instruction goes there. `added_tokens` is what the slow
+    tokenizer reads from this file.
+    """
+    return {"version": GUARD_MESSAGE, "added_tokens": []}
+
+
 def special_tokens_map() -> dict[str, str]:
     return {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
             "mask_token": "[MASK]"}
 
 
-def dna_to_kmer_text(sequence: str | bytes, tokenizer: KmerTokenizer | None = None, *, seed: int | None = 0,
-                     k: int | None = None) -> str:
-    """DNA string -> space-separated k-mers for AutoTokenizer (KmerTokenizer.kmer_text; 3..8 by default).
-
-    seed: the per-position k is drawn from the tokenizer's k distribution with this
-    seed (as in training); k: a fixed k instead. AutoTokenizer on the returned text
-    gives [CLS] + KmerTokenizer.encode(sequence, seed=seed, k=k) + [SEP].
-    Non-ACGT letters raise ValueError: split at N first.
-    """
-    return (tokenizer or KmerTokenizer(3, 8)).kmer_text(sequence, seed=seed, k=k)
+def sentence_transformers_files(model_config: model_lib.BertConfig) -> dict[str, Any]:
+    """The sentence-transformers files of an export: BERT, then KmerMeanPooling (dnavec embed's mean)."""
+    return {
+        "modules.json": [
+            {"idx": 0, "name": "0", "path": "", "type": f"{SENTENCE_MODULE}.DNAVecTransformer"},
+            {"idx": 1, "name": "1", "path": POOLING_DIR, "type": f"{SENTENCE_MODULE}.KmerMeanPooling"},
+        ],
+        "sentence_bert_config.json": {
+            "transformer_task": "feature-extraction",
+            "modality_config": {"text": {"method": "forward", "method_output_name": "last_hidden_state"}},
+            "module_output_name": "token_embeddings",
+            "unpad_inputs": False,  # KmerMeanPooling reads padded input_ids
+        },
+        "config_sentence_transformers.json": {"model_type": "SentenceTransformer", "prompts": {},
+                                              "default_prompt_name": None, "similarity_fn_name": "cosine"},
+        f"{POOLING_DIR}/config.json": {"embedding_dimension": model_config.hidden_size,
+                                       "first_kmer_id": NUM_SPECIAL},
+    }
 
 
 def kmer_tokenizer_from_export(hf_dir: str | os.PathLike) -> KmerTokenizer:
@@ -411,9 +424,16 @@ def _write_export(directory: Path, state: dict[str, np.ndarray], model_config: m
     _write_json(directory / "config.json", hf_config_dict(model_config))
     save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
     tokenizer.write_vocab(directory / "vocab.txt")
-    build_fast_tokenizer(tokenizer).save(str(directory / "tokenizer.json"))
-    _write_json(directory / "tokenizer_config.json", tokenizer_config_dict(max_length))
+    _write_json(directory / "tokenizer_config.json", tokenizer_config_dict(tokenizer, max_length))
+    _write_json(directory / "tokenizer.json", guard_tokenizer_json())
     _write_json(directory / "special_tokens_map.json", special_tokens_map())
+    # The tokenizer code runs where DNAVec is not installed: it imports the very module we tokenize with.
+    shutil.copyfile(Path(tokenization.__file__), directory / KMERS_FILE)
+    for name in (f"{TOKENIZER_MODULE}.py", f"{SENTENCE_MODULE}.py"):
+        shutil.copyfile(EXPORT_FILES / name, directory / name)
+    for name, value in sentence_transformers_files(model_config).items():
+        (directory / name).parent.mkdir(exist_ok=True)
+        _write_json(directory / name, value)
     k_weights = None if tokenizer.k_probs is None else [float(p) for p in tokenizer.k_probs]
     _write_json(directory / DNAVEC_FILE, {
         "format": EXPORT_FORMAT,
@@ -424,8 +444,8 @@ def _write_export(directory: Path, state: dict[str, np.ndarray], model_config: m
     })
     (directory / "README.md").write_text(model_card(model_config, tokenizer, step, train_config), encoding="utf-8")
     mode = 0o666 & ~umask()  # safetensors writes 0600; mkdtemp makes the directory 0700
-    for path in directory.iterdir():
-        os.chmod(path, mode)
+    for path in directory.rglob("*"):
+        os.chmod(path, 0o777 & ~umask() if path.is_dir() else mode)
     os.chmod(directory, 0o777 & ~umask())
 
 
@@ -482,12 +502,12 @@ def tokenizer_from_train_config(config: Mapping[str, Any], source: str = "traini
 
 def model_card(model_config: model_lib.BertConfig, tokenizer: KmerTokenizer, step: int | None,
                train_config: Mapping[str, Any] | None) -> str:
+    """README.md of an export: export_files/model_card.md with this model's numbers filled in."""
     k_range = f"{tokenizer.k_min}..{tokenizer.k_max}"
     if tokenizer.k_probs is None:
-        k_rule = f"k drawn uniformly from {k_range} per position"
+        k_rule = f"k drawn uniformly from {k_range}"
     else:
-        probabilities = [round(float(p), 4) for p in tokenizer.k_probs]
-        k_rule = f"k drawn per position from {k_range} with probabilities {probabilities}"
+        k_rule = f"k drawn from {k_range} with probabilities {[round(float(p), 4) for p in tokenizer.k_probs]}"
     data = (train_config or {}).get("data")
     if hasattr(data, "to_dict"):  # an ml_collections ConfigDict
         data = data.to_dict()
@@ -502,90 +522,18 @@ def model_card(model_config: model_lib.BertConfig, tokenizer: KmerTokenizer, ste
             ("max_position_embeddings", model_config.max_position_embeddings),
             ("hidden_act", "gelu (exact erf)"), ("layer_norm_eps", model_config.layer_norm_eps),
             ("hidden_dropout_prob", model_config.hidden_dropout_rate), ("attention_probs_dropout_prob", 0.0)]
-    table = "\n".join(f"| {name} | {value} |" for name, value in rows)
-    step_text = f"training step {step}" if step is not None else "an unrecorded training step"
-    fixed_k = min(max(6, tokenizer.k_min), tokenizer.k_max)
-    k_weights_arg = "" if tokenizer.k_probs is None else f", k_weights={[float(p) for p in tokenizer.k_probs]}"
-    return f"""---
-library_name: transformers
-pipeline_tag: fill-mask
-tags:
-- dna
-- genomics
-- bert
-- k-mer
-- dnavec
----
-
-# DNAVec BERT ({model_config.num_layers} layers, hidden {model_config.hidden_size}, k {k_range})
-
-A BERT masked language model pretrained with DNAVec-JAX (JAX/Flax) on genomic
-DNA cut into variable-length k-mer tokens, exported from {step_text} to the
-PyTorch `BertForMaskedLM` layout of transformers.
-
-## Data
-
-{data_text}
-## Tokenization
-
-Every position i of an A/C/G/T run starts one token, the k-mer `S[i:i+k]`, with
-{k_rule}; near the end of a run k is limited to the bases left.
-Runs of `N` (or any other letter) split a sequence: tokenize each A/C/G/T run
-separately.
-The vocabulary (`vocab.txt`, line number = id) is `[PAD] [UNK] [CLS] [SEP] [MASK]`
-followed by all {tokenizer.k_min}-mers, ..., all {tokenizer.k_max}-mers, each length in
-A<C<G<T lexicographic order: {tokenizer.vocab_size:,} ids. A run of L bases gives
-L - {tokenizer.k_min - 1} tokens (L - k + 1 with a fixed k), plus `[CLS]` and `[SEP]`;
-with random k, windows of up to {model_config.max_position_embeddings - 3 + tokenizer.k_min:,} bases fit the
-model's {model_config.max_position_embeddings:,} positions.
-
-The Hugging Face tokenizer does not cut DNA into k-mers: it maps **space-separated
-k-mer text** one token per k-mer (WordPiece over the vocabulary, whitespace split,
-no lower-casing, `[CLS] ... [SEP]` added). Turn DNA into k-mer text with DNAVec-JAX:
-
-```python
-from dnavec_jax.tokenization import KmerTokenizer
-
-kmers = KmerTokenizer({tokenizer.k_min}, {tokenizer.k_max}{k_weights_arg})
-text = kmers.kmer_text("GATCCCACGTTAGC", seed=0)  # random k per position, as in training
-text = kmers.kmer_text("GATCCCACGTTAGC", k={fixed_k})     # or one fixed k
-```
-
-or, for a fixed k, without it:
-
-```python
-seq, k = "GATCCCACGTTAGC", {fixed_k}
-text = " ".join(seq[i:i + k] for i in range(len(seq) - k + 1))
-```
-
-## Model
-
-| setting | value |
-|---|---|
-{table}
-
-The MLM decoder is tied to the word embeddings (its bias is `cls.predictions.bias`).
-The BertModel pooler is included so `AutoModel` loads every weight; MLM pretraining
-does not train it. Loading `BertForMaskedLM` reports the pooler as unused
-("unexpected") and `AutoModel` reports the MLM head as unused: both expected,
-nothing is missing.
-
-## How to load
-
-```python
-import torch
-from transformers import AutoTokenizer, BertForMaskedLM, AutoModel
-
-tokenizer = AutoTokenizer.from_pretrained("path/to/this/directory")
-model = BertForMaskedLM.from_pretrained("path/to/this/directory").eval()   # or AutoModel for hidden states
-batch = tokenizer([text], return_tensors="pt")
-with torch.no_grad():
-    logits = model(**batch).logits                        # (1, tokens, {model_config.vocab_size})
-```
-
-`dnavec.json` records the k range and the Flax model config; DNAVec-JAX reads
-this directory back with `dnavec_jax.hf_export.load_hf_pretrained`.
-"""
+    positions = model_config.max_position_embeddings
+    template = string.Template((EXPORT_FILES / "model_card.md").read_text(encoding="utf-8"))
+    return template.substitute(
+        num_layers=model_config.num_layers, hidden_size=model_config.hidden_size, k_range=k_range,
+        k_min=tokenizer.k_min, k_max=tokenizer.k_max, k_min_minus_1=tokenizer.k_min - 1, k_rule=k_rule,
+        step_text=f"training step {step}" if step is not None else "an unrecorded training step",
+        default_k=default_k(tokenizer),
+        vocab_size=f"{tokenizer.vocab_size:,}", positions=f"{positions:,}", max_tokens=f"{positions - 2:,}",
+        max_bases=f"{positions - 3 + default_k(tokenizer):,}",
+        data_text=data_text, table="\n".join(f"| {name} | {value} |" for name, value in rows),
+        pooling_dir=POOLING_DIR,
+    )
 
 
 # ---- import ------------------------------------------------------------------

@@ -23,21 +23,22 @@ LoadedModel (frozen dataclass)
                 ("pooler", "mlm_head" for a BertModel checkpoint); () for ours
     .window_length  max_tokens + 2, the longest input ([CLS] ... [SEP])
 
-tokenize_sequence(tokenizer, sequence, seed, name) -> list[Contig]
-    The tokenizer's ids for a DNA string, as training makes them: N and IUPAC ambiguity
-    letters (any case) split it into contigs of A/C/G/T (lower case = upper case); one k is
-    drawn per position of the sequence from np.random.default_rng(seed) (an int or a
-    np.random.SeedSequence), contig tokens take the k of their start position, k is clipped
-    at a contig's end, contigs shorter than k_min give no token. For an A/C/G/T-only string
-    the ids equal tokenizer.encode(sequence, seed=seed). Other letters (digits, '-', '*',
-    X, ...) raise one DNAVecError naming the record (`name`) and the position.
+tokenize_sequence(tokenizer, sequence, seed, name, k=None) -> list[Contig]
+    The tokenizer's ids for a DNA string, as training makes them (KmerTokenizer.encode_sequence):
+    N and IUPAC ambiguity letters (any case) split it into contigs of A/C/G/T (lower case =
+    upper case); one k is drawn per position of the sequence from np.random.default_rng(seed)
+    (an int or a np.random.SeedSequence), contig tokens take the k of their start position, k
+    is clipped at a contig's end, contigs shorter than k_min give no token. For an A/C/G/T-only
+    string the ids equal tokenizer.encode(sequence, seed=seed). With a fixed k (seed unused)
+    each contig gives its L - k + 1 k-mers. Other letters (digits, '-', '*', X, ...) raise
+    one DNAVecError naming the record (`name`) and the position.
     Contig(start, ids): base offset of the contig in the sequence, int64 token ids.
 split_windows(contigs, max_tokens) -> list[Window]
     Cuts each contig's tokens into ceil(n / max_tokens) windows of near-equal size
     (np.array_split: never more than max_tokens, never truncated, never crossing a
     contig). Window(ids, starts): int32 k-mer ids (no [CLS]/[SEP]) and the int64 base
     offset in the sequence where each token starts.
-sequence_windows(tokenizer, sequence, seed, max_tokens, name) -> list[Window]
+sequence_windows(tokenizer, sequence, seed, max_tokens, name, k=None) -> list[Window]
     tokenize_sequence + split_windows.
 padded_length(num_tokens, window_length) -> int
     The input length a window of num_tokens k-mers is padded to: the next power of two
@@ -76,19 +77,9 @@ import numpy as np
 
 from dnavec_jax.errors import DNAVecError
 from dnavec_jax.model import BertConfig
-from dnavec_jax.tokenization import CLS_ID, INVALID_CODE, PAD_ID, SEP_ID, KmerTokenizer, acgt_runs, sequence_to_raw
+from dnavec_jax.tokenization import CLS_ID, PAD_ID, SEP_ID, KmerTokenizer, non_dna_positions, sequence_to_raw
 
 MIN_LENGTH = 8  # shortest padded input: [CLS] + up to 6 k-mers + [SEP]
-
-# Letters of a DNA sequence: A/C/G/T are bases, N and the IUPAC ambiguity codes split contigs
-# (as in data prep), anything else is a mistake in the input.
-_DNA_LETTERS = np.zeros(256, dtype=bool)
-for _letter in "ACGTNRYKMSWBDHV":
-    _DNA_LETTERS[ord(_letter)] = _DNA_LETTERS[ord(_letter.lower())] = True
-_BASE_CODES = np.full(256, INVALID_CODE, dtype=np.uint8)
-for _code, _base in enumerate("ACGT"):
-    _BASE_CODES[ord(_base)] = _BASE_CODES[ord(_base.lower())] = _code
-
 
 # ---- loading -------------------------------------------------------------------
 
@@ -209,7 +200,7 @@ def _raw(sequence: str | bytes | np.ndarray) -> np.ndarray:
 def check_dna(sequence: str | bytes | np.ndarray, name: str = "sequence") -> np.ndarray:
     """Raw uint8 letters of a DNA sequence; DNAVecError naming `name` at the first non-DNA letter."""
     raw = _raw(sequence)
-    bad = np.flatnonzero(~_DNA_LETTERS[raw])
+    bad = non_dna_positions(raw)
     if bad.size:
         position = int(bad[0])
         letter = chr(raw[position]) if isinstance(sequence, (bytes, np.ndarray)) else sequence[position]
@@ -221,18 +212,11 @@ def check_dna(sequence: str | bytes | np.ndarray, name: str = "sequence") -> np.
 
 
 def tokenize_sequence(tokenizer: KmerTokenizer, sequence: str | bytes | np.ndarray,
-                      seed: int | np.random.SeedSequence | None, name: str = "sequence") -> list[Contig]:
+                      seed: int | np.random.SeedSequence | None, name: str = "sequence",
+                      k: int | None = None) -> list[Contig]:
     """Contigs of a DNA sequence and their token ids (see the module docstring)."""
-    codes = _BASE_CODES[check_dna(sequence, name)]
-    num = tokenizer.num_tokens(len(codes))
-    ks = tokenizer.sample_k(num, np.random.default_rng(seed))
-    contigs = []
-    for start, end in acgt_runs(codes):
-        start, end = int(start), int(end)
-        if tokenizer.num_tokens(end - start) == 0:
-            continue
-        contigs.append(Contig(start, tokenizer.encode_contig_codes(codes[start:end], ks[start:])))
-    return contigs
+    raw = check_dna(sequence, name)
+    return [Contig(start, ids) for start, ids in tokenizer.encode_sequence(raw, seed=seed, k=k)]
 
 
 def split_windows(contigs: Sequence[Contig], max_tokens: int) -> list[Window]:
@@ -251,8 +235,8 @@ def split_windows(contigs: Sequence[Contig], max_tokens: int) -> list[Window]:
 
 def sequence_windows(tokenizer: KmerTokenizer, sequence: str | bytes | np.ndarray,
                      seed: int | np.random.SeedSequence | None, max_tokens: int,
-                     name: str = "sequence") -> list[Window]:
-    return split_windows(tokenize_sequence(tokenizer, sequence, seed, name), max_tokens)
+                     name: str = "sequence", k: int | None = None) -> list[Window]:
+    return split_windows(tokenize_sequence(tokenizer, sequence, seed, name, k), max_tokens)
 
 
 def padded_length(num_tokens: int, window_length: int) -> int:

@@ -12,11 +12,15 @@ Vocabulary order (line number in vocab.txt = id):
   of a k-mer is 5 + (number of shorter k-mers in the vocabulary) + its code.
 
 This module imports nothing else of the project: data prep, training,
-embedding, analysis and export all tokenize through it.
+embedding, analysis and export all tokenize through it. Every Hugging Face
+export carries a verbatim copy (dnavec_kmers.py, see docs/export.md), which its
+tokenizer runs where DNAVec is not installed: keep it to numpy and the standard
+library.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -35,6 +39,29 @@ BASE_CODES = np.full(256, INVALID_CODE, dtype=np.uint8)
 for _code, _base in enumerate(BASES):
     BASE_CODES[ord(_base)] = _code
     BASE_CODES[ord(_base.lower())] = _code
+
+
+# Letters of a DNA sequence: A/C/G/T are bases, N and the IUPAC ambiguity codes split it into
+# contigs (as in data prep); any other character is a mistake in the input.
+DNA_LETTERS = np.zeros(256, dtype=bool)
+for _letter in BASES + "NRYKMSWBDHV":
+    DNA_LETTERS[ord(_letter)] = DNA_LETTERS[ord(_letter.lower())] = True
+
+
+def non_dna_positions(raw: np.ndarray) -> np.ndarray:
+    """Positions of the uint8 letters that are not A/C/G/T, N or an IUPAC code (any case)."""
+    return np.flatnonzero(~DNA_LETTERS[raw])
+
+
+def record_seed(seed: int, tokenization: int, raw: np.ndarray) -> np.random.SeedSequence:
+    """The seed of tokenization t of one sequence: np.random.SeedSequence([seed, t, SHA-256 words]).
+
+    The SHA-256 is of the sequence's own letters, upper-cased (raw: uint8 letters), so its tokens do
+    not depend on its name, its place in a file or the other sequences; equal sequences get equal tokens.
+    """
+    upper = np.where((raw >= ord("a")) & (raw <= ord("z")), raw - 32, raw).astype(np.uint8)
+    digest = hashlib.sha256(upper.tobytes()).digest()
+    return np.random.SeedSequence([int(seed), int(tokenization), *np.frombuffer(digest, dtype="<u4").tolist()])
 
 
 def validate_k_range(k_min: int, k_max: int) -> None:
@@ -225,6 +252,29 @@ class KmerTokenizer:
             num = max(0, len(codes) - k + 1)
             return self.encode_contig_codes(codes, ks)[:num]
         return self.encode_contig_codes(codes, self.sample_k(num, np.random.default_rng(seed)))
+
+    def encode_sequence(self, sequence: str | bytes | np.ndarray, seed=0, k: int | None = None
+                        ) -> list[tuple[int, np.ndarray]]:
+        """(start, ids) of every A/C/G/T run of a sequence that starts a token, in sequence order.
+
+        Any non-ACGT letter splits (lower case reads as upper case; check letters first with
+        non_dna_positions if some must be errors). Random k: one k per position of the whole
+        sequence from np.random.default_rng(seed) (an int or a SeedSequence), each token takes the
+        k of its start position, clipped at its run's end; so a sequence that is one run gets
+        encode(sequence, seed). Fixed k: each run gives encode(run, k=k).
+        """
+        codes = sequence_to_codes(sequence)
+        if k is not None and not self.k_min <= k <= self.k_max:
+            raise ValueError(f"fixed k={k} is outside the tokenizer's range {self.k_min}..{self.k_max}")
+        num = self.num_tokens(len(codes))
+        ks = np.full(num, k, dtype=np.int64) if k is not None else self.sample_k(num, np.random.default_rng(seed))
+        runs = []
+        for start, end in acgt_runs(codes):
+            start, end = int(start), int(end)
+            count = max(0, end - start - (k if k is not None else self.k_min) + 1)
+            if count:
+                runs.append((start, self.encode_contig_codes(codes[start:end], ks[start:])[:count]))
+        return runs
 
     def tokenize(self, sequence: str | bytes, seed: int | None = 0, k: int | None = None) -> list[str]:
         """k-mer strings of one contig (same tokens as encode)."""

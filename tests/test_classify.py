@@ -150,7 +150,7 @@ def test_windows_are_pooled_as_embed_pools_them(loaded, chr22_fasta):
     windows = classify._window_ids(loaded, sequences, names, seed=3, tokenization=0)
     assert [len(w) for w in windows] == [5, 4]  # 298 tokens: 5 windows; contigs of 98 and 68 tokens: 2 + 2
     ids, mask = classify._pack(windows, rows=4, windows=6, length=64)  # padded rows and window slots
-    reference = embedding.embed_sequences(loaded, sequences, seed=3)
+    reference = embedding.embed_sequences(loaded, sequences, seed=3, k="random")
     for pooling in classify.POOLINGS:
         model = classify.SequenceClassifier(loaded.config, 2, pooling)
         params = model.init(jax.random.key(0), jnp.asarray(ids), jnp.asarray(mask))["params"]

@@ -72,13 +72,17 @@ def test_record_vectors_do_not_depend_on_the_other_records(run_model, trained_wo
     # Lower case embeds as upper case (same tokens, same seed).
     upper = embedding.embed_sequences(run_model, [records["soft"].upper()])
     np.testing.assert_allclose(upper["cls"][0], everything["cls"][list(records).index("soft")], atol=1e-5)
+    for k in ("random", 4):
+        soft = [records["soft"], records["soft"].upper()]
+        both = embedding.embed_sequences(run_model, soft, k=k)
+        np.testing.assert_allclose(both["mean"][0], both["mean"][1], atol=1e-5)
 
 
-def _reference(loaded, sequence: str, seed: int, tokenization: int = 0):
+def _reference(loaded, sequence: str, seed: int, tokenization: int = 0, k: int | None = None):
     """Pooled vectors computed window by window, unpadded and unbatched, straight from the Flax model."""
     raw = np.frombuffer(sequence.encode(), np.uint8)
     windows = inference.sequence_windows(loaded.tokenizer, sequence,
-                                         embedding.record_seed(seed, tokenization, raw), loaded.max_tokens)
+                                         embedding.record_seed(seed, tokenization, raw), loaded.max_tokens, k=k)
     model = BertForMaskedLM(loaded.config)
     states = []
     for window in windows:
@@ -95,7 +99,7 @@ def test_a_long_record_is_windowed_and_pooled(run_model, records):
     windows, cls, tokens = _reference(run_model, sequence, seed=7)
     assert len(windows) == 9 and max(len(w.ids) for w in windows) <= 62 and len(tokens) == 498
     result = embedding.embed_sequences(run_model, [records["short"], sequence], seed=7, per_token=True,
-                                       batch_size=4)
+                                       batch_size=4, k="random")
     assert result["num_windows"].tolist() == [2, 9] and result["num_tokens"].tolist() == [98, 498]
     np.testing.assert_allclose(result["cls"][1], cls, atol=1e-5)
     np.testing.assert_allclose(result["mean"][1], tokens.mean(axis=0), atol=1e-5)
@@ -108,14 +112,29 @@ def test_a_long_record_is_windowed_and_pooled(run_model, records):
     np.testing.assert_allclose(result["mean"][0], result["token_vectors"][:98].mean(axis=0), atol=1e-5)
 
 
+def test_default_is_the_middle_fixed_k(run_model, records):
+    """k 3..4: the default is k=3 (middle, rounded down); every k-mer, no seed involved."""
+    assert embedding.default_k(run_model.tokenizer) == 3
+    sequences = [records["short"], records["long"]]
+    default = embedding.embed_sequences(run_model, sequences, seed=0, per_token=True)
+    windows, cls, tokens = _reference(run_model, records["long"], seed=0, k=3)
+    np.testing.assert_allclose(default["mean"][1], tokens.mean(axis=0), atol=1e-5)
+    np.testing.assert_allclose(default["cls"][1], cls, atol=1e-5)
+    np.testing.assert_array_equal(default["token_ids"][98:], np.concatenate([w.ids for w in windows]))
+    np.testing.assert_allclose(embedding.embed_sequences(run_model, sequences, seed=5)["mean"], default["mean"],
+                               atol=1e-5)
+    four = embedding.embed_sequences(run_model, sequences, k=4)
+    assert four["num_tokens"].tolist() == [97, 497] and np.abs(four["mean"] - default["mean"]).max() > 1e-3
+
+
 def test_seeds_and_several_tokenizations(run_model, records):
     sequences = [records["short"], records["long"]]
-    base = embedding.embed_sequences(run_model, sequences, seed=0)
-    again = embedding.embed_sequences(run_model, sequences, seed=0, batch_size=5)
+    base = embedding.embed_sequences(run_model, sequences, seed=0, k="random")
+    again = embedding.embed_sequences(run_model, sequences, seed=0, batch_size=5, k="random")
     np.testing.assert_allclose(base["cls"], again["cls"], atol=1e-5)
-    other = embedding.embed_sequences(run_model, sequences, seed=1)
+    other = embedding.embed_sequences(run_model, sequences, seed=1, k="random")
     assert np.abs(other["cls"] - base["cls"]).max() > 1e-3
-    two = embedding.embed_sequences(run_model, sequences, seed=0, num_tokenizations=2, per_token=True)
+    two = embedding.embed_sequences(run_model, sequences, seed=0, num_tokenizations=2, per_token=True, k=None)
     assert two["num_tokens"].tolist() == [98, 498] and two["num_windows"].tolist() == [2, 9]
     _, cls1, tokens1 = _reference(run_model, records["long"], seed=0, tokenization=1)
     _, cls0, tokens0 = _reference(run_model, records["long"], seed=0, tokenization=0)
@@ -137,8 +156,9 @@ def test_embed_cli_end_to_end_run_and_export(trained_workdir, trained_export, re
     assert _embed_cli(trained_export, gz, tmp_path / "export.npz", "--per_token", "--seed", "3") == 0
     run, export = np.load(tmp_path / "run.npz"), np.load(tmp_path / "export.npz")
     assert set(run.files) == {"ids", "lengths", "cls", "mean", "num_tokens", "num_windows", "token_vectors",
-                              "token_ids", "token_starts", "token_tokenization", "token_offsets", "model", "seed",
-                              "num_tokenizations", "max_tokens"}
+                              "token_ids", "token_starts", "token_tokenization", "token_offsets", "model", "k",
+                              "seed", "num_tokenizations", "max_tokens"}
+    assert int(run["k"]) == 3  # the default: the middle of k 3..4
     assert run["ids"].dtype.kind == "U" and list(run["ids"]) == ["short", "gapped", "soft", "long"]
     assert run["lengths"].tolist() == [len(s) for s in records.values()]
     assert run["cls"].shape == run["mean"].shape == (4, 32) and run["cls"].dtype == np.float32
@@ -163,6 +183,9 @@ def test_embed_cli_end_to_end_run_and_export(trained_workdir, trained_export, re
     ("no_kmer", "record 'tiny': no k-mer to embed"),
     ("bad_output", "must end in .npz"),
     ("bad_setting", "--num_tokenizations must be at least 1"),
+    ("fixed_k_draws", "--num_tokenizations 2 needs --k random"),
+    ("bad_k", "--k must be 'default', 'random' or an integer, got 'six'"),
+    ("k_range", "--k 9 is outside the model's k range 3..4"),
 ])
 def test_embed_errors(trained_export, tmp_path, capsys, case, message):
     fasta, output, extra = tmp_path / "in.fa", tmp_path / "out.npz", []
@@ -178,8 +201,8 @@ def test_embed_errors(trained_export, tmp_path, capsys, case, message):
         _write_fasta(fasta, {"ok": "ACGTACGTACGT"})
     if case == "bad_output":
         output = tmp_path / "out.txt"
-    if case == "bad_setting":
-        extra = ["--num_tokenizations", "0"]
+    extra = {"bad_setting": ["--num_tokenizations", "0"], "fixed_k_draws": ["--num_tokenizations", "2"],
+             "bad_k": ["--k", "six"], "k_range": ["--k", "9"]}.get(case, [])
     assert _embed_cli(trained_export, fasta if case != "missing" else tmp_path / "absent.fa", output, *extra) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: ") and message in error and error.count("\n") == 1, error

@@ -1,6 +1,7 @@
-"""Hugging Face export without torch: files, names and layouts, round trip, tokenizer.json, errors, CLI.
+"""Hugging Face export without torch: files, names and layouts, round trip, errors, CLI.
 
-The transformers/torch parity tests are in test_hf_export_torch.py (they import helpers from here).
+The transformers/torch parity tests are in test_hf_export_torch.py, the export's own tokenizer and
+sentence-transformers modules in test_hf_remote_code.py (both import helpers from here).
 """
 
 import gzip
@@ -87,7 +88,9 @@ def test_export_files_and_config(small_export):
     out, tokenizer, config, _ = small_export
     assert sorted(os.listdir(out)) == sorted([
         "config.json", "model.safetensors", "vocab.txt", "tokenizer.json", "tokenizer_config.json",
-        "special_tokens_map.json", "dnavec.json", "README.md"])
+        "special_tokens_map.json", "dnavec.json", "README.md", "dnavec_kmers.py", "tokenization_dnavec.py",
+        "sentence_dnavec.py", "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
+        "1_Pooling"])
     hf = json.loads((out / "config.json").read_text())
     assert hf["architectures"] == ["BertForMaskedLM"] and hf["model_type"] == "bert"
     assert (hf["vocab_size"], hf["hidden_size"], hf["num_hidden_layers"], hf["num_attention_heads"],
@@ -96,8 +99,14 @@ def test_export_files_and_config(small_export):
     assert hf["attention_probs_dropout_prob"] == 0.0 and hf["hidden_dropout_prob"] == 0.05
     assert hf["tie_word_embeddings"] is True
     tok_config = json.loads((out / "tokenizer_config.json").read_text())
-    assert tok_config["tokenizer_class"] == "BertTokenizer" and tok_config["do_lower_case"] is False
+    assert tok_config["tokenizer_class"] == "DNAVecTokenizer"
+    assert tok_config["auto_map"] == {"AutoTokenizer": ["tokenization_dnavec.DNAVecTokenizer", None]}
+    assert (tok_config["k_min"], tok_config["k_max"], tok_config["k_weights"]) == (3, 5, None)
     assert tok_config["model_max_length"] == 128
+    # The tokenizer module the export runs is this project's own, byte for byte.
+    assert (out / "dnavec_kmers.py").read_bytes() == (REPO / "dnavec_jax" / "tokenization.py").read_bytes()
+    assert json.loads((out / "1_Pooling" / "config.json").read_text()) == {"embedding_dimension": 64,
+                                                                          "first_kmer_id": 5}
     assert json.loads((out / "special_tokens_map.json").read_text())["mask_token"] == "[MASK]"
     assert (out / "vocab.txt").read_text().splitlines() == tokenizer.vocab
     info = json.loads((out / "dnavec.json").read_text())
@@ -105,7 +114,8 @@ def test_export_files_and_config(small_export):
     assert model_lib.BertConfig.from_dict(info["model"]) == config
     # Readable by others, like any file we write (safetensors itself writes 0600).
     mode = 0o666 & ~atomic_files.umask()
-    assert {oct(path.stat().st_mode & 0o777) for path in out.iterdir()} == {oct(mode)}
+    assert {oct(path.stat().st_mode & 0o777) for path in out.rglob("*") if path.is_file()} == {oct(mode)}
+    assert oct((out / "1_Pooling").stat().st_mode & 0o777) == oct(0o777 & ~atomic_files.umask())
 
 
 def test_safetensors_names_layouts_and_metadata(small_export):
@@ -150,40 +160,27 @@ def test_round_trip_flax_hf_flax_is_identical(small_export):
     assert hf_export.load_hf_pretrained(out, run_config).model_config is run_config
 
 
-def test_fast_tokenizer_gives_project_ids_on_chr22(small_export, chr22_fasta):
+def test_tokenizer_json_is_a_guard_with_the_instruction(small_export):
+    """No tokenizer that reads raw DNA as [UNK]: tools that read tokenizer.json get the instruction instead."""
     from tokenizers import Tokenizer
 
-    out, tokenizer, _, _ = small_export
-    fast = Tokenizer.from_file(str(out / "tokenizer.json"))
-    for index, window in enumerate(chr22_windows(chr22_fasta, [60, 125, 200])):
-        for seed, k in ((index, None), (None, None), (0, 3), (0, 5)):
-            if seed is None and k is None:
-                continue
-            text = hf_export.dna_to_kmer_text(window, tokenizer, seed=seed, k=k)
-            assert text == tokenizer.kmer_text(window, seed=seed, k=k)
-            expected = [2, *tokenizer.encode(window, seed=seed, k=k).tolist(), 3]
-            assert fast.encode(text).ids == expected
-    assert fast.encode("ACG [MASK] TTTT acg ACGTAC").ids == [2, 5 + 6, 4, 5 + 64 + 255, 1, 1, 3]
-    assert fast.encode("ACG", "TTT").type_ids == [0, 0, 0, 1, 1]
+    out, _, _, _ = small_export
+    with pytest.raises(Exception, match=r"Unknown tokenizer version 'not a tokenizer: .*trust_remote_code=True"):
+        Tokenizer.from_file(str(out / "tokenizer.json"))
 
 
-def test_model_card_and_its_fixed_k_snippet(small_export):
-    out, tokenizer, _, _ = small_export
+def test_model_card_states_what_users_need(small_export):
+    """The card's code runs in test_hf_remote_code.py; here its facts and that the template is filled in."""
+    out, _, _, _ = small_export
     card = (out / "README.md").read_text()
-    for needed in ("pipeline_tag: fill-mask", "training step 1234", "k 3..5", "seq_length", "BertForMaskedLM",
-                   "AutoTokenizer", "kmer_text", "1,349"):
+    for needed in ("license: apache-2.0", "pipeline_tag: feature-extraction", "training step 1234", "k 3..5",
+                   '"seq_length": 128', "trust_remote_code=True", "SentenceTransformer", "1,349 ids",
+                   "## Pooling", "## Intended use and limits", "Apache License 2.0", "126 k-mer tokens"):
         assert needed in card, needed
-    snippets = re.findall(r"```python\n(.*?)```", card, flags=re.S)
-    namespace = {}
-    exec(next(s for s in snippets if "dnavec_jax" not in s and "seq, k" in s), namespace)  # the pure-Python one
-    assert namespace["text"] == KmerTokenizer(3, 5).kmer_text(namespace["seq"], k=namespace["k"])
-    exec(next(s for s in snippets if "KmerTokenizer" in s), namespace)
-    assert namespace["text"] == tokenizer.kmer_text("GATCCCACGTTAGC", k=5)
+    assert "$" not in card, "a template field was left unfilled"
 
 
-def test_full_vocabulary_files(tmp_path, chr22_fasta):
-    from tokenizers import Tokenizer
-
+def test_full_vocabulary_files(tmp_path):
     tokenizer = KmerTokenizer(3, 8)
     config = model_lib.BertConfig(hidden_size=8, num_layers=1, num_heads=2, intermediate_size=16,
                                   max_position_embeddings=64)
@@ -192,12 +189,7 @@ def test_full_vocabulary_files(tmp_path, chr22_fasta):
     out = hf_export.export_to_hf(params, config, tokenizer, tmp_path / "full")
     assert json.loads((out / "config.json").read_text())["vocab_size"] == 87_365
     assert (out / "vocab.txt").read_text().splitlines() == tokenizer.vocab
-    fast = Tokenizer.from_file(str(out / "tokenizer.json"))
-    assert fast.get_vocab_size() == 87_365
-    window = chr22_windows(chr22_fasta, [62])[0]
-    for k in (None, 3, 8):
-        text = tokenizer.kmer_text(window, seed=7, k=k)
-        assert fast.encode(text).ids == [2, *tokenizer.encode(window, seed=7, k=k).tolist(), 3]
+    assert json.loads((out / "tokenizer_config.json").read_text())["k_max"] == 8
 
 
 # ---- bad input -----------------------------------------------------------------
@@ -451,10 +443,8 @@ def test_k_weights_are_recorded_and_restored(tmp_path):
     restored = hf_export.load_hf_pretrained(out).tokenizer
     sequence = "GATTACA" * 30
     assert restored.kmer_text(sequence, seed=3) == tokenizer.kmer_text(sequence, seed=3)
-    card = (out / "README.md").read_text()
-    namespace = {}
-    exec(next(s for s in re.findall(r"```python\n(.*?)```", card, flags=re.S) if "KmerTokenizer" in s), namespace)
-    assert namespace["kmers"].kmer_text(sequence, seed=3) == tokenizer.kmer_text(sequence, seed=3)
+    assert json.loads((out / "tokenizer_config.json").read_text())["k_weights"] == [0.25, 0.0, 0.75]
+    assert "probabilities [0.25, 0.0, 0.75]" in (out / "README.md").read_text()
     # Without dnavec.json the k range still comes from vocab.txt (weights are then unknown: uniform).
     (out / "dnavec.json").unlink()
     assert hf_export.kmer_tokenizer_from_export(out).vocab == tokenizer.vocab

@@ -1,8 +1,9 @@
 """Parity of the Hugging Face export with the Flax model, through transformers and torch (CPU, float32).
 
 On real chr22 windows: BertForMaskedLM logits, AutoModel hidden states and pooler
-output match model.BertForMaskedLM to 1e-4 max-abs; AutoTokenizer gives the
-project tokenizer's ids; loading reports nothing missing.
+output match model.BertForMaskedLM to 1e-4 max-abs; AutoTokenizer (the export's own, on k-mer
+text here; raw DNA in test_hf_remote_code.py) gives the project tokenizer's ids; loading reports
+nothing missing.
 """
 
 import jax.numpy as jnp
@@ -31,7 +32,8 @@ def load_all(out):
 
     mlm, mlm_info = BertForMaskedLM.from_pretrained(str(out), output_loading_info=True)
     base, base_info = AutoModel.from_pretrained(str(out), output_loading_info=True)
-    return mlm.eval(), mlm_info, base.eval(), base_info, AutoTokenizer.from_pretrained(str(out))
+    return (mlm.eval(), mlm_info, base.eval(), base_info,
+            AutoTokenizer.from_pretrained(str(out), trust_remote_code=True))
 
 
 def flax_outputs(config, params, ids, mask, segments):
@@ -49,7 +51,7 @@ def flax_outputs(config, params, ids, mask, segments):
 def check_parity(out, tokenizer, config, params, windows, seeds):
     """Tokenizes windows with AutoTokenizer, compares ids and model outputs; returns the max-abs gaps."""
     mlm, mlm_info, base, base_info, hf_tokenizer = load_all(out)
-    texts = [hf_export.dna_to_kmer_text(window, tokenizer, seed=seed) for window, seed in zip(windows, seeds)]
+    texts = [tokenizer.kmer_text(window, seed=seed) for window, seed in zip(windows, seeds)]
     batch = hf_tokenizer(texts, return_tensors="pt", padding=True)
     ids, mask = batch["input_ids"].numpy(), batch["attention_mask"].numpy()
     for row, (window, seed) in enumerate(zip(windows, seeds)):
