@@ -87,6 +87,10 @@ def get_config() -> ml_collections.ConfigDict:
         adam_b2=0.999,
         adam_eps=1e-6,
         grad_clip_norm=1.0,  # global norm; 0 disables
+        # "vocabulary": cross-entropy over the whole vocabulary (the paper's); "length_aware": over the
+        # k-mers of the target's length, so the k hidden at a [MASK] is not part of the loss
+        # (docs/training.md, "What the objective allows").
+        mlm_objective="vocabulary",
         fsdp=False,  # True: parameters and optimizer state sharded over all devices
         seed=0,  # parameters, dropout and data order
         log_every_steps=100,

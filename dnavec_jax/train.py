@@ -39,7 +39,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from dnavec_jax import checkpointing, input_pipeline, sharding
+from dnavec_jax import checkpointing, input_pipeline, objective, sharding, structure
 from dnavec_jax.errors import DNAVecError
 from dnavec_jax.model import BertConfig, BertForMaskedLM, flops_per_token, init_params
 from dnavec_jax.tokenization import KmerTokenizer
@@ -80,6 +80,7 @@ def check_train_settings(config) -> None:
                           f"train.grad_accum_steps ({t.grad_accum_steps})")
     if config.data.source not in SOURCES:
         raise DNAVecError(f"data.source must be one of {', '.join(SOURCES)}, got {config.data.source!r}")
+    objective.check_objective(t.get("mlm_objective", "vocabulary"))
 
 
 def check_devices(config, num_devices: int) -> None:
@@ -255,17 +256,9 @@ def state_shardings(abstract_state: TrainState, mesh) -> TrainState:
 # ---- loss and steps -------------------------------------------------------------
 
 def mlm_sums(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> dict[str, jax.Array]:
-    """Sums over all masked slots: loss_sum, correct and weight (see the module docstring)."""
-    weights = weights.astype(jnp.float32)
-    real = weights > 0
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
-    hits = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
-    return {
-        # where(): padding slots contribute exactly 0 even if their logits were not finite.
-        "loss_sum": jnp.sum(jnp.where(real, ce * weights, 0.0)),
-        "correct": jnp.sum(jnp.where(real, hits * weights, 0.0)),
-        "weight": jnp.sum(weights),
-    }
+    """Sums over all masked slots: loss_sum, correct and weight (see the module docstring); the paper's
+    objective (objective.mlm_sums; objective.sums_fns gives the configured one)."""
+    return objective.mlm_sums(logits, labels, weights)
 
 
 def _apply(model: BertForMaskedLM, params, batch, deterministic: bool, rng=None):
@@ -276,7 +269,7 @@ def _apply(model: BertForMaskedLM, params, batch, deterministic: bool, rng=None)
     )["mlm_logits"]
 
 
-def loss_and_grads(model: BertForMaskedLM, params, batch, rng) -> tuple[Any, dict[str, jax.Array]]:
+def loss_and_grads(model: BertForMaskedLM, params, batch, rng, sums_fn=mlm_sums) -> tuple[Any, dict[str, jax.Array]]:
     """Gradients of the globally normalised MLM loss over a (microbatches, examples, ...) batch.
 
     Each microbatch's summed CE is differentiated and accumulated (lax.scan),
@@ -286,7 +279,7 @@ def loss_and_grads(model: BertForMaskedLM, params, batch, rng) -> tuple[Any, dic
     def micro_grads(micro, index):
         def loss_fn(p):
             logits = _apply(model, p, micro, deterministic=False, rng=jax.random.fold_in(rng, index))
-            sums = mlm_sums(logits, micro["masked_lm_ids"], micro["masked_lm_weights"])
+            sums = sums_fn(logits, micro["masked_lm_ids"], micro["masked_lm_weights"])
             return sums["loss_sum"], sums
         return jax.grad(loss_fn, has_aux=True)(params)
 
@@ -306,10 +299,11 @@ def loss_and_grads(model: BertForMaskedLM, params, batch, rng) -> tuple[Any, dic
     return grads, sums
 
 
-def make_train_step(model: BertForMaskedLM, tx: optax.GradientTransformation, schedule: optax.Schedule):
+def make_train_step(model: BertForMaskedLM, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    sums_fn=mlm_sums):
     def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-        grads, sums = loss_and_grads(model, state.params, batch, rng)
+        grads, sums = loss_and_grads(model, state.params, batch, rng, sums_fn)
         grad_norm = optax.global_norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -325,10 +319,10 @@ def make_train_step(model: BertForMaskedLM, tx: optax.GradientTransformation, sc
     return train_step
 
 
-def make_eval_step(model: BertForMaskedLM):
+def make_eval_step(model: BertForMaskedLM, sums_fn=mlm_sums):
     def eval_step(params, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
         logits = _apply(model, params, batch, deterministic=True)
-        sums = mlm_sums(logits, batch["masked_lm_ids"], batch["masked_lm_weights"])
+        sums = sums_fn(logits, batch["masked_lm_ids"], batch["masked_lm_weights"])
         sums["examples"] = jnp.sum(jnp.max(batch["input_mask"], axis=-1) > 0).astype(jnp.float32)
         return sums
 
@@ -481,12 +475,15 @@ def evaluate(eval_step, params, batches, batch_sharding, global_batch: int) -> d
     for batch in batches:
         arrays = sharding.global_batch(batch, batch_sharding, global_batch, example_axis=0)
         sums.append(eval_step(params, arrays))
-    totals = {name: math.fsum(float(s[name]) for s in jax.device_get(sums)) for name in
-              ("loss_sum", "correct", "weight", "examples")}
+    fetched = jax.device_get(sums)
+    totals = {name: math.fsum(float(s[name]) for s in fetched) for name in fetched[0]}
     loss = totals["loss_sum"] / max(totals["weight"], 1.0)
-    return {"loss": loss, "accuracy": totals["correct"] / max(totals["weight"], 1.0),
-            "perplexity": math.exp(min(loss, 700.0)), "masked_tokens": totals["weight"],
-            "examples": totals["examples"]}
+    row = {"loss": loss, "accuracy": totals["correct"] / max(totals["weight"], 1.0),
+           "perplexity": math.exp(min(loss, 700.0)), "masked_tokens": totals["weight"],
+           "examples": totals["examples"]}
+    if "correct_given_k" in totals:  # objective.eval_sums: the figures given the true k
+        row.update(objective.given_k_columns(totals))
+    return row
 
 
 # ---- preemption ---------------------------------------------------------------------
@@ -605,6 +602,12 @@ def _train(config, workdir: Path, model_config: BertConfig, is_main: bool, preem
         checkpointing.check_config_compatible(saved_config, config_dict, str(workdir))
 
     model = BertForMaskedLM(model_config)
+    # ---- issue 17: the configured objective, its ceiling and the copy probe (dnavec_jax/objective.py) ----
+    prep_used = config_dict["data"]["prep"]
+    tokenizer = KmerTokenizer(int(prep_used["k_min"]), int(prep_used["k_max"]), prep_used.get("k_weights"))
+    mlm_objective = objective.check_objective(t.get("mlm_objective", "vocabulary"))
+    train_sums, eval_sums = objective.sums_fns(mlm_objective, tokenizer)
+    # ---- end issue 17 ----
     tx, schedule = make_optimizer(t)
     init_fn = make_init_fn(model_config, tx, int(t.seed))
     abstract_state = jax.eval_shape(init_fn)
@@ -644,7 +647,7 @@ def _train(config, workdir: Path, model_config: BertConfig, is_main: bool, preem
                      start_position)
 
     # -- compile ahead of time --
-    train_step = jax.jit(make_train_step(model, tx, schedule), in_shardings=(state_sh, train_batch_sh),
+    train_step = jax.jit(make_train_step(model, tx, schedule, train_sums), in_shardings=(state_sh, train_batch_sh),
                          out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
     train_step = train_step.lower(abstract_state, abstract_batch((accum, global_micro), data.seq_length,
                                                                  data.max_predictions, train_batch_sh)).compile()
@@ -652,7 +655,7 @@ def _train(config, workdir: Path, model_config: BertConfig, is_main: bool, preem
     global_eval = int(t.eval_batch_size)
     eval_step = None
     if data.num_validation_examples > 0:
-        eval_step = jax.jit(make_eval_step(model), in_shardings=(state_sh.params, eval_batch_sh),
+        eval_step = jax.jit(make_eval_step(model, eval_sums), in_shardings=(state_sh.params, eval_batch_sh),
                             out_shardings=sharding.replicated(mesh))
         eval_step = eval_step.lower(abstract_state.params, abstract_batch((global_eval,), data.seq_length,
                                                                          data.max_predictions, eval_batch_sh)).compile()
@@ -725,6 +728,12 @@ def _train(config, workdir: Path, model_config: BertConfig, is_main: bool, preem
             return
         started = time.perf_counter()
         last_eval = evaluate(eval_step, state.params, eval_batches(), eval_batch_sh, global_eval)
+        # ---- issue 17: what the objective allows, and the copy probe on the same split ----
+        probe = evaluate(eval_step, state.params, structure.copy_probe_batches(eval_batches(), tokenizer,
+                                                                               data.max_predictions),
+                         eval_batch_sh, global_eval)
+        last_eval.update(objective.eval_columns(tokenizer, mlm_objective, probe))
+        # ---- end issue 17 ----
         last_eval["eval_time_s"] = time.perf_counter() - started
         writer.write(at_step, "eval", last_eval)
         logging.info("eval at step %d: loss %.4f, accuracy %.4f over %d masked tokens", at_step,
