@@ -35,6 +35,11 @@ def get_config() -> ml_collections.ConfigDict:
         dtype="bfloat16",
         attention_implementation=config_dict.placeholder(str),  # None: XLA picks; "cudnn": flash attention
         remat=False,
+        # Initial tables (docs/training.md, "The demo recipe"): "normal" is BERT's N(0, initializer_range);
+        # position_init "sinusoidal": a fixed offset is a rotation; word_init "bases": a k-mer's row starts as
+        # the sum of one vector per (offset, base). Both train freely and export as plain tables.
+        position_init="normal",
+        word_init="normal",
     ))
 
     # ---- data ----

@@ -31,11 +31,16 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+# Only the vocabulary layout, for word_init="bases"; the model still knows nothing of data.
+from dnavec_jax.tokenization import KmerTokenizer, k_range_of_vocab_size
+
 
 # Opt-in attention probabilities: apply the model with mutable=[ATTENTION_COLLECTION] (see
 # apply_with_attention) and each layer computes its attention explicitly and sows the probabilities.
 # Parameters and the default path (jax.nn.dot_product_attention) are unchanged.
 ATTENTION_COLLECTION = "attention"
+POSITION_INITS = ("normal", "sinusoidal")
+WORD_INITS = ("normal", "bases")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +58,15 @@ class BertConfig:
     dtype: str = "float32"  # compute dtype
     attention_implementation: str | None = None  # None: XLA picks; "cudnn": flash attention on GPU
     remat: bool = False  # recompute each layer's activations in the backward pass
+    # Initial position table: "normal" (BERT's N(0, initializer_range)) or "sinusoidal" (Vaswani et al.'s
+    # table scaled to the same size: a fixed offset is then a rotation, so attending to the k-mers a few
+    # positions away is easy to learn; docs/training.md). Only the start: the table is trained either way.
+    position_init: str = "normal"
+    # Initial word table: "normal" (BERT's) or "bases": a k-mer's row starts as the sum of one vector per
+    # (offset in the k-mer, base), so k-mers that share bases start close and a model can read bases off
+    # its inputs and outputs from step 0 (docs/training.md). A plain table all the same: it is trained
+    # freely and exports as one. Needs a k-mer vocabulary size (tokenization.k_range_of_vocab_size).
+    word_init: str = "normal"
 
     def __post_init__(self):
         validate_model_config(self)
@@ -86,8 +100,57 @@ def validate_model_config(config: BertConfig) -> None:
         )
     if not 0.0 <= config.hidden_dropout_rate < 1.0:
         raise ValueError(f"model.hidden_dropout_rate must lie in [0, 1), got {config.hidden_dropout_rate}")
+    if config.position_init not in POSITION_INITS:
+        raise ValueError(f"model.position_init must be one of {', '.join(POSITION_INITS)}, "
+                         f"got {config.position_init!r}")
+    if config.word_init not in WORD_INITS:
+        raise ValueError(f"model.word_init must be one of {', '.join(WORD_INITS)}, got {config.word_init!r}")
+    if config.word_init == "bases" and k_range_of_vocab_size(config.vocab_size) is None:
+        raise ValueError(f"model.word_init 'bases' needs a k-mer vocabulary; vocab_size {config.vocab_size} is "
+                         "not 5 special tokens + all k-mers of a k range")
     if config.dtype not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {config.dtype!r}")
+
+
+def sinusoidal_init(scale: float):
+    """Initializer of a (positions, hidden) table: sin/cos of position / 10000^(2i/hidden) (Vaswani et al.),
+    times scale * sqrt(2), so each entry has the root mean square of N(0, scale)."""
+    def init(key, shape, dtype=jnp.float32):
+        del key
+        positions, hidden = shape
+        angle = jnp.arange(positions)[:, None] / 10000.0 ** (jnp.arange(0, hidden, 2)[None, :] / hidden)
+        table = jnp.zeros(shape).at[:, 0::2].set(jnp.sin(angle)).at[:, 1::2].set(jnp.cos(angle[:, : hidden // 2]))
+        return (table * scale * 2**0.5).astype(dtype)
+
+    return init
+
+
+def kmer_bases_init(scale: float):
+    """Initializer of a (vocab, hidden) k-mer table: row of k-mer c = sum_i B[i, c_i] / sqrt(k) + F[c] / 2,
+    with B (k_max, 4, hidden) and F ~ N(0, scale): B[i, b] stands for base b at offset i of the k-mer.
+    Special tokens get N(0, scale) rows."""
+    def init(key, shape, dtype=jnp.float32):
+        import numpy as np
+
+        vocab, hidden = shape
+        tokenizer = KmerTokenizer(*k_range_of_vocab_size(vocab))
+        lengths = tokenizer.kmer_lengths()
+        base_of = np.zeros((vocab, tokenizer.k_max), np.int32)  # (static) base code at each offset
+        for k in range(tokenizer.k_min, tokenizer.k_max + 1):
+            codes = np.arange(4**k)
+            for i in range(k):
+                base_of[tokenizer.kmer_offset(k) + codes, i] = (codes >> (2 * (k - 1 - i))) & 3
+        in_kmer = np.arange(tokenizer.k_max)[None, :] < lengths[:, None]
+        key_bases, key_free = jax.random.split(key)
+        bases = jax.random.normal(key_bases, (tokenizer.k_max, 4, hidden)) * scale
+        composed = jnp.zeros(shape)
+        for i in range(tokenizer.k_max):
+            composed += jnp.where(in_kmer[:, i:i + 1], bases[i][base_of[:, i]], 0.0)
+        composed = composed / np.sqrt(np.maximum(lengths, 1))[:, None]
+        free = jax.random.normal(key_free, shape) * scale * np.where(lengths > 0, 0.5, 1.0)[:, None]
+        return (composed + free).astype(dtype)
+
+    return init
 
 
 def gelu(x):
@@ -116,9 +179,11 @@ class BertEmbeddings(nn.Module):
     def __call__(self, input_ids, segment_ids, deterministic: bool):
         cfg = self.config
         init = nn.initializers.normal(cfg.initializer_range)
-        word = nn.Embed(cfg.vocab_size, cfg.hidden_size, embedding_init=init, param_dtype=jnp.float32,
+        word_init = kmer_bases_init(cfg.initializer_range) if cfg.word_init == "bases" else init
+        word = nn.Embed(cfg.vocab_size, cfg.hidden_size, embedding_init=word_init, param_dtype=jnp.float32,
                         dtype=cfg.dtype, name="word_embeddings")
-        position = nn.Embed(cfg.max_position_embeddings, cfg.hidden_size, embedding_init=init,
+        position_init = sinusoidal_init(cfg.initializer_range) if cfg.position_init == "sinusoidal" else init
+        position = nn.Embed(cfg.max_position_embeddings, cfg.hidden_size, embedding_init=position_init,
                             param_dtype=jnp.float32, dtype=cfg.dtype, name="position_embeddings")
         token_type = nn.Embed(cfg.type_vocab_size, cfg.hidden_size, embedding_init=init,
                               param_dtype=jnp.float32, dtype=cfg.dtype, name="token_type_embeddings")
