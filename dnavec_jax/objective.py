@@ -33,23 +33,41 @@ def check_objective(objective: str) -> str:
 
 # ---- the loss -----------------------------------------------------------------------
 
-def restrict_to_label_length(logits, labels, length_of):
-    """logits with every id whose length differs from the label's set to -inf.
+def length_ranges(length_of) -> list[tuple[int, int]]:
+    """[start, stop) of the ids of each k-mer length, shortest first: the vocabulary keeps each length
+    contiguous (tokenization.py). length_of: numpy (vocab,) k per id, 0 for special tokens."""
+    length_of = np.asarray(length_of)
+    ranges = []
+    for k in np.unique(length_of[length_of > 0]):
+        ids = np.flatnonzero(length_of == k)
+        if ids[-1] - ids[0] + 1 != len(ids):
+            raise ValueError(f"the ids of length {k} are not contiguous")
+        ranges.append((int(ids[0]), int(ids[-1]) + 1))
+    return ranges
 
-    length_of: (vocab,) k of each id (0 for special tokens), KmerTokenizer.kmer_lengths().
-    """
+
+def _within_label_length(logits, labels, length_of):
+    """(cross-entropy, argmax id) over the ids of each label's length: a log-sum-exp and an argmax per
+    length range, then the label's, so no vocabulary-sized mask is built."""
     import jax.numpy as jnp
+    from jax.scipy.special import logsumexp
 
-    length_of = jnp.asarray(length_of)
-    same = length_of[labels][..., None] == length_of
-    return jnp.where(same, logits, -jnp.inf)
+    ranges = length_ranges(length_of)
+    log_z = jnp.stack([logsumexp(logits[..., a:b], axis=-1) for a, b in ranges], axis=-1)
+    best = jnp.stack([jnp.argmax(logits[..., a:b], axis=-1) + a for a, b in ranges], axis=-1)
+    k_min = int(np.asarray(length_of)[ranges[0][0]])
+    # Padding slots (label [PAD], length 0) read the shortest range; their weight is 0.
+    which = jnp.clip(jnp.asarray(length_of)[labels] - k_min, 0, len(ranges) - 1)[..., None]
+    label_logit = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+    ce = jnp.take_along_axis(log_z, which, axis=-1)[..., 0] - label_logit
+    return ce, jnp.take_along_axis(best, which, axis=-1)[..., 0]
 
 
 def mlm_sums(logits, labels, weights, length_of=None) -> dict:
     """loss_sum, correct and weight over the masked slots (weights = masked_lm_weights).
 
     length_of None: the paper's objective, softmax and argmax over the whole vocabulary.
-    length_of given: softmax and argmax over the ids of the label's length only.
+    length_of (numpy, k per id) given: softmax and argmax over the ids of the label's length only.
     Argmax ties go to the lowest id (as numpy/torch argmax).
     """
     import jax.numpy as jnp
@@ -58,10 +76,12 @@ def mlm_sums(logits, labels, weights, length_of=None) -> dict:
     weights = weights.astype(jnp.float32)
     real = weights > 0
     logits = logits.astype(jnp.float32)
-    if length_of is not None:
-        logits = restrict_to_label_length(logits, labels, length_of)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    hits = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+    if length_of is None:
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        predicted = jnp.argmax(logits, axis=-1)
+    else:
+        ce, predicted = _within_label_length(logits, labels, length_of)
+    hits = (predicted == labels).astype(jnp.float32)
     return {
         # where(): padding slots contribute exactly 0 even if their logits were not finite.
         "loss_sum": jnp.sum(jnp.where(real, ce * weights, 0.0)),

@@ -110,6 +110,7 @@ def _reference_length_aware(logits, labels, weights, length_of):
 def test_length_aware_loss_equals_a_reference_and_has_finite_gradients():
     tokenizer = KmerTokenizer(2, 3)
     length_of = tokenizer.kmer_lengths()
+    assert objective.length_ranges(length_of) == [(5, 21), (21, 85)]
     rng = np.random.default_rng(1)
     logits = rng.normal(size=(3, 4, tokenizer.vocab_size)).astype(np.float32) * 3
     labels = rng.integers(NUM_SPECIAL, tokenizer.vocab_size, size=(3, 4))
