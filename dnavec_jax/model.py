@@ -14,15 +14,19 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 
 from dnavec_jax.fields import setting
+from dnavec_jax.tokenization import KmerTokenizer, k_range_of_vocab_size
 
 # Opt-in attention probabilities: apply the model with mutable=[ATTENTION_COLLECTION] (see
 # apply_with_attention) and each layer computes its attention explicitly and sows the probabilities.
 # Parameters and the default path (jax.nn.dot_product_attention) are unchanged.
 ATTENTION_COLLECTION = "attention"
 ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
+POSITION_INITS = ("normal", "sinusoidal")
+WORD_INITS = ("normal", "bases")
 # The word-embedding table and MLM bias have padded_vocab_size rows: matmul dimensions that are
 # multiples of 128 tile the GPU/TPU matrix units exactly and let FSDP split the vocabulary axis.
 VOCAB_PAD_MULTIPLE = 128
@@ -50,6 +54,14 @@ class BertConfig:
                                                     "bf16/fp16), else XLA; xla or cudnn force one",
                                             choices=ATTENTION_IMPLEMENTATIONS)
     remat: bool = setting(False, "recompute each layer's activations in the backward pass")
+    position_init: str = setting("normal", "initial position table: normal (BERT's N(0, initializer_range)) or "
+                                           "sinusoidal (a fixed offset is a rotation, so attending to the k-mers a "
+                                           "few positions away is easy to learn); only the start, trained either way",
+                                 choices=POSITION_INITS)
+    word_init: str = setting("normal", "initial word table: normal (BERT's) or bases (a k-mer's row starts as the sum "
+                                       "of one vector per (offset, base), so k-mers that share bases start close); "
+                                       "a plain table all the same, trained freely and exported as one",
+                             choices=WORD_INITS)
 
     def __post_init__(self):
         validate_model_config(self)
@@ -92,6 +104,12 @@ def validate_model_config(config: BertConfig) -> None:
         raise ValueError(f"model.hidden_dropout_rate must lie in [0, 1), got {config.hidden_dropout_rate}")
     if config.dtype not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {config.dtype!r}")
+    for name, allowed in (("position_init", POSITION_INITS), ("word_init", WORD_INITS)):
+        if getattr(config, name) not in allowed:
+            raise ValueError(f"model.{name} must be one of {', '.join(allowed)}, got {getattr(config, name)!r}")
+    if config.word_init == "bases" and k_range_of_vocab_size(config.vocab_size) is None:
+        raise ValueError(f"model.word_init 'bases' needs a k-mer vocabulary; vocab_size {config.vocab_size} is "
+                         "not 5 special tokens + all k-mers of a k range")
     if config.attention_implementation not in ATTENTION_IMPLEMENTATIONS:
         raise ValueError(f"model.attention_implementation must be one of {', '.join(ATTENTION_IMPLEMENTATIONS)}, "
                          f"got {config.attention_implementation!r}")
@@ -109,6 +127,46 @@ def attention_implementation(config: BertConfig) -> str:
     if on_nvidia and config.dtype != "float32" and config.head_dim % 8 == 0 and config.head_dim <= 128:
         return "cudnn"
     return "xla"
+
+
+def sinusoidal_init(scale: float):
+    """Initializer of a (positions, hidden) table: sin/cos of position / 10000^(2i/hidden) (Vaswani et al.),
+    times scale * sqrt(2), so each entry has the root mean square of N(0, scale)."""
+    def init(key, shape, dtype=jnp.float32):
+        del key
+        positions, hidden = shape
+        angle = jnp.arange(positions)[:, None] / 10000.0 ** (jnp.arange(0, hidden, 2)[None, :] / hidden)
+        table = jnp.zeros(shape).at[:, 0::2].set(jnp.sin(angle)).at[:, 1::2].set(jnp.cos(angle[:, : hidden // 2]))
+        return (table * scale * 2**0.5).astype(dtype)
+
+    return init
+
+
+def kmer_bases_init(scale: float, vocab_size: int):
+    """Initializer of a (rows, hidden) k-mer table, rows >= vocab_size: row of k-mer c = sum_i B[i, c_i] /
+    sqrt(k) + F[c] / 2, with B (k_max, 4, hidden) and F ~ N(0, scale): B[i, b] stands for base b at offset i.
+    Special tokens get N(0, scale) rows; rows from vocab_size on (the padding) are returned as drawn."""
+    def init(key, shape, dtype=jnp.float32):
+        rows, hidden = shape
+        tokenizer = KmerTokenizer(*k_range_of_vocab_size(vocab_size))
+        lengths = np.zeros(rows, np.int64)
+        lengths[:vocab_size] = tokenizer.kmer_lengths()
+        base_of = np.zeros((rows, tokenizer.k_max), np.int32)  # (static) base code at each offset
+        for k in range(tokenizer.k_min, tokenizer.k_max + 1):
+            codes = np.arange(4**k)
+            for i in range(k):
+                base_of[tokenizer.kmer_offset(k) + codes, i] = (codes >> (2 * (k - 1 - i))) & 3
+        in_kmer = np.arange(tokenizer.k_max)[None, :] < lengths[:, None]
+        key_bases, key_free = jax.random.split(key)
+        bases = jax.random.normal(key_bases, (tokenizer.k_max, 4, hidden)) * scale
+        composed = jnp.zeros(shape)
+        for i in range(tokenizer.k_max):
+            composed += jnp.where(in_kmer[:, i:i + 1], bases[i][base_of[:, i]], 0.0)
+        composed = composed / np.sqrt(np.maximum(lengths, 1))[:, None]
+        free = jax.random.normal(key_free, shape) * scale * np.where(lengths > 0, 0.5, 1.0)[:, None]
+        return (composed + free).astype(dtype)
+
+    return init
 
 
 def gelu(x):
@@ -141,11 +199,12 @@ class EmbeddingTable(nn.Module):
     features: int
     initializer_range: float
     used_rows: int | None = None
+    start: Any = None  # an initializer (key, shape, dtype) -> table; None: N(0, initializer_range)
 
     @nn.compact
     def __call__(self) -> jax.Array:
         def init(key, shape, dtype):
-            table = nn.initializers.normal(self.initializer_range)(key, shape, dtype)
+            table = (self.start or nn.initializers.normal(self.initializer_range))(key, shape, dtype)
             if self.used_rows is not None:
                 table = jnp.where(jnp.arange(shape[0])[:, None] < self.used_rows, table, 0)
             return table
@@ -158,10 +217,12 @@ class BertEmbeddings(nn.Module):
 
     def setup(self):
         cfg = self.config
+        word_start = kmer_bases_init(cfg.initializer_range, cfg.vocab_size) if cfg.word_init == "bases" else None
+        position_start = sinusoidal_init(cfg.initializer_range) if cfg.position_init == "sinusoidal" else None
         self.word_embeddings = EmbeddingTable(cfg.padded_vocab_size, cfg.hidden_size, cfg.initializer_range,
-                                              used_rows=cfg.vocab_size)
+                                              used_rows=cfg.vocab_size, start=word_start)
         self.position_embeddings = EmbeddingTable(cfg.max_position_embeddings, cfg.hidden_size,
-                                                  cfg.initializer_range)
+                                                  cfg.initializer_range, start=position_start)
         self.token_type_embeddings = EmbeddingTable(cfg.type_vocab_size, cfg.hidden_size, cfg.initializer_range)
         self.LayerNorm = _layer_norm(cfg)
         self.dropout = nn.Dropout(cfg.hidden_dropout_rate)

@@ -72,6 +72,19 @@ def validate_k_range(k_min: int, k_max: int) -> None:
         raise ValueError(f"k_min ({k_min}) must not exceed k_max ({k_max})")
 
 
+def k_range_of_vocab_size(vocab_size: int) -> tuple[int, int] | None:
+    """(k_min, k_max) of the k-mer vocabulary with this many ids, None if no k range gives it.
+
+    Unique: the number of k-mer ids, sum of 4**k for k in k_min..k_max, has base-4 digits
+    1 exactly at k_min..k_max.
+    """
+    for k_min in range(1, MAX_K + 1):
+        for k_max in range(k_min, MAX_K + 1):
+            if NUM_SPECIAL + sum(4**k for k in range(k_min, k_max + 1)) == vocab_size:
+                return k_min, k_max
+    return None
+
+
 def sequence_to_codes(sequence: str | bytes | np.ndarray) -> np.ndarray:
     """Maps a DNA string (any case) to uint8 base codes; non-ACGT become INVALID_CODE."""
     if isinstance(sequence, np.ndarray):

@@ -1,4 +1,5 @@
-"""The demo recipe learns: configs/demo.py on the embedded chr22 corpus beats the unigram baseline.
+"""The demo recipe learns: configs/demo.py on the embedded chr22 corpus beats the unigram baseline and
+starts to show the overlap structure on held-out DNA.
 
 Shortened to 300 steps (the full 1,000-step demo and its figures are in
 docs/training.md); preparation of the demo dataset is part of the run.
@@ -12,6 +13,8 @@ import json
 import pytest
 from conftest import REPO, load_config_file
 
+from dnavec_jax import inference, structure
+from dnavec_jax.data import PrepSettings
 from dnavec_jax.training import loop
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("compile_cache")]
@@ -19,6 +22,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("compile_cache")]
 # The validation loss must end at least this far (nats per masked token) below the
 # cross-entropy of a unigram model fitted on the training split's masked tokens.
 MARGIN_NATS = 0.1
+# The structure at 300 steps, held-out: measured 3.37x and 0.035 (the initial model: 1.00x and 0.004).
+ATTENTION_300 = 2.0
+COPY_GIVEN_K_300 = 0.015
 
 
 def unigram_baseline(data_dir):
@@ -42,3 +48,15 @@ def test_demo_loss_falls_below_the_unigram_baseline(tmp_path):
     assert first_train["loss"] > baseline["cross_entropy_validation_given_train"]  # it starts above it
     assert final_eval["loss"] < baseline["cross_entropy_validation_given_train"] - MARGIN_NATS, (final_eval, baseline)
     assert final_eval["accuracy"] > 3 * baseline["majority_accuracy_validation"]
+    # Every eval row reads its figures against what the objective allows (k 3..6: 32.5%, 1.248 nats).
+    assert final_eval["accuracy_ceiling"] == pytest.approx(0.325)
+    assert final_eval["loss_floor"] == pytest.approx(1.2481, abs=1e-3)
+    assert final_eval["accuracy"] < final_eval["accuracy_ceiling"] and final_eval["loss"] > final_eval["loss_floor"]
+
+    # The structure already moves above chance at 300 steps (the 1,000-step targets are in docs/training.md).
+    loaded = inference.load_model(tmp_path / "run")
+    settings = PrepSettings.from_dict(config.data.prep.to_dict())
+    report = structure.structure_report(loaded.config, loaded.params, loaded.tokenizer,
+                                        structure.validation_examples(settings), settings.max_predictions).summary()
+    assert report["attention_max_ratio"] > ATTENTION_300, report
+    assert report["copy_accuracy_given_k"] > COPY_GIVEN_K_300, report

@@ -110,6 +110,7 @@ def no_compiling(monkeypatch):
     ({"train.schedule": "step"}, r"train.schedule must be one of linear, cosine, constant"),
     ({"data.source": "tfrecord", "data.data_dir": ""}, r"set --config.data.data_dir.*prepare"),
     ({"data.source": "tfrecord", "data.data_dir": "/nonexistent/x"}, r"x: does not exist; prepare it with"),
+    ({"train.mlm_objective": "paper"}, r"train.mlm_objective must be one of vocabulary, length_aware"),
     ({"train.prng_impl": "philox"}, r"train.prng_impl must be one of threefry, rbg, unsafe_rbg, got 'philox'"),
     ({"train.checkpoint_every_steps": -1}, r"checkpoint_every_steps must be >= 0 \(0: no checkpoints"),
     ({"model.attention_implementation": "cudnn"}, r"'cudnn' needs model.dtype bfloat16 or float16"),

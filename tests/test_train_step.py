@@ -12,7 +12,7 @@ import pytest
 from conftest import jaxpr_equations, load_config_file
 
 from dnavec_jax.model import BertForMaskedLM
-from dnavec_jax.training import batches, metrics, optim, settings, sharding, steps
+from dnavec_jax.training import batches, metrics, objective, optim, settings, sharding, steps
 
 pytestmark = pytest.mark.usefixtures("compile_cache")
 
@@ -144,12 +144,12 @@ def test_mlm_sums_ignore_padding_slots_and_break_ties_to_the_lowest_id():
     logits = jnp.array([[[1.0, 3.0, 3.0, 0.0], [jnp.nan, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 5.0]]])
     labels = jnp.array([[1, 0, 2]])
     weights = jnp.array([[1.0, 0.0, 1.0]])
-    sums = jax.device_get(steps.mlm_sums(logits, labels, weights))
+    sums = jax.device_get(objective.mlm_sums(logits, labels, weights))
     assert sums["weight"] == 2.0 and sums["correct"] == 1.0  # slot 0: argmax 1 (first of the tie); slot 2 wrong
     assert sums["accuracy_weight"] == 2.0
     expected = -jax.nn.log_softmax(logits[0, 0])[1] - jax.nn.log_softmax(logits[0, 2])[2]
     np.testing.assert_allclose(sums["loss_sum"], expected, rtol=1e-6)
-    skipped = jax.device_get(jax.jit(steps.mlm_sums)(logits, labels, weights, jnp.bool_(False)))
+    skipped = jax.device_get(jax.jit(objective.mlm_sums)(logits, labels, weights, jnp.bool_(False)))
     assert skipped["correct"] == skipped["accuracy_weight"] == 0.0 and skipped["loss_sum"] == sums["loss_sum"]
 
 
@@ -157,9 +157,9 @@ def test_cross_entropy_equals_optax_and_its_gradient_scatters_nothing():
     rng = np.random.default_rng(0)
     logits = jnp.asarray(rng.normal(size=(3, 5, 300)) * 4, jnp.float32)
     labels = jnp.asarray(rng.integers(0, 300, size=(3, 5)))
-    np.testing.assert_allclose(steps.cross_entropy(logits, labels),
+    np.testing.assert_allclose(objective.cross_entropy(logits, labels),
                                optax.softmax_cross_entropy_with_integer_labels(logits, labels), rtol=1e-6)
-    grad = jax.grad(lambda x: steps.cross_entropy(x, labels).sum())
+    grad = jax.grad(lambda x: objective.cross_entropy(x, labels).sum())
     reference = jax.grad(lambda x: optax.softmax_cross_entropy_with_integer_labels(x, labels).sum())
     np.testing.assert_allclose(grad(logits), reference(logits), rtol=1e-5, atol=1e-7)
     # bf16 logits: the gradient comes back in bf16 and nothing scatters into a logits-sized buffer.

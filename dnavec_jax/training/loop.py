@@ -28,13 +28,13 @@ from tqdm import tqdm
 from dnavec_jax.errors import DNAVecError
 from dnavec_jax.model import BertForMaskedLM, flops_per_token
 from dnavec_jax.tf_runtime import configure_tf
-from dnavec_jax.training import batches, checkpointing, sharding
+from dnavec_jax.tokenization import KmerTokenizer
+from dnavec_jax.training import batches, checkpointing, objective, sharding
 from dnavec_jax.training.metrics import MetricWriter, TrainMeter, log_memory, peak_flops_per_device
 from dnavec_jax.training.optim import make_optimizer
 from dnavec_jax.training.preemption import Preemption
 from dnavec_jax.training.settings import RunSettings, check_devices
 from dnavec_jax.training.steps import (
-    SUM_NAMES,
     TrainState,
     abstract_batch,
     make_eval_step,
@@ -57,6 +57,7 @@ class Run:
     eval_batch_sharding: jax.sharding.NamedSharding
     train_step: Any  # compiled
     eval_step: Any  # compiled, or None without validation examples
+    tokenizer: KmerTokenizer  # the data's, for the objective's ceiling and the copy probe
     state: TrainState
     step: int
     train_batches: Iterator[tuple[batches.Batch, batches.Position]]
@@ -110,6 +111,9 @@ def setup(settings: RunSettings, workdir: Path, tensorboard: bool) -> Run:
     if latest is not None and saved_config is not None:
         checkpointing.check_config_compatible(saved_config, config_dict, str(workdir))
     model = BertForMaskedLM(settings.model)
+    prep = config_dict["data"]["prep"]  # as the shards were written
+    tokenizer = KmerTokenizer(int(prep["k_min"]), int(prep["k_max"]), prep.get("k_weights"))
+    train_sums, eval_sums = objective.sums_fns(t.mlm_objective, tokenizer)
     tx, schedule = make_optimizer(t)
     init_fn = make_init_fn(settings.model, tx, t.seed, t.prng_impl)
     abstract_state = jax.eval_shape(init_fn)
@@ -137,7 +141,7 @@ def setup(settings: RunSettings, workdir: Path, tensorboard: bool) -> Run:
     # -- compile ahead of time --
     # The synthetic source's batches have no padding: then no attention mask is built at all.
     step_fn = make_train_step(model, tx, schedule, prng_impl=t.prng_impl, accuracy_every=t.log_every_steps,
-                              last_step=t.num_train_steps, padded=data.source != "synthetic")
+                              last_step=t.num_train_steps, padded=data.source != "synthetic", sums_fn=train_sums)
     train_step = jax.jit(step_fn, in_shardings=(state_sh, train_batch_sh),
                          out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
     train_step = train_step.lower(abstract_state, abstract_batch(
@@ -145,7 +149,7 @@ def setup(settings: RunSettings, workdir: Path, tensorboard: bool) -> Run:
     log_memory("train step", train_step)
     eval_step = None
     if data.num_validation_examples > 0:
-        eval_step = jax.jit(make_eval_step(model), in_shardings=(state_sh.params, eval_batch_sh),
+        eval_step = jax.jit(make_eval_step(model, eval_sums), in_shardings=(state_sh.params, eval_batch_sh),
                             out_shardings=sharding.replicated(mesh))
         eval_step = eval_step.lower(abstract_state.params, abstract_batch(
             (t.eval_batch_size,), data.seq_length, data.max_predictions, eval_batch_sh)).compile()
@@ -159,7 +163,7 @@ def setup(settings: RunSettings, workdir: Path, tensorboard: bool) -> Run:
                        peak_flops_per_device(jax.devices()[0]), jax.device_count())
     return Run(settings=settings, workdir=workdir, data=data, mesh=mesh, state_shardings=state_sh,
                train_batch_sharding=train_batch_sh, eval_batch_sharding=eval_batch_sh, train_step=train_step,
-               eval_step=eval_step, state=state, step=step, train_batches=batches.train_batches(settings, data, shape, position),
+               eval_step=eval_step, tokenizer=tokenizer, state=state, step=step, train_batches=batches.train_batches(settings, data, shape, position),
                position=position, fingerprint=fingerprint, manager=manager, last_saved=latest, train_time=train_time,
                writer=MetricWriter(workdir, is_main, resume_step=step, tensorboard=tensorboard), meter=meter)
 
@@ -297,22 +301,35 @@ def save(run: Run) -> None:
 
 
 def evaluate(run: Run) -> dict[str, float]:
-    """The whole validation split; the per-batch sums are fetched once and added in float64."""
+    """The whole validation split, then the copy probe on the same examples; the row carries what the
+    objective allows next to loss and accuracy (objective.eval_columns)."""
     started = time.perf_counter()
+    split = run.settings, run.data
+    row = _eval_totals(run, batches.eval_batches(*split))
+    probe = _eval_totals(run, objective.copy_probe_batches(batches.eval_batches(*split), run.tokenizer,
+                                                           run.data.max_predictions))
+    row.update(objective.eval_columns(run.tokenizer, run.settings.train.mlm_objective, probe))
+    row["eval_time_s"] = time.perf_counter() - started
+    run.writer.write(run.step, "eval", row)
+    logging.info("eval at step %d: loss %.4f, accuracy %.4f (ceiling %.4f) over %d masked tokens", run.step,
+                 row["loss"], row["accuracy"], row["accuracy_ceiling"], row["masked_tokens"])
+    return row
+
+
+def _eval_totals(run: Run, eval_batches: Iterator[batches.Batch]) -> dict[str, float]:
+    """Loss, accuracy and the given-k figures over batches; the per-batch sums are fetched once and added
+    in float64 (math.fsum), so the same checkpoint always gives the same figures."""
     sums = []
-    for batch in batches.eval_batches(run.settings, run.data):
+    for batch in eval_batches:
         arrays = sharding.global_batch(batch, run.eval_batch_sharding, run.settings.train.eval_batch_size,
                                        example_axis=0)
         sums.append(run.eval_step(run.state.params, arrays))
-    totals = {name: math.fsum(float(s[name]) for s in jax.device_get(sums)) for name in (*SUM_NAMES, "examples")}
+    fetched = jax.device_get(sums)
+    totals = {name: math.fsum(float(s[name]) for s in fetched) for name in fetched[0]}
     loss = totals["loss_sum"] / max(totals["weight"], 1.0)
-    row = {"loss": loss, "accuracy": totals["correct"] / max(totals["weight"], 1.0),
-           "perplexity": math.exp(min(loss, 700.0)), "masked_tokens": totals["weight"],
-           "examples": totals["examples"], "eval_time_s": time.perf_counter() - started}
-    run.writer.write(run.step, "eval", row)
-    logging.info("eval at step %d: loss %.4f, accuracy %.4f over %d masked tokens", run.step, row["loss"],
-                 row["accuracy"], row["masked_tokens"])
-    return row
+    return {"loss": loss, "accuracy": totals["correct"] / max(totals["weight"], 1.0),
+            "perplexity": math.exp(min(loss, 700.0)), "masked_tokens": totals["weight"],
+            "examples": totals["examples"], **objective.given_k_columns(totals)}
 
 
 def quiet_library_logs() -> None:

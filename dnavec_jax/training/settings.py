@@ -16,6 +16,7 @@ from dnavec_jax.data.settings import PrepSettings
 from dnavec_jax.errors import DNAVecError
 from dnavec_jax.fields import from_mapping, setting
 from dnavec_jax.model import BertConfig
+from dnavec_jax.training.objective import OBJECTIVES
 
 SCHEDULES = ("linear", "cosine", "constant")
 SOURCES = ("tfrecord", "synthetic")
@@ -40,6 +41,9 @@ class TrainSettings:
     adam_b2: float = setting(0.999, "Adam beta2")
     adam_eps: float = setting(1e-6, "Adam epsilon")
     grad_clip_norm: float = setting(1.0, "global-norm gradient clipping; 0 disables")
+    mlm_objective: str = setting("vocabulary", "vocabulary: cross-entropy over the whole vocabulary (the paper's); "
+                                               "length_aware: over the k-mers of the target's length, so the k "
+                                               "hidden at a [MASK] is not part of the loss", choices=OBJECTIVES)
     fsdp: bool = setting(False, "shard parameters and optimizer state over all devices")
     seed: int = setting(0, "parameters, dropout and data order")
     prng_impl: str = setting("threefry", "dropout's random numbers: threefry (the same on any mesh), rbg or "

@@ -1,9 +1,9 @@
-"""The pure step functions: train state, MLM loss sums, the train and eval steps (docs/training.md).
+"""The pure step functions: train state, the train and eval steps (docs/training.md).
 
-Loss: cross-entropy at the masked positions only, summed over the GLOBAL batch
-(all devices, processes and accumulated microbatches) and divided by the global
-sum of masked_lm_weights. Accuracy: argmax over the vocabulary, ties to the
-lowest id, on the steps that end a logging interval.
+Loss: the objective's cross-entropy at the masked positions (objective.py), summed over the
+GLOBAL batch (all devices, processes and accumulated microbatches) and divided by the global sum
+of masked_lm_weights. Accuracy: argmax, ties to the lowest id, on the steps that end a logging
+interval.
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ import optax
 
 from dnavec_jax.model import BertConfig, BertForMaskedLM, init_params
 from dnavec_jax.training import sharding
+from dnavec_jax.training.objective import SUM_NAMES, mlm_sums
 from dnavec_jax.training.settings import PRNG_IMPLS
-
-SUM_NAMES = ("loss_sum", "correct", "weight", "accuracy_weight")
 
 
 @flax.struct.dataclass
@@ -51,49 +50,6 @@ def train_state_shardings(abstract_state: TrainState, mesh) -> TrainState:
                       rng=sharding.replicated(mesh))
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """-log softmax(logits)[label] per slot, float32, from logits of any float dtype.
-
-    Written so that XLA fuses it: the float32 upcast feeds the two reductions directly (no float32
-    copy of the logits), and the label's logit is picked by comparing with an iota (a fused one-hot),
-    so the gradient is one elementwise softmax - one_hot pass, not a scatter into a logits-sized
-    buffer as take_along_axis's gradient (optax's integer-label cross-entropy) would be.
-    """
-    logits = logits.astype(jnp.float32)
-    label_logit = jnp.sum(jnp.where(jnp.arange(logits.shape[-1]) == labels[..., None], logits, 0.0), axis=-1)
-    return jax.nn.logsumexp(logits, axis=-1) - label_logit
-
-
-def mlm_sums(logits: jax.Array, labels: jax.Array, weights: jax.Array,
-             with_accuracy: bool | jax.Array = True) -> dict[str, jax.Array]:
-    """Sums over all masked slots: loss_sum, correct, weight and accuracy_weight (see the module docstring).
-
-    with_accuracy (a traced bool in the train step): False skips the argmax pass over the logits;
-    correct and accuracy_weight are then 0.
-    """
-    weights = weights.astype(jnp.float32)
-    real = weights > 0
-    ce = cross_entropy(logits, labels)
-
-    def correct() -> jax.Array:
-        hits = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
-        return jnp.sum(jnp.where(real, hits * weights, 0.0))
-
-    weight = jnp.sum(weights)
-    if isinstance(with_accuracy, bool):
-        correct_sum, accuracy_weight = (correct(), weight) if with_accuracy else (jnp.float32(0), jnp.float32(0))
-    else:
-        correct_sum = jax.lax.cond(with_accuracy, correct, lambda: jnp.float32(0))
-        accuracy_weight = jnp.where(with_accuracy, weight, 0.0)
-    return {
-        # where(): padding slots contribute exactly 0 even if their logits were not finite.
-        "loss_sum": jnp.sum(jnp.where(real, ce * weights, 0.0)),
-        "correct": correct_sum,
-        "weight": weight,
-        "accuracy_weight": accuracy_weight,
-    }
-
-
 def _apply(model: BertForMaskedLM, params, batch, deterministic: bool, rng=None, padded: bool = True):
     return model.apply(
         {"params": params}, batch["input_ids"], batch["input_mask"] if padded else None, batch["segment_ids"],
@@ -103,18 +59,19 @@ def _apply(model: BertForMaskedLM, params, batch, deterministic: bool, rng=None,
 
 
 def loss_and_grads(model: BertForMaskedLM, params, batch, rng, with_accuracy: bool | jax.Array = True,
-                   padded: bool = True) -> tuple[Any, dict[str, jax.Array]]:
+                   padded: bool = True, sums_fn=mlm_sums) -> tuple[Any, dict[str, jax.Array]]:
     """Gradients of the globally normalised MLM loss over a (microbatches, examples, ...) batch.
 
     Each microbatch's summed CE is differentiated and accumulated (lax.scan),
     then everything is divided by the total weight of all microbatches: the
     result equals one large batch's gradient, whatever the accumulation.
     padded=False: the batches have no padding (the synthetic source), so no attention mask is built.
+    sums_fn: the objective's sums (objective.sums_fns; the paper's mlm_sums by default).
     """
     def micro_grads(micro, index):
         def loss_fn(p):
             logits = _apply(model, p, micro, deterministic=False, rng=jax.random.fold_in(rng, index), padded=padded)
-            sums = mlm_sums(logits, micro["masked_lm_ids"], micro["masked_lm_weights"], with_accuracy)
+            sums = sums_fn(logits, micro["masked_lm_ids"], micro["masked_lm_weights"], with_accuracy)
             return sums["loss_sum"], sums
         return jax.grad(loss_fn, has_aux=True)(params)
 
@@ -135,14 +92,14 @@ def loss_and_grads(model: BertForMaskedLM, params, batch, rng, with_accuracy: bo
 
 def make_train_step(model: BertForMaskedLM, tx: optax.GradientTransformation, schedule: optax.Schedule, *,
                     prng_impl: str = "threefry", accuracy_every: int = 1, last_step: int = 0,
-                    padded: bool = True):
+                    padded: bool = True, sums_fn=mlm_sums):
     """The jitted step's function. accuracy_every, last_step: MLM accuracy (an argmax pass over the
     logits) only on the steps that end a logging interval: step numbers (after the update) that are
     multiples of accuracy_every, and last_step. padded: see loss_and_grads."""
     def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng, impl=PRNG_IMPLS[prng_impl]), state.step)
         with_accuracy = ((state.step + 1) % accuracy_every == 0) | (state.step + 1 == last_step)
-        grads, sums = loss_and_grads(model, state.params, batch, rng, with_accuracy, padded)
+        grads, sums = loss_and_grads(model, state.params, batch, rng, with_accuracy, padded, sums_fn)
         grad_norm = optax.global_norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -158,10 +115,11 @@ def make_train_step(model: BertForMaskedLM, tx: optax.GradientTransformation, sc
     return train_step
 
 
-def make_eval_step(model: BertForMaskedLM):
+def make_eval_step(model: BertForMaskedLM, sums_fn=mlm_sums):
+    """sums_fn: the eval sums (objective.sums_fns: the objective's, and the figures given the true k)."""
     def eval_step(params, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
         logits = _apply(model, params, batch, deterministic=True)
-        sums = mlm_sums(logits, batch["masked_lm_ids"], batch["masked_lm_weights"])
+        sums = sums_fn(logits, batch["masked_lm_ids"], batch["masked_lm_weights"])
         sums["examples"] = jnp.sum(jnp.max(batch["input_mask"], axis=-1) > 0).astype(jnp.float32)
         return sums
 

@@ -1,0 +1,270 @@
+"""The MLM objective (the paper's softmax over the vocabulary, or length-aware), what it allows, the copy probe.
+
+The loss sums run inside the jitted steps (a fused cross-entropy: no float32 logits copy, no
+logits-sized scatter); the ceiling and loss floor come from the hidden k and BERT's 80/10/10 mix;
+the copy probe masks isolated tokens whose bases all show in their neighbours. docs/training.md
+("The GPU path", "What the objective allows").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dnavec_jax.data.masking import MASK_TOKEN_FRACTION, RANDOM_TOKEN_FRACTION
+from dnavec_jax.tokenization import MASK_ID, PAD_ID, KmerTokenizer
+
+# "vocabulary": cross-entropy over the whole vocabulary (the paper's, BERT's);
+# "length_aware": cross-entropy over the k-mers of the target's length only, so the
+# k hidden at a [MASK] is no longer part of what the model must guess.
+OBJECTIVES = ("vocabulary", "length_aware")
+SUM_NAMES = ("loss_sum", "correct", "weight", "accuracy_weight")
+GIVEN_K_NAMES = ("loss_sum_given_k", "correct_given_k")
+
+
+# ---- the loss -----------------------------------------------------------------------
+
+def length_ranges(length_of) -> list[tuple[int, int]]:
+    """[start, stop) of the ids of each k-mer length, shortest first: the vocabulary keeps each length
+    contiguous (tokenization.py). length_of: numpy (vocab,) k per id, 0 for special tokens."""
+    length_of = np.asarray(length_of)
+    ranges = []
+    for k in np.unique(length_of[length_of > 0]):
+        ids = np.flatnonzero(length_of == k)
+        if ids[-1] - ids[0] + 1 != len(ids):
+            raise ValueError(f"the ids of length {k} are not contiguous")
+        ranges.append((int(ids[0]), int(ids[-1]) + 1))
+    return ranges
+
+
+def _label_logit(logits, labels):
+    """The label's logit, picked by comparing with an iota (a fused one-hot): its gradient is elementwise,
+    not a scatter into a logits-sized buffer as take_along_axis's would be."""
+    return jnp.sum(jnp.where(jnp.arange(logits.shape[-1]) == labels[..., None], logits, 0.0), axis=-1)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """-log softmax(logits)[label] per slot, float32, from logits of any float dtype.
+
+    Written so that XLA fuses it: the float32 upcast feeds the two reductions directly (no float32
+    copy of the logits), and the gradient is one elementwise softmax - one_hot pass.
+    """
+    logits = logits.astype(jnp.float32)
+    return jax.nn.logsumexp(logits, axis=-1) - _label_logit(logits, labels)
+
+
+def _within_label_length(logits, labels, length_of):
+    """(cross-entropy, argmax id) over the ids of each label's length: a log-sum-exp and an argmax per
+    length range, then the label's, so no vocabulary-sized mask is built."""
+    ranges = length_ranges(length_of)
+    log_z = jnp.stack([jax.nn.logsumexp(logits[..., a:b], axis=-1) for a, b in ranges], axis=-1)
+    best = jnp.stack([jnp.argmax(logits[..., a:b], axis=-1) + a for a, b in ranges], axis=-1)
+    k_min = int(np.asarray(length_of)[ranges[0][0]])
+    # Padding slots (label [PAD], length 0) read the shortest range; their weight is 0.
+    which = jnp.clip(jnp.asarray(length_of)[labels] - k_min, 0, len(ranges) - 1)[..., None]
+    ce = jnp.take_along_axis(log_z, which, axis=-1)[..., 0] - _label_logit(logits, labels)
+    return ce, jnp.take_along_axis(best, which, axis=-1)[..., 0]
+
+
+def mlm_sums(logits, labels, weights, with_accuracy: bool | jax.Array = True, length_of=None) -> dict:
+    """loss_sum, correct, weight and accuracy_weight over the masked slots (weights = masked_lm_weights).
+
+    length_of None: the paper's objective, softmax and argmax over the whole vocabulary.
+    length_of (numpy, k per id) given: softmax and argmax over the ids of the label's length only.
+    with_accuracy (a traced bool in the train step): False skips the argmax pass over the logits;
+    correct and accuracy_weight are then 0. Argmax ties go to the lowest id (as numpy/torch argmax).
+    """
+    weights = weights.astype(jnp.float32)
+    real = weights > 0
+    if length_of is None:
+        ce = cross_entropy(logits, labels)
+
+        def predicted():
+            return jnp.argmax(logits, axis=-1)
+    else:
+        ce, best = _within_label_length(logits.astype(jnp.float32), labels, length_of)
+
+        def predicted():
+            return best
+
+    def correct() -> jax.Array:
+        hits = (predicted() == labels).astype(jnp.float32)
+        return jnp.sum(jnp.where(real, hits * weights, 0.0))
+
+    weight = jnp.sum(weights)
+    if isinstance(with_accuracy, bool):
+        correct_sum, accuracy_weight = (correct(), weight) if with_accuracy else (jnp.float32(0), jnp.float32(0))
+    else:
+        correct_sum = jax.lax.cond(with_accuracy, correct, lambda: jnp.float32(0))
+        accuracy_weight = jnp.where(with_accuracy, weight, 0.0)
+    return {
+        # where(): padding slots contribute exactly 0 even if their logits were not finite.
+        "loss_sum": jnp.sum(jnp.where(real, ce * weights, 0.0)),
+        "correct": correct_sum,
+        "weight": weight,
+        "accuracy_weight": accuracy_weight,
+    }
+
+
+def eval_sums(logits, labels, weights, length_of, objective: str) -> dict:
+    """mlm_sums of the objective plus loss_sum_given_k / correct_given_k (the length-aware sums):
+    those compare models trained with either objective, since both can be read given the true k."""
+    given_k = mlm_sums(logits, labels, weights, length_of=length_of)
+    sums = given_k if objective == "length_aware" else mlm_sums(logits, labels, weights)
+    return {**sums, "loss_sum_given_k": given_k["loss_sum"], "correct_given_k": given_k["correct"]}
+
+
+def sums_fns(objective: str, tokenizer: KmerTokenizer):
+    """(train sums, eval sums) for the train and eval steps; train sums take (logits, labels, weights,
+    with_accuracy) and return SUM_NAMES."""
+    length_of = tokenizer.kmer_lengths().astype(np.int32)
+    train_length = length_of if objective == "length_aware" else None
+
+    def train_sums(logits, labels, weights, with_accuracy=True):
+        return mlm_sums(logits, labels, weights, with_accuracy, train_length)
+
+    def evaluation_sums(logits, labels, weights):
+        return eval_sums(logits, labels, weights, length_of, objective)
+
+    return train_sums, evaluation_sums
+
+
+# ---- what the objective allows --------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Ceiling:
+    """The best a model that could read every base of the example could do: what is left is the hidden k."""
+
+    accuracy: float  # the accuracy ceiling
+    loss: float  # the loss floor, nats per masked token
+
+
+def target_k_probs(tokenizer: KmerTokenizer) -> np.ndarray:
+    """Probability of each length k_min..k_max for a masked target: the per-position k distribution,
+    since masking picks positions without looking at k (clipping at contig ends is left out: a few tokens
+    per contig)."""
+    if tokenizer.k_probs is None:
+        return np.full(len(tokenizer.k_values), 1.0 / len(tokenizer.k_values))
+    return np.asarray(tokenizer.k_probs, np.float64)
+
+
+def ceiling(k_probs: Sequence[float], num_kmer_ids: int, objective: str = "vocabulary",
+            mask_fraction: float = MASK_TOKEN_FRACTION, random_fraction: float = RANDOM_TOKEN_FRACTION) -> Ceiling:
+    """Accuracy ceiling and loss floor of the objective for targets masked with BERT's mix.
+
+    k_probs: probability of each length of the vocabulary (zeros allowed); num_kmer_ids: the
+    number of k-mer ids, from which random replacements are drawn uniformly.
+
+    A model that knows every base still does not know k where the input hides it. With the
+    vocabulary objective (a = mask_fraction, b = random_fraction, c = 1 - a - b, p = k_probs,
+    V = num_kmer_ids, L = number of lengths):
+      [MASK] (a), or a random id that does not match the bases (b (1 - L/V)): k is anyone's
+        guess, posterior p: accuracy max p, loss H(p);
+      the input shows the m-mer that matches the bases: kept unchanged with k = m (c p_m), or a
+        random id that happens to match (b / V, the true k still ~ p): joint
+        J(m, k) = c p_m [k = m] + (b / V) p_k; the best guess is argmax_k J(m, k), the loss the
+        conditional entropy.
+    The length-aware objective is told k, so a base-reading model is always right: 1 and 0.
+    """
+    if objective == "length_aware":
+        return Ceiling(1.0, 0.0)
+    p = np.asarray(k_probs, np.float64)
+    p = p / p.sum()
+    a, b = float(mask_fraction), float(random_fraction)
+    c = 1.0 - a - b
+    num_lengths, v = len(p), float(num_kmer_ids)
+    entropy = -sum(x * math.log(x) for x in p if x > 0)
+    hidden = a + b * (1.0 - num_lengths / v)
+    accuracy, loss = hidden * p.max(), hidden * entropy
+    for m in range(num_lengths):
+        joint = (b / v) * p.copy()
+        joint[m] += c * p[m]
+        total = joint.sum()
+        accuracy += joint.max()
+        loss += sum(j * math.log(total / j) for j in joint if j > 0)
+    return Ceiling(float(accuracy), float(loss))
+
+
+def tokenizer_ceiling(tokenizer: KmerTokenizer, objective: str) -> Ceiling:
+    return ceiling(target_k_probs(tokenizer), tokenizer.vocab_size - tokenizer.first_kmer_id, objective)
+
+
+def copy_ceiling(tokenizer: KmerTokenizer, objective: str) -> Ceiling:
+    """The copy probe's ceiling: every probed token is a [MASK] whose bases all show in its neighbours."""
+    return ceiling(target_k_probs(tokenizer), tokenizer.vocab_size - tokenizer.first_kmer_id, objective,
+                   mask_fraction=1.0, random_fraction=0.0)
+
+
+# ---- eval rows ------------------------------------------------------------------------
+
+def given_k_columns(totals: dict[str, float]) -> dict[str, float]:
+    """accuracy_given_k and loss_given_k from summed eval_sums (their ceiling is 1 and floor 0)."""
+    weight = max(totals["weight"], 1.0)
+    return {"accuracy_given_k": totals["correct_given_k"] / weight, "loss_given_k": totals["loss_sum_given_k"] / weight}
+
+
+def eval_columns(tokenizer: KmerTokenizer, objective: str, probe: dict[str, float]) -> dict[str, float]:
+    """The columns an eval row carries next to loss and accuracy: the objective's accuracy ceiling and
+    loss floor, and the copy probe's accuracy (`probe`: the eval row of structure.copy_probe_batches)
+    with its ceiling, each in the objective's own terms, and given the true k (ceiling 1)."""
+    limit = tokenizer_ceiling(tokenizer, objective)
+    return {"accuracy_ceiling": limit.accuracy, "loss_floor": limit.loss, "copy_accuracy": probe["accuracy"],
+            "copy_accuracy_ceiling": copy_ceiling(tokenizer, objective).accuracy,
+            "copy_accuracy_given_k": probe["accuracy_given_k"]}
+
+
+# ---- the copy probe ------------------------------------------------------------------------
+
+def unmask(batch: dict[str, np.ndarray]) -> np.ndarray:
+    """The example ids before masking: masked_lm_ids put back at masked_lm_positions (weights > 0)."""
+    ids = np.array(batch["input_ids"], copy=True)
+    rows, slots = np.nonzero(np.asarray(batch["masked_lm_weights"]) > 0)
+    ids[rows, np.asarray(batch["masked_lm_positions"])[rows, slots]] = np.asarray(batch["masked_lm_ids"])[rows, slots]
+    return ids
+
+
+def copy_probe_batch(true_ids: np.ndarray, kmer_lengths: np.ndarray, max_predictions: int,
+                     seed: int = 0) -> dict[str, np.ndarray]:
+    """Isolated single-token [MASK]s on unmasked examples, in the training examples' format.
+
+    Masked positions are spaced k_max or more apart (so the k_max - 1 tokens after each are
+    visible), the first is at least the second k-mer (the k-mer before it shows its first base)
+    and the last leaves k_max - 1 k-mers after it: every base of every masked token shows in its
+    visible neighbours, so a model that learned the overlap structure can copy it, and only k is
+    hidden. The spacing is max(k_max, ceil(k-mers / max_predictions)), at a seeded random phase per
+    example; every masked slot is a [MASK] (no random or kept tokens).
+    """
+    true_ids = np.asarray(true_ids, np.int64)
+    rows, length = true_ids.shape
+    lengths = np.asarray(kmer_lengths)
+    k_max = int(lengths.max())
+    is_kmer = lengths[true_ids] > 0
+    num_kmers = is_kmer.sum(axis=1)  # k-mers sit at positions 1..num_kmers
+    spacing = max(k_max, math.ceil(length / max_predictions))
+    rng = np.random.default_rng(seed)
+    phase = rng.integers(0, spacing, size=(rows, 1))
+    positions = 2 + phase + spacing * np.arange(max_predictions)[None, :]
+    real = positions <= (num_kmers - k_max + 1)[:, None]
+    positions = np.where(real, positions, 0)
+    labels = np.where(real, np.take_along_axis(true_ids, positions, axis=1), 0)
+    input_ids = true_ids.copy()
+    row_index, slot = np.nonzero(real)
+    input_ids[row_index, positions[row_index, slot]] = MASK_ID
+    return {
+        "input_ids": input_ids.astype(np.int32), "input_mask": (true_ids != PAD_ID).astype(np.int32),
+        "segment_ids": np.zeros_like(input_ids, np.int32), "masked_lm_positions": positions.astype(np.int32),
+        "masked_lm_ids": labels.astype(np.int32), "masked_lm_weights": real.astype(np.float32),
+    }
+
+
+def copy_probe_batches(batches: Iterable[dict[str, np.ndarray]], tokenizer: KmerTokenizer, max_predictions: int,
+                       seed: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    """copy_probe_batch of each (masked) batch of a split, unmasked first; padding rows stay padding."""
+    lengths = tokenizer.kmer_lengths()
+    for index, batch in enumerate(batches):
+        yield copy_probe_batch(unmask(batch), lengths, max_predictions, seed=seed + index)

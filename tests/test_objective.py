@@ -1,0 +1,154 @@
+"""The objective's ceiling against a brute-force count over the real masker; the length-aware loss against a
+reference; the eval sums."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dnavec_jax.data.masking import Masker
+from dnavec_jax.tokenization import CLS_ID, MASK_ID, NUM_SPECIAL, SEP_ID, KmerTokenizer
+from dnavec_jax.training import objective
+
+
+def test_the_issue_figures():
+    assert objective.tokenizer_ceiling(KmerTokenizer(3, 8), "vocabulary").accuracy == pytest.approx(0.25, abs=1e-4)
+    assert objective.tokenizer_ceiling(KmerTokenizer(3, 6), "vocabulary").accuracy == pytest.approx(0.325, abs=1e-3)
+    assert objective.tokenizer_ceiling(KmerTokenizer(3, 6), "vocabulary").loss == pytest.approx(
+        0.9 * math.log(4), abs=2e-3)
+    assert objective.copy_ceiling(KmerTokenizer(3, 6), "vocabulary") == objective.Ceiling(0.25, math.log(4))
+    assert objective.tokenizer_ceiling(KmerTokenizer(3, 6), "length_aware") == objective.Ceiling(1.0, 0.0)
+
+
+def _simulate(tokenizer: KmerTokenizer, rows: int, seq_length: int, seed: int):
+    """Masked examples of random DNA (the real tokenizer and masker); per prediction: the id the input
+    shows there, the bases from there on (what a model that reads every base knows), the true id."""
+    rng = np.random.default_rng(seed)
+    tokens = seq_length - 2
+    ids = np.zeros((rows, seq_length), np.int64)
+    bases = rng.integers(0, 4, size=(rows, tokens + 2 * tokenizer.k_max))
+    for row in range(rows):  # extra bases after the example: no token of it is clipped
+        ks = tokenizer.sample_k(bases.shape[1], rng)
+        ids[row, 1:-1] = tokenizer.encode_contig_codes(bases[row].astype(np.uint8), ks)[:tokens]
+    ids[:, 0], ids[:, -1] = CLS_ID, SEP_ID
+    masker = Masker(tokenizer.vocab_size, mask_rate=0.5, max_predictions=tokens, strategy="token")
+    batch = masker.mask(ids, rng)
+    row, slot = np.nonzero(batch.masked_lm_weights > 0)
+    position = batch.masked_lm_positions[row, slot]
+    shown = batch.input_ids[row, position]
+    window = np.zeros(len(row), np.int64)
+    for offset in range(tokenizer.k_max):  # token at position p starts at base p - 1
+        window = window * 4 + bases[row, position - 1 + offset]
+    return shown, window, batch.masked_lm_ids[row, slot]
+
+
+def _prefix_ids(tokenizer: KmerTokenizer, window: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Id of the first `lengths` bases of each k_max-base window (-1 where the length is 0)."""
+    safe = np.maximum(lengths, tokenizer.k_min)
+    offsets = np.array([tokenizer.kmer_offset(int(k)) for k in range(tokenizer.k_min, tokenizer.k_max + 1)])
+    ids = offsets[safe - tokenizer.k_min] + (window >> (2 * (tokenizer.k_max - safe)))
+    return np.where(lengths > 0, ids, -1)
+
+
+def _bayes(observation: np.ndarray, target: np.ndarray) -> tuple[float, float]:
+    """Accuracy and cross-entropy of the best predictor of target from observation, on the sample itself."""
+    keys, inverse = np.unique(observation, return_inverse=True)
+    targets, target_index = np.unique(target, return_inverse=True)
+    counts = np.zeros((len(keys), len(targets)))
+    np.add.at(counts, (inverse, target_index), 1.0)
+    total = counts.sum()
+    accuracy = counts.max(axis=1).sum() / total
+    row_total = counts.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        loss = np.nansum(counts * np.log(row_total / counts)) / total
+    return float(accuracy), float(loss)
+
+
+@pytest.mark.parametrize("k_min, k_max, k_weights", [(1, 2, (0.3, 0.7)), (2, 3, None)])
+def test_ceiling_equals_the_best_predictor_of_a_brute_force_count(k_min, k_max, k_weights):
+    # Small vocabularies (20 and 80 k-mers) make the random replacements that happen to match the
+    # bases frequent, so every term of the formula shows.
+    tokenizer = KmerTokenizer(k_min, k_max, k_weights)
+    shown, window, target = _simulate(tokenizer, rows=12_000, seq_length=66, seed=0)
+    # What the input tells about k: [MASK], or the length of the id shown and whether it matches the
+    # bases. With uniform random bases nothing else in (shown id, bases) bears on k, and the target is
+    # the bases' prefix of length k; a count over (shown id, bases) itself would overfit its 5,000 cells.
+    length = tokenizer.ids_to_kmer_lengths(target)
+    shown_length = tokenizer.ids_to_kmer_lengths(shown)
+    matches = (shown_length > 0) & (shown == _prefix_ids(tokenizer, window, shown_length))
+    accuracy, loss = _bayes((shown == MASK_ID) * 100 + shown_length * 2 + matches, length)
+    expected = objective.tokenizer_ceiling(tokenizer, "vocabulary")
+    assert len(target) > 300_000
+    assert accuracy == pytest.approx(expected.accuracy, abs=0.004)
+    assert loss == pytest.approx(expected.loss, abs=0.006)
+    # Told the true length (the length-aware objective), the bases decide the target.
+    assert _bayes((shown * 4**k_max + window) * 16 + length, target) == (1.0, 0.0)
+    # Without the kept and random tokens the ceiling would be max P(k): the mix matters.
+    mask_only = objective.ceiling(objective.target_k_probs(tokenizer), tokenizer.vocab_size - NUM_SPECIAL,
+                                  mask_fraction=1.0, random_fraction=0.0)
+    assert abs(mask_only.accuracy - accuracy) > 0.02 and abs(mask_only.loss - loss) > 0.03
+
+
+def _reference_length_aware(logits, labels, weights, length_of):
+    loss_sum = correct = 0.0
+    for b in range(logits.shape[0]):
+        for p in range(logits.shape[1]):
+            if weights[b, p] <= 0:
+                continue
+            candidates = np.flatnonzero(length_of == length_of[labels[b, p]])
+            row = logits[b, p, candidates].astype(np.float64)
+            log_z = np.log(np.exp(row - row.max()).sum()) + row.max()
+            loss_sum += weights[b, p] * (log_z - logits[b, p, labels[b, p]])
+            correct += weights[b, p] * float(candidates[np.argmax(row)] == labels[b, p])
+    return loss_sum, correct
+
+
+def test_length_aware_loss_equals_a_reference_and_has_finite_gradients():
+    tokenizer = KmerTokenizer(2, 3)
+    length_of = tokenizer.kmer_lengths()
+    assert objective.length_ranges(length_of) == [(5, 21), (21, 85)]
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(3, 4, tokenizer.vocab_size)).astype(np.float32) * 3
+    labels = rng.integers(NUM_SPECIAL, tokenizer.vocab_size, size=(3, 4))
+    weights = np.ones((3, 4), np.float32)
+    weights[2, 2:] = 0.0
+    labels[2, 3] = 0  # a padding slot
+    sums = jax.device_get(objective.mlm_sums(logits, labels, weights, length_of=length_of))
+    loss_sum, correct = _reference_length_aware(logits, labels, weights, length_of)
+    assert float(sums["loss_sum"]) == pytest.approx(loss_sum, rel=1e-5)
+    assert float(sums["correct"]) == correct
+    assert float(sums["weight"]) == 10.0
+    # Restricting the softmax can only lower the loss; the full one is the paper's.
+    full = jax.device_get(objective.mlm_sums(logits, labels, weights))
+    assert float(full["loss_sum"]) > float(sums["loss_sum"])
+    grads = jax.grad(lambda x: objective.mlm_sums(x, labels, weights, length_of=length_of)["loss_sum"])(jnp.asarray(logits))
+    grads = np.asarray(grads)
+    assert np.isfinite(grads).all()
+    other_length = length_of[None, None, :] != length_of[labels][..., None]
+    assert np.all(grads[other_length] == 0.0)  # ids of other lengths get no gradient
+    assert np.all(grads[2, 2:] == 0.0)  # nor padding slots
+
+
+def test_eval_sums_and_rows():
+    tokenizer = KmerTokenizer(2, 3)
+    train_sums, eval_sums = objective.sums_fns("vocabulary", tokenizer)
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(2, 3, tokenizer.vocab_size)).astype(np.float32)
+    labels = rng.integers(NUM_SPECIAL, tokenizer.vocab_size, size=(2, 3))
+    weights = np.ones((2, 3), np.float32)
+    assert set(train_sums(logits, labels, weights)) == set(objective.SUM_NAMES)
+    sums = {k: float(v) for k, v in jax.device_get(eval_sums(logits, labels, weights)).items()}
+    aware = {k: float(v) for k, v in jax.device_get(
+        objective.sums_fns("length_aware", tokenizer)[1](logits, labels, weights)).items()}
+    assert sums["loss_sum_given_k"] == aware["loss_sum"] == aware["loss_sum_given_k"]
+    assert sums["loss_sum"] > sums["loss_sum_given_k"]
+    assert objective.given_k_columns(sums) == {"accuracy_given_k": sums["correct_given_k"] / 6,
+                                               "loss_given_k": sums["loss_sum_given_k"] / 6}
+    columns = objective.eval_columns(tokenizer, "vocabulary", {"accuracy": 0.1, "accuracy_given_k": 0.4})
+    assert columns == {"accuracy_ceiling": objective.tokenizer_ceiling(tokenizer, "vocabulary").accuracy,
+                       "loss_floor": objective.tokenizer_ceiling(tokenizer, "vocabulary").loss,
+                       "copy_accuracy": 0.1, "copy_accuracy_ceiling": 0.5, "copy_accuracy_given_k": 0.4}
