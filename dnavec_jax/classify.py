@@ -416,7 +416,23 @@ class TokenFeatures(NamedTuple):
         return mean, np.sqrt(np.maximum(total_sq / max(count, 1) - mean ** 2, 0.0))
 
 
-FEATURE_CHUNK = 256  # sequences embedded at a time: the float32 per-token output of one chunk is all that is held
+# Bases embedded at a time (whole sequences, at least one): the float32 per-token output of one chunk, about
+# FEATURE_CHUNK_BASES x tokenizations x hidden x 4 bytes twice over (embed's parts and their concatenation), is
+# the only transient copy. Counted in bases, not sequences, so long sequences do not make it larger.
+FEATURE_CHUNK_BASES = 50_000
+
+
+def _chunks(sequences: Sequence[str], bases: int) -> list[slice]:
+    """Consecutive runs of whole sequences holding about `bases` bases each (at least one sequence)."""
+    chunks, start, held = [], 0, 0
+    for index, sequence in enumerate(sequences):
+        held += len(sequence)
+        if held >= bases:
+            chunks.append(slice(start, index + 1))
+            start, held = index + 1, 0
+    if start < len(sequences):
+        chunks.append(slice(start, len(sequences)))
+    return chunks
 
 
 def probe_features(loaded, task: Task, seed: int, batch_size: int = 64,
@@ -426,8 +442,8 @@ def probe_features(loaded, task: Task, seed: int, batch_size: int = 64,
 
     Each is taken over `num_tokenizations` seeded tokenizations (embed_sequences' pooling; the
     token features hold the tokens of every tokenization). Memory: `tokens` costs tokens x hidden x 2
-    bytes (float16), `static_tokens` 4 bytes a token; sequences are embedded FEATURE_CHUNK at a time
-    into arrays allocated once per split (docs/classify.md has the measured peak).
+    bytes (float16), `static_tokens` 4 bytes a token; sequences are embedded FEATURE_CHUNK_BASES at a
+    time into arrays allocated once per split (docs/classify.md has the measured peak).
     """
     from tqdm import tqdm
 
@@ -451,8 +467,8 @@ def probe_features(loaded, task: Task, seed: int, batch_size: int = 64,
             pooled: dict[str, list[np.ndarray]] = {"cls": [], "mean": []}
             filled = 0
             with tqdm(total=len(sequences), desc=f"features {split}", unit="seq", disable=not progress) as bar:
-                for start in range(0, len(sequences), FEATURE_CHUNK):
-                    chunk = slice(start, start + FEATURE_CHUNK)
+                for chunk in _chunks(sequences, FEATURE_CHUNK_BASES):
+                    start = chunk.start
                     embedded = embed_sequences(loaded, sequences[chunk], seed=seed,
                                                num_tokenizations=num_tokenizations, batch_size=batch_size,
                                                per_token=per_token, names=names[chunk])

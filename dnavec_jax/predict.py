@@ -274,11 +274,12 @@ def run_predict(args: argparse.Namespace) -> int:
     source = Path(args.input)
     if not source.is_file():
         raise DNAVecError(f"--input {source}: no such file")
+    fasta = _is_fasta(source)
+    if not fasta:  # read and checked before the model loads: a mistake in the table fails fast
+        table = read_table(source, "--input", "input", require_label=False)
     classifier = load_classifier(args.model)
     columns = prediction_columns(classifier.labels)
-    fasta = _is_fasta(source)
     if not fasta:
-        table = read_table(source, "--input", "input", require_label=False)
         check_free_columns(table.header, columns, str(source))
     predictor = Predictor(classifier, args.batch_size)
     progress = sys.stderr.isatty()

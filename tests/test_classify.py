@@ -192,11 +192,13 @@ def test_token_probe_finds_one_marker_token_that_a_mean_dilutes():
 
 def test_static_tokens_are_the_static_probes_vectors(loaded, chr22_fasta, tmp_path, capsys, monkeypatch):
     """static = the mean of static_tokens over a sequence: both read the tokenization embed uses. The features
-    are embedded in chunks (FEATURE_CHUNK, made small here) into arrays allocated once, with a progress bar."""
+    are embedded in chunks (FEATURE_CHUNK_BASES, made small here) into arrays allocated once, with a progress bar."""
     paths = classify.write_task(classify.planted_motif_task(chr22_fasta, num_windows=20, length=150, seed=2),
                                 tmp_path / "task")
     task = classify.load_task(paths["train"], paths["dev"], paths["test"])
-    monkeypatch.setattr(classify, "FEATURE_CHUNK", 5)
+    monkeypatch.setattr(classify, "FEATURE_CHUNK_BASES", 700)  # 150-base rows: 5 a chunk
+    assert [(c.start, c.stop) for c in classify._chunks(["A" * 300, "A" * 100, "A" * 500, "A" * 10], 400)] == [
+        (0, 2), (2, 3), (3, 4)]
     features = classify.probe_features(loaded, task, seed=4, features=("static", "static_tokens", "tokens"),
                                        num_tokenizations=2, progress=True)
     assert "features train: 100%" in capsys.readouterr().err
