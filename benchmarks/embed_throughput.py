@@ -23,24 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import MATMUL_PRECISIONS, REPO, load_config, set_jax_matmul_precision, set_torch_matmul_precision, versions
-
-
-def random_model_export(config_path: str, out_dir: Path) -> Path:
-    import jax
-
-    from dnavec_jax import hf_export
-    from dnavec_jax.model import init_params
-    from dnavec_jax.training import settings
-
-    config = load_config(config_path)
-    model_config = settings.model_config_from(config)
-    prep = config.data.prep
-    tokenizer = hf_export.tokenizer_from_train_config(config.to_dict())
-    params = jax.device_get(init_params(model_config, jax.random.key(0)))
-    return hf_export.export_to_hf(params, model_config, tokenizer, out_dir / "export",
-                                  train_config={"data": {"prep": {"k_min": prep.k_min, "k_max": prep.k_max,
-                                                                  "seq_length": prep.seq_length}}})
+from common import (MATMUL_PRECISIONS, REPO, random_model_export, set_jax_matmul_precision,
+                    set_torch_matmul_precision, versions)
 
 
 def main() -> None:

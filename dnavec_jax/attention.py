@@ -43,6 +43,7 @@ import csv
 import dataclasses
 import functools
 import json
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -197,9 +198,11 @@ class ShareCounter:
 
 
 # ---- windows ---------------------------------------------------------------------
-def sample_documents(settings: PrepSettings, num: int, seed: int) -> np.ndarray:
+def sample_documents(settings: PrepSettings, num: int, seed: int, progress: bool = False) -> np.ndarray:
     """`num` documents drawn uniformly without replacement from all documents of the FASTA (fewer if there
     are fewer), in one streaming pass: each document gets a seeded random key and the `num` smallest are kept."""
+    from tqdm import tqdm
+
     from dnavec_jax.data import fasta
 
     rng = np.random.default_rng(seed)
@@ -208,11 +211,14 @@ def sample_documents(settings: PrepSettings, num: int, seed: int) -> np.ndarray:
     with tempfile.TemporaryDirectory(prefix="dnavec_attention_") as work_dir:
         sources = [fasta.open_source(path, Path(work_dir), index) for index, path in enumerate(settings.fasta)]
         records, _ = fasta.select_records(sources, settings.chromosomes)
-        for docs, _ in tfidf.genome_documents(settings, sources, records):
-            keys = np.concatenate([kept_keys, rng.random(len(docs))])
-            pool = np.concatenate([kept, docs])
-            order = np.argsort(keys, kind="stable")[:num]
-            kept_keys, kept = keys[order], pool[order]
+        with tqdm(total=sum(record.length for record in records), unit="bp", unit_scale=True,
+                  desc="attention: draw windows", disable=not progress) as bar:
+            for docs, bases in tfidf.genome_documents(settings, sources, records):
+                keys = np.concatenate([kept_keys, rng.random(len(docs))])
+                pool = np.concatenate([kept, docs])
+                order = np.argsort(keys, kind="stable")[:num]
+                kept_keys, kept = keys[order], pool[order]
+                bar.update(bases)
     return kept
 
 
@@ -232,8 +238,8 @@ def first_document(settings: PrepSettings, record: str) -> np.ndarray:
 
 
 # ---- the top tf-idf k-mers ---------------------------------------------------------
-def top_tfidf_ids(tokenizer: KmerTokenizer, top: int, tfidf_csv: str | None, settings: PrepSettings
-                  ) -> tuple[np.ndarray, str]:
+def top_tfidf_ids(tokenizer: KmerTokenizer, top: int, tfidf_csv: str | None, settings: PrepSettings,
+                  progress: bool = False) -> tuple[np.ndarray, str]:
     """Ids of the top-N tf-idf k-mers: the first N rows of a `dnavec tfidf` CSV, or computed on the FASTA."""
     if tfidf_csv:
         rows = tfidf.read_top_csv(tfidf_csv)[:top]
@@ -247,7 +253,7 @@ def top_tfidf_ids(tokenizer: KmerTokenizer, top: int, tfidf_csv: str | None, set
                     f"(k {tokenizer.k_min}..{tokenizer.k_max}); run `dnavec tfidf` with the model's k range"
                 ) from None
         return np.asarray(ids, np.int64), f"{tfidf_csv} (first {len(ids)} rows)"
-    result = tfidf.genome_tfidf(settings.fasta, settings)
+    result = tfidf.genome_tfidf(settings.fasta, settings, progress)
     return tfidf.top_kmers(result.score, top), f"computed on --fasta ({result.num_documents:,} documents)"
 
 
@@ -405,10 +411,13 @@ def run_attention(args: argparse.Namespace) -> int:
     settings = prep_settings(loaded, args)
     html_doc = first_document(settings, args.html_record) if args.html_record else None  # a bad name fails early
 
-    top_ids, top_source = top_tfidf_ids(loaded.tokenizer, args.top_tfidf, args.tfidf_csv, settings)
-    docs = sample_documents(settings, args.num_sequences, args.seed)
+    from tqdm import tqdm
+
+    progress = sys.stderr.isatty()  # bars on a terminal only, as the other tools
+    top_ids, top_source = top_tfidf_ids(loaded.tokenizer, args.top_tfidf, args.tfidf_csv, settings, progress)
+    docs = sample_documents(settings, args.num_sequences, args.seed, progress)
     counter = ShareCounter(loaded.config, loaded.params, loaded.tokenizer, top_ids)
-    for begin in range(0, len(docs), args.batch_size):
+    for begin in tqdm(range(0, len(docs), args.batch_size), desc="attention", unit="batch", disable=not progress):
         rows = [row[row != PAD_ID] for row in docs[begin : begin + args.batch_size]]
         rows += [np.zeros(0, np.int32)] * (args.batch_size - len(rows))  # fixed batch shape: one compile
         input_ids, input_mask = inference.pack_windows(rows, loaded.window_length)

@@ -1,4 +1,5 @@
-"""`dnavec` command line: one subcommand per tool (export-hf, vectors, neighbors, embed, tfidf, attention, classify).
+"""`dnavec` command line: one subcommand per tool (export-hf, vectors, neighbors, embed, tfidf, attention, classify,
+predict).
 
 Each subcommand registers itself in build_parser() with a `handler(args) -> int | None`
 and imports its module inside the handler, so `dnavec --help` stays fast and one
@@ -183,19 +184,28 @@ def _add_classify(subparsers) -> None:
             "(no pretraining), probes on frozen DNAVec features (logistic regression on the mean static k-mer "
             "vector and the [CLS] and mean contextual embeddings; a per-token linear score pooled by log-sum-exp "
             "on the static and contextual token vectors) and fine-tuning of the encoder with a classification head. "
-            "C and the fine-tuning epoch are chosen on dev MCC. Prints a table (accuracy, macro F1, MCC, AUROC "
-            "for binary tasks; dev and test) and writes OUTPUT_DIR/results.json (docs/classify.md)."
+            "C and the fine-tuning epoch are chosen on dev MCC. Prints a table (accuracy, macro F1, MCC, AUROC, "
+            "one-vs-rest for more than two classes; dev and test) and writes OUTPUT_DIR/results.json, "
+            "OUTPUT_DIR/predictions/{dev,test}.csv (each input row with `prediction` and `prob_<class>` columns) "
+            "and OUTPUT_DIR/classifier/, the fine-tuned model as a transformers BertForSequenceClassification "
+            "that `dnavec predict` uses (docs/classify.md)."
         ),
     )
     _add_model_argument(parser)
     for split in ("train", "dev", "test"):
         parser.add_argument(f"--{split}", required=True,
                             help=f"{split} CSV/TSV with a header naming a 'sequence' and a 'label' column")
-    parser.add_argument("--output_dir", required=True, help="directory for results.json (created if missing)")
+    parser.add_argument("--output_dir", required=True,
+                        help="directory for results.json, predictions/ and classifier/ (created if missing)")
     parser.add_argument("--methods", default="baseline,probe,finetune",
                         help="comma list of baseline, probe, finetune (default all three)")
     parser.add_argument("--seed", type=int, default=0,
                         help="tokenization, fine-tuning order/dropout/head and scikit-learn seed")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="run the probe and fine-tune rows with N seeds (--seed, --seed+1, ...) and report mean "
+                             "± sd; predictions and classifier/ are the --seed run's (default 1)")
+    parser.add_argument("--predictions", choices=("finetune", "all"), default="finetune",
+                        help="predictions/*.csv columns: the fine-tuned model's (default), or every method's too")
     parser.add_argument("--max_length", type=int, default=0,
                         help="use only the first N bases of each sequence, for every method (default 0: all)")
     parser.add_argument("--baseline_k", default="",
@@ -218,8 +228,6 @@ def _add_classify(subparsers) -> None:
                         help="fine-tuning sequences per step; divisible by the device count")
     parser.add_argument("--patience", type=int, default=5,
                         help="stop fine-tuning after this many epochs without a better dev MCC")
-    parser.add_argument("--pool", choices=("cls", "mean"), default="cls",
-                        help="fine-tuning head input: mean [CLS] state over the windows, or mean k-mer token state")
     parser.add_argument("--weight_decay", type=float, default=0.01, help="fine-tuning AdamW weight decay")
     parser.add_argument("--warmup_fraction", type=float, default=0.1,
                         help="fine-tuning linear warmup over this fraction of the steps, then linear decay")
@@ -228,8 +236,29 @@ def _add_classify(subparsers) -> None:
     parser.add_argument("--random_init_control", action="store_true",
                         help="also run the probes and fine-tuning on the same architecture with freshly initialised "
                              "weights: the gap to those rows is what pretraining adds (doubles their cost)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT_DIR/results.json")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing OUTPUT_DIR/results.json, predictions/ and classifier/")
     parser.set_defaults(handler=lambda args: _call("classify", "run_classify", args))
+
+
+# ---- predict (dnavec_jax/predict.py) ----
+def _add_predict(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "predict", help="class predictions of a `dnavec classify` classifier (CSV)",
+        description=(
+            "Classifies every sequence of --input with OUT/classifier of `dnavec classify`, by the rule its "
+            "predictions/*.csv use: windows as in `embed`, the mean of the windows' logits, softmax. Writes "
+            "--output: the input's columns (a FASTA gives `id`), then `prediction` and `prob_<class>` per class "
+            "(docs/classify.md)."
+        ),
+    )
+    parser.add_argument("--model", required=True, help="a classifier directory (OUT/classifier of dnavec classify)")
+    parser.add_argument("--input", required=True,
+                        help="CSV/TSV with a header naming a 'sequence' column (others kept), or FASTA(.gz)")
+    parser.add_argument("--output", required=True, help="output CSV")
+    parser.add_argument("--batch_size", type=int, default=64, help="windows per jitted batch")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    parser.set_defaults(handler=lambda args: _call("predict", "run_predict", args))
 
 
 def _call(module_name: str, function: str, args: argparse.Namespace):
@@ -245,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_export_hf, _add_vectors, _add_neighbors, _add_embed, _add_tfidf, _add_attention,
-                _add_classify):
+                _add_classify, _add_predict):
         add(subparsers)
     return parser
 

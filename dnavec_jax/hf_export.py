@@ -17,6 +17,11 @@ One checkpoint cannot load into both heads without a report: BertForMaskedLM has
 no pooler (transformers reports bert.pooler.* as unexpected) and BertModel has no
 MLM head (cls.predictions.* unexpected). Nothing is ever missing; see docs/export.md.
 
+A fine-tuned classifier (`dnavec classify`) is exported by the same writer with
+export_to_hf(classifier=ClassifierHead(...)): BertForSequenceClassification, classifier.*
+added, no MLM head, the same tokenizer files, dnavec.json with a "classifier" entry
+(docs/classify.md).
+
 Name mapping (Flax path -> PyTorch name; Dense kernels are transposed):
   embeddings/{word,position,token_type}_embeddings/embedding -> bert.embeddings.*.weight
   embeddings/LayerNorm/{scale,bias}                      -> bert.embeddings.LayerNorm.{weight,bias}
@@ -74,7 +79,9 @@ GUARD_MESSAGE = ("not a tokenizer: this DNAVec export reads raw DNA with its own
 _SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
                  "max_position_embeddings", "type_vocab_size")
 # Names a Hugging Face BERT checkpoint may hold that our model does not use.
-_IGNORED_HF_PREFIXES = ("cls.seq_relationship.",)  # BertForPreTraining's next-sentence head
+# BertForPreTraining's next-sentence head; BertForSequenceClassification's head (our classifier exports:
+# their encoder loads as a pretrained model, e.g. for `dnavec embed`; `dnavec predict` reads the head).
+_IGNORED_HF_PREFIXES = ("cls.seq_relationship.", "classifier.")
 _IGNORED_HF_SUFFIXES = (".position_ids", ".token_type_ids")  # old persistent buffers
 _DECODER_WEIGHT = "cls.predictions.decoder.weight"
 _DECODER_BIAS = "cls.predictions.decoder.bias"
@@ -376,11 +383,23 @@ def kmer_tokenizer_from_export(hf_dir: str | os.PathLike) -> KmerTokenizer:
 
 # ---- export ----------------------------------------------------------------
 
+class ClassifierHead(NamedTuple):
+    """A fine-tuned sequence-classification head: export_to_hf(classifier=...) writes a
+    BertForSequenceClassification directory instead of BertForMaskedLM (docs/classify.md)."""
+    kernel: np.ndarray  # (hidden, classes), Flax layout; applied to the pooler output, as transformers does
+    bias: np.ndarray  # (classes,)
+    labels: Sequence[str]  # class id -> label
+    info: Mapping[str, Any]  # dnavec.json "classifier": what `dnavec predict` needs to predict as classify did
+    card: str = ""  # a model-card section put before the encoder's card
+
+
 def export_to_hf(params: Mapping, model_config: model_lib.BertConfig, tokenizer: KmerTokenizer,
                  output_dir: str | os.PathLike, *, overwrite: bool = False, step: int | None = None,
-                 train_config: Mapping[str, Any] | None = None) -> Path:
+                 train_config: Mapping[str, Any] | None = None, classifier: ClassifierHead | None = None) -> Path:
     """Writes a transformers BertForMaskedLM directory from Flax params; returns its path.
 
+    With `classifier`, a BertForSequenceClassification directory: the same encoder names,
+    tokenizer files and dnavec.json (plus its "classifier" entry), no MLM head.
     Everything is written into a temporary directory next to output_dir and renamed
     at the end, so a failure leaves no half-written export. An existing non-empty
     output_dir is refused unless overwrite.
@@ -392,10 +411,13 @@ def export_to_hf(params: Mapping, model_config: model_lib.BertConfig, tokenizer:
             f"the model's vocab_size is {model_config.vocab_size:,} (incompatible config)"
         )
     state = flax_to_hf_state(params, model_config)
+    hf_config = hf_config_dict(model_config)
+    if classifier is not None:
+        state, hf_config = classifier_state(state, classifier), classifier_config_dict(hf_config, classifier.labels)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
     try:
-        _write_export(staging, state, model_config, tokenizer, step, train_config)
+        _write_export(staging, state, model_config, tokenizer, step, train_config, hf_config, classifier)
         replace_directory(staging, output_dir, overwrite, lambda: _not_empty(output_dir))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -419,12 +441,23 @@ def _not_empty(output_dir: Path) -> DNAVecError:
 
 
 def _write_export(directory: Path, state: dict[str, np.ndarray], model_config: model_lib.BertConfig,
-                  tokenizer: KmerTokenizer, step: int | None, train_config: Mapping[str, Any] | None) -> None:
-    max_length = model_config.max_position_embeddings
-    _write_json(directory / "config.json", hf_config_dict(model_config))
+                  tokenizer: KmerTokenizer, step: int | None, train_config: Mapping[str, Any] | None,
+                  hf_config: Mapping[str, Any], classifier: ClassifierHead | None = None) -> None:
+    _write_json(directory / "config.json", hf_config)
     save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+    _write_shared_files(directory, model_config, tokenizer, step, train_config, classifier)
+
+
+def _write_shared_files(directory: Path, model_config: model_lib.BertConfig, tokenizer: KmerTokenizer,
+                        step: int | None, train_config: Mapping[str, Any] | None,
+                        classifier: ClassifierHead | None) -> None:
+    """What every export carries, MLM or classifier: tokenizer files, dnavec.json, model card; then file modes."""
+    max_length = model_config.max_position_embeddings
     tokenizer.write_vocab(directory / "vocab.txt")
-    _write_json(directory / "tokenizer_config.json", tokenizer_config_dict(tokenizer, max_length))
+    tokenizer_config = tokenizer_config_dict(tokenizer, max_length)
+    if classifier is not None:  # AutoTokenizer then gives the tokenization the classifier was evaluated with
+        tokenizer_config.update(k=None, seed=int(classifier.info["seed"]), draw=0)
+    _write_json(directory / "tokenizer_config.json", tokenizer_config)
     _write_json(directory / "tokenizer.json", guard_tokenizer_json())
     _write_json(directory / "special_tokens_map.json", special_tokens_map())
     # The tokenizer code runs where DNAVec is not installed: it imports the very module we tokenize with.
@@ -441,12 +474,40 @@ def _write_export(directory: Path, state: dict[str, np.ndarray], model_config: m
         "step": step,
         "tokenizer": {"k_min": tokenizer.k_min, "k_max": tokenizer.k_max, "k_weights": k_weights},
         "model": model_config.to_dict(),
+        **({"classifier": dict(classifier.info)} if classifier is not None else {}),
     })
-    (directory / "README.md").write_text(model_card(model_config, tokenizer, step, train_config), encoding="utf-8")
+    card = model_card(model_config, tokenizer, step, train_config)
+    (directory / "README.md").write_text(classifier_card(card, classifier) if classifier else card, encoding="utf-8")
     mode = 0o666 & ~umask()  # safetensors writes 0600; mkdtemp makes the directory 0700
     for path in directory.rglob("*"):
         os.chmod(path, 0o777 & ~umask() if path.is_dir() else mode)
     os.chmod(directory, 0o777 & ~umask())
+
+
+def classifier_state(state: Mapping[str, np.ndarray], head: ClassifierHead) -> dict[str, np.ndarray]:
+    """BertForSequenceClassification's state: the encoder and pooler of `state`, no MLM head, plus `classifier`."""
+    kernel, bias = np.asarray(head.kernel, np.float32), np.asarray(head.bias, np.float32)
+    if kernel.shape[1:] != (len(head.labels),) or bias.shape != (len(head.labels),):
+        raise ValueError(f"classifier kernel {kernel.shape} / bias {bias.shape} do not fit {len(head.labels)} labels")
+    out = {name: value for name, value in state.items() if not name.startswith("cls.")}
+    out["classifier.weight"] = np.ascontiguousarray(kernel.T)
+    out["classifier.bias"] = bias
+    return out
+
+
+def classifier_config_dict(hf_config: Mapping[str, Any], labels: Sequence[str]) -> dict[str, Any]:
+    """config.json of a BertForSequenceClassification: the encoder's config plus the label maps."""
+    return {**hf_config, "architectures": ["BertForSequenceClassification"],
+            "id2label": {str(i): str(label) for i, label in enumerate(labels)},
+            "label2id": {str(label): i for i, label in enumerate(labels)},
+            "problem_type": "single_label_classification"}
+
+
+def classifier_card(card: str, head: ClassifierHead) -> str:
+    """The encoder's model card with the classifier's section first (after the YAML front matter)."""
+    card = card.replace("pipeline_tag: fill-mask", "pipeline_tag: text-classification", 1)
+    end = card.find("\n---\n", 4) + 5 if card.startswith("---\n") else 0
+    return card[:end] + ("\n" if end else "") + head.card.rstrip() + "\n\n" + card[end:].lstrip("\n")
 
 
 def _write_json(path: Path, value: Any) -> None:

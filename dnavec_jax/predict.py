@@ -1,0 +1,305 @@
+"""A fine-tuned classifier: its one prediction rule, its export, and `dnavec predict` (docs/classify.md).
+
+The rule, used by `dnavec classify` (predictions/*.csv, the fine-tune rows' final metrics) and by
+`dnavec predict` alike, so the two agree exactly:
+  1. the sequence (its first max_length bases if the classifier was trained on those) is tokenized
+     with the classifier's seed, embedding.record_seed(seed, 0, sequence), and cut into windows as
+     `embed` cuts them (inference.sequence_windows);
+  2. each window, [CLS] k-mers [SEP], goes through what transformers' BertForSequenceClassification
+     computes: encoder, pooler tanh(dense([CLS])), classifier dense -> logits;
+  3. the sequence's logits are the mean of its windows' logits; its probabilities their softmax.
+A sequence of one window gets exactly the transformers model's output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dnavec_jax.atomic_files import write_atomic
+from dnavec_jax.errors import DNAVecError, read_json_object
+from dnavec_jax.inference import Encoder, LoadedModel, check_dna, sequence_windows
+
+CLASSIFIER_DIR = "classifier"
+CLASSIFIER_FORMAT = "dnavec-classifier"
+CLASSIFIER_VERSION = 1
+ARCHITECTURE = "BertForSequenceClassification"
+PREDICTION = "prediction"
+WRITES_ONE = "`dnavec classify ... --output_dir OUT` writes one to OUT/classifier"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # identity semantics: holds arrays
+class Classifier:
+    loaded: LoadedModel  # the fine-tuned encoder and pooler (max_tokens: the windows it was trained on)
+    kernel: np.ndarray  # (hidden, classes) float32, applied to the pooler output
+    bias: np.ndarray  # (classes,)
+    labels: tuple[str, ...]  # class id -> label
+    seed: int  # tokenization seed (record_seed(seed, 0, ...))
+    max_length: int = 0  # 0: whole sequences, else their first max_length bases
+
+
+def window_ids(loaded: LoadedModel, raw: np.ndarray, seed: int, tokenization: int, name: str) -> list[np.ndarray]:
+    """The k-mer ids of each window of one sequence (raw letters) under tokenization t; t = 0 is what is predicted on."""
+    from dnavec_jax.embedding import record_seed
+
+    windows = sequence_windows(loaded.tokenizer, raw, record_seed(seed, tokenization, raw), loaded.max_tokens, name)
+    if not windows:
+        raise DNAVecError(f"{name}: no k-mer to classify (no run of {loaded.tokenizer.k_min} or more A/C/G/T bases)")
+    return [window.ids for window in windows]
+
+
+def _logits_head(pooler: dict, kernel: np.ndarray, bias: np.ndarray):
+    """Encoder head: BertForSequenceClassification's pooler and classifier on each window's [CLS] state."""
+    import jax.numpy as jnp
+    from flax import linen as nn
+
+    def head(hidden, input_ids, input_mask):
+        del input_ids, input_mask
+        pooled = jnp.tanh(nn.Dense(pooler["kernel"].shape[1]).apply({"params": pooler}, hidden[:, 0]))
+        return pooled @ jnp.asarray(kernel) + jnp.asarray(bias)
+
+    return head
+
+
+class Predictor:
+    """Class probabilities of sequences by the rule of the module docstring; one compilation per window length."""
+
+    def __init__(self, classifier: Classifier, batch_size: int = 64):
+        params = classifier.loaded.params
+        pooler = {name: np.asarray(value, np.float32) for name, value in params["pooler"].items()}
+        self.classifier = classifier
+        self.windows = 0
+        self._encoder = Encoder(classifier.loaded, batch_size,
+                                head=_logits_head(pooler, np.asarray(classifier.kernel, np.float32),
+                                                  np.asarray(classifier.bias, np.float32)))
+
+    def probabilities(self, records: Iterable[tuple[str, str | np.ndarray]], num_records: int,
+                      progress: bool = False) -> np.ndarray:
+        """(num_records, classes) float64 probabilities of (name, sequence) records, in order."""
+        from scipy.special import softmax
+        from tqdm import tqdm
+
+        classifier = self.classifier
+        sums = np.zeros((num_records, len(classifier.labels)), np.float64)
+        counts = np.zeros(num_records, np.int64)
+        bar = tqdm(total=num_records, desc="predict", unit="seq", disable=not progress)
+
+        def windows():
+            seen = 0
+            for index, (name, sequence) in enumerate(records):
+                raw = check_dna(sequence, name)
+                if classifier.max_length:
+                    raw = raw[:classifier.max_length]
+                for ids in window_ids(classifier.loaded, raw, classifier.seed, 0, name):
+                    counts[index] += 1
+                    yield index, ids
+                seen += 1
+                bar.update(1)
+            if seen != num_records:
+                raise ValueError(f"expected {num_records} records, got {seen}")
+
+        try:
+            for keys, logits in self._encoder.encode_windows(windows()):
+                np.add.at(sums, np.asarray(keys), logits)
+        finally:
+            bar.close()
+        self.windows += int(counts.sum())
+        if not np.isfinite(sums).all():
+            raise DNAVecError(f"{classifier.loaded.source}: the classifier produced NaN or Inf logits")
+        return softmax(sums / counts[:, None], axis=1)
+
+
+# ---- loading and exporting ------------------------------------------------------------
+
+def load_classifier(path: str | Path) -> Classifier:
+    """A `dnavec classify` classifier directory -> Classifier; one-line DNAVecError for anything else."""
+    from dnavec_jax import hf_export
+    from dnavec_jax.inference import load_model
+
+    path = Path(path)
+    where = f"--model {path}"
+    if not path.is_dir():
+        raise DNAVecError(f"{where}: no such directory ({WRITES_ONE})")
+    if (path / "checkpoints").is_dir():
+        raise DNAVecError(f"{where}: a training run directory, not a classifier ({WRITES_ONE})")
+    if not (path / "config.json").is_file():
+        raise DNAVecError(f"{where}: no config.json, not a classifier directory ({WRITES_ONE})")
+    config = read_json_object(path / "config.json")
+    architectures = config.get("architectures") or []
+    if ARCHITECTURE not in architectures:
+        raise DNAVecError(f"{where}: not a sequence classifier (config.json architectures {architectures}; "
+                          f"{WRITES_ONE})")
+    info = {}
+    if (path / hf_export.DNAVEC_FILE).is_file():
+        info = read_json_object(path / hf_export.DNAVEC_FILE).get("classifier") or {}
+    if info.get("format") != CLASSIFIER_FORMAT:
+        raise DNAVecError(f"{where}: a {ARCHITECTURE} from another tool ({hf_export.DNAVEC_FILE} has no DNAVec "
+                          f"classifier entry, so its tokenization and windows are unknown; {WRITES_ONE})")
+    id2label = config.get("id2label") or {}
+    try:
+        labels = tuple(str(id2label[str(i)]) for i in range(len(id2label)))
+    except KeyError:
+        raise DNAVecError(f"{where}: config.json id2label keys are not 0..{len(id2label) - 1}") from None
+    if len(labels) < 2:
+        raise DNAVecError(f"{where}: config.json id2label holds {len(labels)} class(es), a classifier needs 2 or more")
+    loaded = load_model(path)
+    if "pooler" in loaded.initialized:
+        raise DNAVecError(f"{where}: {hf_export.WEIGHTS_NAME} has no bert.pooler weights (incomplete classifier)")
+    state = hf_export.read_hf_state(path)
+    weight, bias = state.get("classifier.weight"), state.get("classifier.bias")
+    hidden = loaded.config.hidden_size
+    if weight is None or bias is None or weight.shape != (len(labels), hidden) or bias.shape != (len(labels),):
+        raise DNAVecError(f"{where}: {hf_export.WEIGHTS_NAME} has no classifier.weight ({len(labels)}, {hidden}) and "
+                          f"classifier.bias ({len(labels)},) for the {len(labels)} labels of config.json")
+    try:
+        seed, max_length, max_tokens = int(info["seed"]), int(info.get("max_length", 0)), int(info["max_tokens"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise DNAVecError(f"{where}: {hf_export.DNAVEC_FILE} classifier entry lacks {error}") from None
+    # The windows it was trained on (a run's seq_length may be shorter than the positions an export reports).
+    loaded = dataclasses.replace(loaded, max_tokens=max_tokens)
+    return Classifier(loaded, np.asarray(weight, np.float32).T, np.asarray(bias, np.float32), labels, seed, max_length)
+
+
+def export_classifier(classifier: Classifier, output_dir: Path, details: dict[str, Any]) -> Path:
+    """Writes `classifier` as a transformers BertForSequenceClassification directory (hf_export's one writer)."""
+    from dnavec_jax import hf_export
+
+    loaded = classifier.loaded
+    info = {"format": CLASSIFIER_FORMAT, "version": CLASSIFIER_VERSION, "labels": list(classifier.labels),
+            "seed": classifier.seed, "max_length": classifier.max_length, "max_tokens": loaded.max_tokens,
+            "rule": "mean of the windows' logits, then softmax (docs/classify.md)", **details}
+    head = hf_export.ClassifierHead(classifier.kernel, classifier.bias, list(classifier.labels), info,
+                                    card_section(classifier, details))
+    return hf_export.export_to_hf(loaded.params, loaded.config, loaded.tokenizer, output_dir, step=loaded.step,
+                                  classifier=head)
+
+
+def card_section(classifier: Classifier, details: dict[str, Any]) -> str:
+    labels = ", ".join(f"`{label}`" for label in classifier.labels)
+    test = details.get("test") or {}
+    scores = ", ".join(f"{name} {test[name]:.3f}" for name in ("accuracy", "mcc", "auroc") if test.get(name) is not None)
+    truncation = (f"only its first {classifier.max_length} bases are used; " if classifier.max_length else "")
+    return f"""# DNAVec sequence classifier ({len(classifier.labels)} classes: {labels})
+
+A `BertForSequenceClassification` fine-tuned by `dnavec classify` (DNAVec-JAX) from
+{details.get("base_model", "a DNAVec model")}{f"; test {scores}" if scores else ""}.
+The labels are `id2label` in `config.json`. The rest of this card describes the
+pretrained encoder it started from.
+
+How it predicts a sequence: {truncation}it is tokenized with random k per position,
+seed {classifier.seed} (`embedding.record_seed({classifier.seed}, 0, sequence)`), cut into windows of at most
+{classifier.loaded.max_tokens} k-mers as `dnavec embed` cuts them; each window `[CLS] k-mers [SEP]` gives
+logits; the sequence's logits are the mean over its windows, its probabilities their softmax.
+A sequence of one window gets exactly this model's transformers output.
+
+```bash
+dnavec predict --model path/to/this/directory --input sequences.csv --output predictions.csv
+```
+
+```python
+from transformers import AutoModelForSequenceClassification
+model = AutoModelForSequenceClassification.from_pretrained("path/to/this/directory").eval()
+logits = model(input_ids=window_ids).logits   # window_ids: (windows, tokens), [CLS] k-mer ids [SEP]
+probabilities = logits.mean(0).softmax(-1)     # one sequence
+```
+"""
+
+
+# ---- tables of predictions --------------------------------------------------------------
+
+def prediction_columns(labels: Sequence[str], prefix: str = "") -> list[str]:
+    """`prediction` then `prob_<label>` per class (`<prefix>` before each: classify --predictions all)."""
+    return [f"{prefix}{PREDICTION}"] + [f"{prefix}prob_{label}" for label in labels]
+
+
+def prediction_cells(probs: np.ndarray, labels: Sequence[str]) -> list[list[str]]:
+    """Per row: the argmax label, then each probability (8 significant digits)."""
+    return [[labels[int(np.argmax(row))], *(f"{p:.8g}" for p in row)] for row in np.asarray(probs, np.float64)]
+
+
+def check_free_columns(header: Sequence[str], columns: Sequence[str], where: str) -> None:
+    taken = sorted(set(header) & set(columns))
+    if taken:
+        raise DNAVecError(f"{where}: line 1: column {taken[0]!r} is one the predictions add; rename it")
+
+
+def write_table(handle, header: Sequence[str], rows: Sequence[Sequence[str]],
+                blocks: Sequence[tuple[list[str], list[list[str]]]]) -> None:
+    """CSV: the input columns, then each (columns, cells) block, row by row."""
+    writer = csv.writer(handle, lineterminator="\n")
+    writer.writerow([*header, *(column for columns, _ in blocks for column in columns)])
+    for index, row in enumerate(rows):
+        writer.writerow([*row, *(cell for _, cells in blocks for cell in cells[index])])
+
+
+# ---- dnavec predict ------------------------------------------------------------------------
+
+def _is_fasta(path: Path) -> bool:
+    """FASTA(.gz) by content: gzip data, or a first non-blank line starting with '>' or ';'."""
+    with open(path, "rb") as handle:
+        head = handle.read(4096)
+    if head.startswith(b"\x1f\x8b"):
+        return True
+    text = head.lstrip()
+    return text.startswith((b">", b";"))
+
+
+def _check_output(output: str, overwrite: bool) -> Path:
+    path = Path(output).absolute()
+    if path.is_dir():
+        raise DNAVecError(f"--output {output}: is a directory")
+    if path.exists() and not overwrite:
+        raise DNAVecError(f"--output {output} exists (pass --overwrite to replace it)")
+    if not path.parent.is_dir():
+        raise DNAVecError(f"--output {output}: directory {path.parent} does not exist")
+    return path
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    """`dnavec predict`."""
+    from dnavec_jax.classify import read_table
+
+    if args.batch_size < 1:
+        raise DNAVecError(f"--batch_size must be positive, got {args.batch_size}")
+    output = _check_output(args.output, args.overwrite)
+    source = Path(args.input)
+    if not source.is_file():
+        raise DNAVecError(f"--input {source}: no such file")
+    fasta = _is_fasta(source)
+    if not fasta:  # read and checked before the model loads: a mistake in the table fails fast
+        table = read_table(source, "--input", "input", require_label=False)
+    classifier = load_classifier(args.model)
+    columns = prediction_columns(classifier.labels)
+    if not fasta:
+        check_free_columns(table.header, columns, str(source))
+    predictor = Predictor(classifier, args.batch_size)
+    progress = sys.stderr.isatty()
+    started = time.perf_counter()
+    if fasta:
+        from dnavec_jax.embedding import fasta_records
+
+        with tempfile.TemporaryDirectory(prefix="dnavec_predict_") as work_dir:
+            index, records = fasta_records(str(source), Path(work_dir))
+            probs = predictor.probabilities(records, len(index), progress)
+        header, rows = ["id"], [[name] for name, _ in index]
+    else:
+        probs = predictor.probabilities(zip(table.row_names(), table.sequences), len(table.sequences), progress)
+        header, rows = table.header, table.rows
+    seconds = time.perf_counter() - started
+    write_atomic(output, lambda handle: write_table(handle, header, rows,
+                                                    [(columns, prediction_cells(probs, classifier.labels))]),
+                 binary=False)
+    counts = np.bincount(probs.argmax(axis=1), minlength=len(classifier.labels))
+    print(f"predicted {len(rows):,} sequences ({predictor.windows:,} windows) with {classifier.loaded.source} in "
+          f"{seconds:.1f}s: " + ", ".join(f"{label} {count:,}" for label, count in zip(classifier.labels, counts))
+          + f" -> {output}")
+    return 0
