@@ -51,8 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dnavec_jax import tfidf
-from dnavec_jax.atomic_files import write_atomic
+from dnavec_jax import files, tfidf
 from dnavec_jax.data.settings import PrepSettings
 from dnavec_jax.errors import DNAVecError
 from dnavec_jax.tokenization import CLS_ID, PAD_ID, SEP_ID, KmerTokenizer
@@ -298,12 +297,12 @@ def write_shares(shares: AttentionShares, output_dir: Path, k_min: int) -> list[
         writer.writeheader()
         writer.writerows(shares.rows())
 
-    write_atomic(output_dir / SHARES_CSV, write_csv, binary=False)
+    files.write_atomic(output_dir / SHARES_CSV, write_csv, binary=False)
     written = [SHARES_CSV]
     for index, category in enumerate(shares.categories):
         title = CATEGORY_TITLES.get(category, f"{k_min}-mers")
         png = heatmap_png(shares.share[:, :, index], f"attention to {title}", float(shares.uniform[index]))
-        write_atomic(output_dir / heatmap_name(category), lambda handle, png=png: handle.write(png))
+        files.write_atomic(output_dir / heatmap_name(category), lambda handle, png=png: handle.write(png))
         written.append(heatmap_name(category))
     return written
 
@@ -370,8 +369,8 @@ def write_bertviz(model_path: Path, loaded, doc: np.ndarray, html_tokens: int, o
     tokens = loaded.tokenizer.decode_ids(input_ids[0])
     title = f"{record}: first {len(kmers)} k-mers, {loaded.source}"
     head, model_view = bertviz_html(attentions, tokens, title)
-    write_atomic(output_dir / HEAD_VIEW_HTML, lambda handle: handle.write(head), binary=False)
-    write_atomic(output_dir / MODEL_VIEW_HTML, lambda handle: handle.write(model_view), binary=False)
+    files.write_atomic(output_dir / HEAD_VIEW_HTML, lambda handle: handle.write(head), binary=False)
+    files.write_atomic(output_dir / MODEL_VIEW_HTML, lambda handle: handle.write(model_view), binary=False)
     return input_ids[0]
 
 
@@ -407,7 +406,7 @@ def run_attention(args: argparse.Namespace) -> int:
     names = [SHARES_CSV, SUMMARY_JSON] + [heatmap_name(c) for c in categories(k_min)]
     if args.html_record:
         names += [HEAD_VIEW_HTML, MODEL_VIEW_HTML]
-    output_dir = tfidf.prepare_output_dir(args.output_dir, names, args.overwrite)
+    output_dir = files.check_outputs_in_dir(args.output_dir, "--output_dir", names, args.overwrite)
     settings = prep_settings(loaded, args)
     html_doc = first_document(settings, args.html_record) if args.html_record else None  # a bad name fails early
 
@@ -442,7 +441,7 @@ def run_attention(args: argparse.Namespace) -> int:
         "html_tokens": None if html_ids is None else loaded.tokenizer.decode_ids(html_ids),
         "seconds": round(seconds, 3),
     }
-    write_atomic(output_dir / SUMMARY_JSON, lambda handle: handle.write(json.dumps(summary, indent=2) + "\n"),
+    files.write_atomic(output_dir / SUMMARY_JSON, lambda handle: handle.write(json.dumps(summary, indent=2) + "\n"),
                        binary=False)
     written.append(SUMMARY_JSON)
     print(f"attention of {loaded.source} over {shares.num_sequences} windows ({shares.num_queries:,} k-mer queries), "

@@ -108,7 +108,7 @@ import numpy as np
 import optax
 from flax import linen as nn
 
-from dnavec_jax.atomic_files import write_atomic
+from dnavec_jax import files
 from dnavec_jax.errors import DNAVecError
 from dnavec_jax.model import BertConfig, BertForMaskedLM
 from dnavec_jax.tokenization import BASE_CODES, CLS_ID, NUM_SPECIAL, SEP_ID, KmerTokenizer, acgt_runs
@@ -871,6 +871,7 @@ def finetune(loaded, task: Task, settings: FinetuneSettings,
 RANDOM_INIT = "random_init_"  # row-name prefix of the control rows (run_methods(random_init_control=True))
 PRIVATE = ("probs", "classifier")  # method-result keys kept in memory (predictions, the export), not in results.json
 PREDICTIONS_DIR = "predictions"
+OUTPUT_NAMES = (RESULTS_FILE, PREDICTIONS_DIR, "classifier")  # classifier: predict.CLASSIFIER_DIR
 PREDICTION_CHOICES = ("finetune", "all")
 
 
@@ -1028,11 +1029,6 @@ def prediction_blocks(task: Task, results: dict[str, dict[str, Any]], split: str
              prediction_cells(results[name]["probs"][split], task.classes)) for name in names]
 
 
-def _existing_outputs(output_dir: Path) -> list[str]:
-    names = [RESULTS_FILE, PREDICTIONS_DIR, "classifier"]
-    return [name for name in names if (output_dir / name).exists()]
-
-
 def write_outputs(output_dir: Path, report: dict[str, Any], tables: dict[str, tuple], classifier, details: dict,
                   overwrite: bool) -> None:
     """results.json, predictions/ and classifier/, all or nothing: everything is written in a staging directory
@@ -1040,7 +1036,6 @@ def write_outputs(output_dir: Path, report: dict[str, Any], tables: dict[str, tu
     does not make are removed (only with overwrite: otherwise any earlier output is refused up front)."""
     import shutil
 
-    from dnavec_jax.atomic_files import replace_directory
     from dnavec_jax.predict import CLASSIFIER_DIR, export_classifier, write_table
 
     created = not output_dir.exists()
@@ -1059,12 +1054,12 @@ def write_outputs(output_dir: Path, report: dict[str, Any], tables: dict[str, tu
             made.append(CLASSIFIER_DIR)
         for name in made:
             refused = DNAVecError(f"--output_dir {output_dir}: {name}/ exists (pass --overwrite to replace it)")
-            replace_directory(staging / name, output_dir / name, overwrite, lambda error=refused: error)
+            files.replace_directory(staging / name, output_dir / name, overwrite, lambda error=refused: error)
         for name in {PREDICTIONS_DIR, CLASSIFIER_DIR} - set(made):
             if overwrite and (output_dir / name).is_dir():
                 shutil.rmtree(output_dir / name)
-        write_atomic(output_dir / RESULTS_FILE, lambda handle: handle.write(json.dumps(report, indent=2) + "\n"),
-                     binary=False)
+        files.write_atomic(output_dir / RESULTS_FILE,
+                           lambda handle: handle.write(json.dumps(report, indent=2) + "\n"), binary=False)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         if created and not any(output_dir.iterdir()):
@@ -1096,12 +1091,8 @@ def run_classify(args: argparse.Namespace) -> int:
     probe_settings = TokenProbeSettings(learning_rate=args.probe_learning_rate, weight_decay=args.probe_weight_decay,
                                         epochs=args.probe_epochs)
     probe_settings.check()
-    output_dir = Path(args.output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise DNAVecError(f"--output_dir {output_dir}: exists and is not a directory")
-    existing = _existing_outputs(output_dir)
-    if existing and not args.overwrite:
-        raise DNAVecError(f"--output_dir {output_dir}: {existing[0]} exists (pass --overwrite to replace it)")
+    output_dir = files.check_outputs_in_dir(args.output_dir, "--output_dir", OUTPUT_NAMES, args.overwrite,
+                                            create=False)
     task = load_task(args.train, args.dev, args.test, args.max_length)
     for split in ("dev", "test"):  # fail before any work, not when the tables are written
         check_free_columns(task.splits[split].header, prediction_columns(task.classes),

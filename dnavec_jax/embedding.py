@@ -59,7 +59,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dnavec_jax.atomic_files import write_atomic
+from dnavec_jax import files
 from dnavec_jax.errors import DNAVecError
 from dnavec_jax.inference import Encoder, LoadedModel, check_dna, load_model, sequence_windows
 from dnavec_jax.tokenization import NUM_SPECIAL, KmerTokenizer, record_seed
@@ -245,29 +245,15 @@ def fasta_records(path: str, work_dir: Path) -> tuple[list[tuple[str, int]], Ite
 
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray], overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise DNAVecError(f"--output {path} exists (pass --overwrite to replace it)")
-    write_atomic(path, lambda handle: np.savez(handle, **arrays))
-
-
-def _check_output(output: str, overwrite: bool) -> Path:
-    path = Path(output).absolute()
-    if path.suffix != ".npz":
-        raise DNAVecError(f"--output {output}: must end in .npz")
-    if path.is_dir():
-        raise DNAVecError(f"--output {output}: is a directory")
-    if path.exists() and not overwrite:
-        raise DNAVecError(f"--output {output} exists (pass --overwrite to replace it)")
-    if not path.parent.is_dir():
-        raise DNAVecError(f"--output {output}: directory {path.parent} does not exist")
-    return path
+    files.check_output_file(path, "--output", overwrite)  # again: it may have appeared since
+    files.write_atomic(path, lambda handle: np.savez(handle, **arrays))
 
 
 def run_embed(args: argparse.Namespace) -> int:
     """`dnavec embed`."""
     from dnavec_jax.data import fasta
 
-    output = _check_output(args.output, args.overwrite)
+    output = files.check_output_file(args.output, "--output", args.overwrite, suffix=".npz")
     k = parse_k(args.k)
     _check_settings(args.seed, args.num_tokenizations, args.batch_size, k)
     fasta.check_fasta_paths([args.fasta])  # fail before loading the model

@@ -42,7 +42,6 @@ import json
 import os
 import shutil
 import string
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -54,9 +53,8 @@ from flax import traverse_util
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from dnavec_jax import files, tokenization
 from dnavec_jax import model as model_lib
-from dnavec_jax import tokenization
-from dnavec_jax.atomic_files import replace_directory, umask
 from dnavec_jax.embedding import default_k
 from dnavec_jax.errors import DNAVecError, read_json_object
 from dnavec_jax.tokenization import NUM_SPECIAL, KmerTokenizer
@@ -404,7 +402,7 @@ def export_to_hf(params: Mapping, model_config: model_lib.BertConfig, tokenizer:
     at the end, so a failure leaves no half-written export. An existing non-empty
     output_dir is refused unless overwrite.
     """
-    output_dir = check_output_dir(output_dir, overwrite)
+    output_dir = files.check_output_dir(output_dir, "--output_dir", overwrite)
     if tokenizer.vocab_size != model_config.vocab_size:
         raise DNAVecError(
             f"the tokenizer (k {tokenizer.k_min}..{tokenizer.k_max}) has {tokenizer.vocab_size:,} ids but "
@@ -414,30 +412,9 @@ def export_to_hf(params: Mapping, model_config: model_lib.BertConfig, tokenizer:
     hf_config = hf_config_dict(model_config)
     if classifier is not None:
         state, hf_config = classifier_state(state, classifier), classifier_config_dict(hf_config, classifier.labels)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
-    try:
+    with files.staged_directory(output_dir, "--output_dir", overwrite) as staging:
         _write_export(staging, state, model_config, tokenizer, step, train_config, hf_config, classifier)
-        replace_directory(staging, output_dir, overwrite, lambda: _not_empty(output_dir))
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return output_dir
-
-
-def check_output_dir(output_dir: str | os.PathLike, overwrite: bool) -> Path:
-    """Raises DNAVecError unless output_dir is absent, an empty directory, or overwrite is set."""
-    output_dir = Path(output_dir).absolute()
-    if output_dir.exists() or output_dir.is_symlink():
-        if not output_dir.is_dir():
-            raise DNAVecError(f"--output_dir {output_dir} exists and is not a directory")
-        if any(output_dir.iterdir()) and not overwrite:
-            raise _not_empty(output_dir)
-    return output_dir
-
-
-def _not_empty(output_dir: Path) -> DNAVecError:
-    return DNAVecError(f"--output_dir {output_dir} exists and is not empty (pass --overwrite to replace it)")
 
 
 def _write_export(directory: Path, state: dict[str, np.ndarray], model_config: model_lib.BertConfig,
@@ -478,10 +455,6 @@ def _write_shared_files(directory: Path, model_config: model_lib.BertConfig, tok
     })
     card = model_card(model_config, tokenizer, step, train_config)
     (directory / "README.md").write_text(classifier_card(card, classifier) if classifier else card, encoding="utf-8")
-    mode = 0o666 & ~umask()  # safetensors writes 0600; mkdtemp makes the directory 0700
-    for path in directory.rglob("*"):
-        os.chmod(path, 0o777 & ~umask() if path.is_dir() else mode)
-    os.chmod(directory, 0o777 & ~umask())
 
 
 def classifier_state(state: Mapping[str, np.ndarray], head: ClassifierHead) -> dict[str, np.ndarray]:
@@ -517,7 +490,7 @@ def _write_json(path: Path, value: Any) -> None:
 def export_checkpoint(workdir: str | os.PathLike, output_dir: str | os.PathLike, step: int | None = None,
                       overwrite: bool = False) -> tuple[Path, int]:
     """`dnavec export-hf`: the training run in workdir (latest step by default) -> (output_dir, step)."""
-    check_output_dir(output_dir, overwrite)  # fail before loading a large checkpoint
+    files.check_output_dir(output_dir, "--output_dir", overwrite)  # fail before loading a large checkpoint
     if not Path(workdir).is_dir():
         raise DNAVecError(f"--workdir {workdir}: no such directory")
     from dnavec_jax.training import checkpointing  # the trainer's module (Orbax); only this command needs it

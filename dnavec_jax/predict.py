@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from dnavec_jax.atomic_files import write_atomic
+from dnavec_jax import files
 from dnavec_jax.errors import DNAVecError, read_json_object
 from dnavec_jax.inference import Encoder, LoadedModel, check_dna, sequence_windows
 
@@ -253,24 +253,13 @@ def _is_fasta(path: Path) -> bool:
     return text.startswith((b">", b";"))
 
 
-def _check_output(output: str, overwrite: bool) -> Path:
-    path = Path(output).absolute()
-    if path.is_dir():
-        raise DNAVecError(f"--output {output}: is a directory")
-    if path.exists() and not overwrite:
-        raise DNAVecError(f"--output {output} exists (pass --overwrite to replace it)")
-    if not path.parent.is_dir():
-        raise DNAVecError(f"--output {output}: directory {path.parent} does not exist")
-    return path
-
-
 def run_predict(args: argparse.Namespace) -> int:
     """`dnavec predict`."""
     from dnavec_jax.classify import read_table
 
     if args.batch_size < 1:
         raise DNAVecError(f"--batch_size must be positive, got {args.batch_size}")
-    output = _check_output(args.output, args.overwrite)
+    output = files.check_output_file(args.output, "--output", args.overwrite)
     source = Path(args.input)
     if not source.is_file():
         raise DNAVecError(f"--input {source}: no such file")
@@ -295,7 +284,7 @@ def run_predict(args: argparse.Namespace) -> int:
         probs = predictor.probabilities(zip(table.row_names(), table.sequences), len(table.sequences), progress)
         header, rows = table.header, table.rows
     seconds = time.perf_counter() - started
-    write_atomic(output, lambda handle: write_table(handle, header, rows,
+    files.write_atomic(output, lambda handle: write_table(handle, header, rows,
                                                     [(columns, prediction_cells(probs, classifier.labels))]),
                  binary=False)
     counts = np.bincount(probs.argmax(axis=1), minlength=len(classifier.labels))

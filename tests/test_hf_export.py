@@ -18,7 +18,7 @@ import pytest
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
-from dnavec_jax import atomic_files, cli, hf_export
+from dnavec_jax import cli, files, hf_export
 from dnavec_jax import model as model_lib
 from dnavec_jax.errors import DNAVecError
 from dnavec_jax.tokenization import KmerTokenizer
@@ -113,9 +113,9 @@ def test_export_files_and_config(small_export):
     assert info["step"] == 1234 and info["tokenizer"] == {"k_min": 3, "k_max": 5, "k_weights": None}
     assert model_lib.BertConfig.from_dict(info["model"]) == config
     # Readable by others, like any file we write (safetensors itself writes 0600).
-    mode = 0o666 & ~atomic_files.umask()
+    mode = 0o666 & ~files.umask()
     assert {oct(path.stat().st_mode & 0o777) for path in out.rglob("*") if path.is_file()} == {oct(mode)}
-    assert oct((out / "1_Pooling").stat().st_mode & 0o777) == oct(0o777 & ~atomic_files.umask())
+    assert oct((out / "1_Pooling").stat().st_mode & 0o777) == oct(0o777 & ~files.umask())
 
 
 def test_safetensors_names_layouts_and_metadata(small_export):
