@@ -43,7 +43,7 @@ def main() -> None:
     import torch
     from transformers import BertModel
 
-    from dnavec_jax import embedding, hf_export, inference
+    from dnavec_jax import embedding, export, inference
     from dnavec_jax.tokenization import CLS_ID, PAD_ID, SEP_ID
 
     set_jax_matmul_precision(args.matmul_precision)
@@ -67,7 +67,7 @@ def main() -> None:
 
         export_dir = model_dir
         if not (Path(model_dir) / "model.safetensors").exists():
-            export_dir = str(hf_export.export_checkpoint(model_dir, Path(tmp) / "hf")[0])
+            export_dir = str(export.export_checkpoint(model_dir, Path(tmp) / "hf")[0])
         torch_model = BertModel.from_pretrained(export_dir, dtype=torch.float32, attn_implementation="sdpa")
         torch_model = torch_model.to(device).eval()
         windows = [window.ids for index, seq in enumerate(sequences)

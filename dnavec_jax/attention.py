@@ -357,14 +357,14 @@ def bertviz_html(attentions: np.ndarray, tokens: Sequence[str], title: str) -> t
 def write_bertviz(model_path: Path, loaded, doc: np.ndarray, html_tokens: int, output_dir: Path,
                   record: str) -> np.ndarray:
     """Renders the bertviz views of [CLS] + the first html_tokens k-mers of `doc` + [SEP]; returns the ids."""
-    from dnavec_jax import hf_export, inference
+    from dnavec_jax import export, inference
 
     kmers = doc[doc != PAD_ID][:html_tokens]
     input_ids, _ = inference.pack_windows([kmers], len(kmers) + 2)
     with tempfile.TemporaryDirectory(prefix="dnavec_attention_hf_") as tmp:
         export_dir = model_path
         if (model_path / "checkpoints").is_dir():  # a training run: export its checkpoint first
-            export_dir, _ = hf_export.export_checkpoint(model_path, Path(tmp) / "hf", step=loaded.step)
+            export_dir, _ = export.export_checkpoint(model_path, Path(tmp) / "hf", step=loaded.step)
         attentions = hf_attentions(export_dir, input_ids[0])
     tokens = loaded.tokenizer.decode_ids(input_ids[0])
     title = f"{record}: first {len(kmers)} k-mers, {loaded.source}"

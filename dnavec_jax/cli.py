@@ -20,9 +20,9 @@ from dnavec_jax.errors import run_cli
 
 
 def _export_hf(args: argparse.Namespace) -> int:
-    from dnavec_jax import hf_export
+    from dnavec_jax import export
 
-    output_dir, step = hf_export.export_checkpoint(args.workdir, args.output_dir, step=args.step,
+    output_dir, step = export.export_checkpoint(args.workdir, args.output_dir, step=args.step,
                                                    overwrite=args.overwrite)
     print(f"exported step {step} of {args.workdir} to {output_dir} (transformers BertForMaskedLM + tokenizer)")
     return 0

@@ -61,8 +61,9 @@ import numpy as np
 
 from dnavec_jax import files
 from dnavec_jax.errors import DNAVecError
+from dnavec_jax.export import default_k
 from dnavec_jax.inference import Encoder, LoadedModel, check_dna, load_model, sequence_windows
-from dnavec_jax.tokenization import NUM_SPECIAL, KmerTokenizer, record_seed
+from dnavec_jax.tokenization import NUM_SPECIAL, record_seed
 
 # The last Encoder built, reused while the same LoadedModel object and settings come back
 # (classification embeds train, dev and test with one model: one compilation per shape).
@@ -87,16 +88,6 @@ def _encoder(loaded: LoadedModel, batch_size: int, per_token: bool) -> Encoder:
     encoder = Encoder(loaded, batch_size=batch_size, head=_token_head if per_token else _pool_head)
     _ENCODER_CACHE[:] = [loaded, key, encoder]
     return encoder
-
-
-def default_k(tokenizer: KmerTokenizer) -> int:
-    """embed's default k, and the exported tokenizer's: the middle of the k range, rounded down.
-
-    Measured (docs/outputs.md, scripts/compare_embed_tokenizations.py): with the demo model
-    (k 3..6) a fixed k=4 gave better mean vectors on the planted-motif task than k=3, 5 or 6,
-    than one random-k draw and than 16 draws averaged.
-    """
-    return (tokenizer.k_min + tokenizer.k_max) // 2
 
 
 def parse_k(value: int | str | None) -> int | str | None:

@@ -140,11 +140,11 @@ def load_model(path: str | os.PathLike, step: int | None = None) -> LoadedModel:
 
 
 def _load_run(path: Path, step: int | None) -> LoadedModel:
-    from dnavec_jax import hf_export  # Orbax loads only for run directories
+    from dnavec_jax import export  # Orbax loads only for run directories
     from dnavec_jax.training import checkpointing
 
     params, config, train_config, loaded_step = checkpointing.load_for_inference(path, step=step)
-    tokenizer = hf_export.tokenizer_from_train_config(train_config, source=str(path / "config.json"))
+    tokenizer = export.tokenizer_from_train_config(train_config, source=str(path / "config.json"))
     try:
         seq_length = int(train_config["data"]["prep"].get("seq_length", config.max_position_embeddings))
     except (KeyError, TypeError, AttributeError, ValueError):
@@ -157,15 +157,15 @@ def _load_run(path: Path, step: int | None) -> LoadedModel:
 def _load_export(path: Path) -> LoadedModel:
     import json
 
-    from dnavec_jax import hf_export
+    from dnavec_jax import export
 
-    imported = hf_export.load_hf_pretrained(path, allow_init=("pooler", "mlm_head"))
+    imported = export.load_hf_pretrained(path, allow_init=("pooler", "mlm_head"))
     tokenizer = imported.tokenizer
     if tokenizer is None:
-        tokenizer = hf_export.kmer_tokenizer_from_export(path)  # raises the reason it is not ours
+        tokenizer = export.kmer_tokenizer_from_export(path)  # raises the reason it is not ours
     step = None
     try:
-        step = json.loads((path / hf_export.DNAVEC_FILE).read_text(encoding="utf-8")).get("step")
+        step = json.loads((path / export.DNAVEC_FILE).read_text(encoding="utf-8")).get("step")
     except (OSError, ValueError, AttributeError):
         pass
     config = imported.model_config

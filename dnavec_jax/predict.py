@@ -122,7 +122,7 @@ class Predictor:
 
 def load_classifier(path: str | Path) -> Classifier:
     """A `dnavec classify` classifier directory -> Classifier; one-line DNAVecError for anything else."""
-    from dnavec_jax import hf_export
+    from dnavec_jax import export
     from dnavec_jax.inference import load_model
 
     path = Path(path)
@@ -139,10 +139,10 @@ def load_classifier(path: str | Path) -> Classifier:
         raise DNAVecError(f"{where}: not a sequence classifier (config.json architectures {architectures}; "
                           f"{WRITES_ONE})")
     info = {}
-    if (path / hf_export.DNAVEC_FILE).is_file():
-        info = read_json_object(path / hf_export.DNAVEC_FILE).get("classifier") or {}
+    if (path / export.DNAVEC_FILE).is_file():
+        info = read_json_object(path / export.DNAVEC_FILE).get("classifier") or {}
     if info.get("format") != CLASSIFIER_FORMAT:
-        raise DNAVecError(f"{where}: a {ARCHITECTURE} from another tool ({hf_export.DNAVEC_FILE} has no DNAVec "
+        raise DNAVecError(f"{where}: a {ARCHITECTURE} from another tool ({export.DNAVEC_FILE} has no DNAVec "
                           f"classifier entry, so its tokenization and windows are unknown; {WRITES_ONE})")
     id2label = config.get("id2label") or {}
     try:
@@ -153,33 +153,33 @@ def load_classifier(path: str | Path) -> Classifier:
         raise DNAVecError(f"{where}: config.json id2label holds {len(labels)} class(es), a classifier needs 2 or more")
     loaded = load_model(path)
     if "pooler" in loaded.initialized:
-        raise DNAVecError(f"{where}: {hf_export.WEIGHTS_NAME} has no bert.pooler weights (incomplete classifier)")
-    state = hf_export.read_hf_state(path)
+        raise DNAVecError(f"{where}: {export.WEIGHTS_NAME} has no bert.pooler weights (incomplete classifier)")
+    state = export.read_hf_state(path)
     weight, bias = state.get("classifier.weight"), state.get("classifier.bias")
     hidden = loaded.config.hidden_size
     if weight is None or bias is None or weight.shape != (len(labels), hidden) or bias.shape != (len(labels),):
-        raise DNAVecError(f"{where}: {hf_export.WEIGHTS_NAME} has no classifier.weight ({len(labels)}, {hidden}) and "
+        raise DNAVecError(f"{where}: {export.WEIGHTS_NAME} has no classifier.weight ({len(labels)}, {hidden}) and "
                           f"classifier.bias ({len(labels)},) for the {len(labels)} labels of config.json")
     try:
         seed, max_length, max_tokens = int(info["seed"]), int(info.get("max_length", 0)), int(info["max_tokens"])
     except (KeyError, TypeError, ValueError) as error:
-        raise DNAVecError(f"{where}: {hf_export.DNAVEC_FILE} classifier entry lacks {error}") from None
+        raise DNAVecError(f"{where}: {export.DNAVEC_FILE} classifier entry lacks {error}") from None
     # The windows it was trained on (a run's seq_length may be shorter than the positions an export reports).
     loaded = dataclasses.replace(loaded, max_tokens=max_tokens)
     return Classifier(loaded, np.asarray(weight, np.float32).T, np.asarray(bias, np.float32), labels, seed, max_length)
 
 
 def export_classifier(classifier: Classifier, output_dir: Path, details: dict[str, Any]) -> Path:
-    """Writes `classifier` as a transformers BertForSequenceClassification directory (hf_export's one writer)."""
-    from dnavec_jax import hf_export
+    """Writes `classifier` as a transformers BertForSequenceClassification directory (the export's one writer)."""
+    from dnavec_jax import export
 
     loaded = classifier.loaded
     info = {"format": CLASSIFIER_FORMAT, "version": CLASSIFIER_VERSION, "labels": list(classifier.labels),
             "seed": classifier.seed, "max_length": classifier.max_length, "max_tokens": loaded.max_tokens,
             "rule": "mean of the windows' logits, then softmax (docs/classify.md)", **details}
-    head = hf_export.ClassifierHead(classifier.kernel, classifier.bias, list(classifier.labels), info,
+    head = export.ClassifierHead(classifier.kernel, classifier.bias, list(classifier.labels), info,
                                     card_section(classifier, details))
-    return hf_export.export_to_hf(loaded.params, loaded.config, loaded.tokenizer, output_dir, step=loaded.step,
+    return export.export_to_hf(loaded.params, loaded.config, loaded.tokenizer, output_dir, step=loaded.step,
                                   classifier=head)
 
 

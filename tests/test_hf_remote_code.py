@@ -23,7 +23,8 @@ sentence_transformers = pytest.importorskip("sentence_transformers")
 
 from test_hf_export import chr22_windows, small_setup  # noqa: E402
 
-from dnavec_jax import embedding, hf_export, inference  # noqa: E402
+from dnavec_jax import embedding, inference  # noqa: E402
+from dnavec_jax.export import export_to_hf
 from dnavec_jax.tokenization import CLS_ID, SEP_ID, KmerTokenizer, record_seed  # noqa: E402
 
 DNA = ["GATCCCACGTTAGCAGGTACCAGTTTGACCA", "acgtTTGACcagtAAAGGGCTAGCTAcgatcgatcggatc", "TTTTAAAACCCCGGGGACGTACGT" * 2]
@@ -32,7 +33,7 @@ DNA = ["GATCCCACGTTAGCAGGTACCAGTTTGACCA", "acgtTTGACcagtAAAGGGCTAGCTAcgatcgatcgg
 @pytest.fixture(scope="module")
 def export(tmp_path_factory):
     tokenizer, config, params = small_setup()
-    out = hf_export.export_to_hf(params, config, tokenizer, tmp_path_factory.mktemp("remote") / "export",
+    out = export_to_hf(params, config, tokenizer, tmp_path_factory.mktemp("remote") / "export",
                                  train_config={"data": {"prep": {"k_min": 3, "k_max": 5, "seq_length": 128}}})
     return out, tokenizer
 
