@@ -3,7 +3,7 @@
 Per sequence (a FASTA record):
   1. N runs and IUPAC letters split it into contigs of A/C/G/T (lower case reads as upper
      case), as in data prep; other letters are an error naming the record.
-  2. It is tokenized (inference.tokenize_sequence) with one fixed k by default: every k-mer,
+  2. It is tokenized (loaded_model.tokenize_sequence) with one fixed k by default: every k-mer,
      k = default_k(tokenizer), the middle of the model's k range rounded down, which gave
      better vectors than random k on a planted-motif task (docs/outputs.md). With
      k="random" (--k random) as in training instead: one random k per position, k_min..k_max,
@@ -14,7 +14,7 @@ Per sequence (a FASTA record):
      (two records with the same sequence get the same vectors).
   3. Each contig's tokens are cut into windows of at most max_tokens (the model's training
      length minus [CLS]/[SEP]), in near-equal parts; nothing is truncated. A window is
-     padded to a length that depends only on its own token count (inference.padded_length),
+     padded to a length that depends only on its own token count (loaded_model.padded_length),
      and windows of all records are batched by that length under one jit per length.
   4. Pooling over all windows of all contigs and of all tokenizations:
        cls  = mean of the windows' last-layer [CLS] states (each window weighs the same;
@@ -57,13 +57,16 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
 from dnavec_jax import files
+from dnavec_jax.data import fasta
 from dnavec_jax.errors import DNAVecError
 from dnavec_jax.export import default_k
-from dnavec_jax.inference import Encoder, LoadedModel, check_dna, load_model, sequence_windows
 from dnavec_jax.tokenization import NUM_SPECIAL, record_seed
+from dnavec_jax.tools.loaded_model import Encoder, LoadedModel, check_dna, load_model, sequence_windows
 
 # The last Encoder built, reused while the same LoadedModel object and settings come back
 # (classification embeds train, dev and test with one model: one compilation per shape).
@@ -71,8 +74,6 @@ _ENCODER_CACHE: list = []
 
 
 def _pool_head(hidden, input_ids, input_mask):
-    import jax.numpy as jnp
-
     real = ((input_mask > 0) & (input_ids >= NUM_SPECIAL)).astype(jnp.float32)
     return {"cls": hidden[:, 0], "sum": jnp.einsum("bl,blh->bh", real, hidden)}
 
@@ -127,8 +128,6 @@ def _check_settings(seed: int, num_tokenizations: int, batch_size: int, k: int |
 def _embed(loaded: LoadedModel, records: Iterable[tuple[str, np.ndarray]], num_records: int, *, seed: int,
            num_tokenizations: int, batch_size: int, per_token: bool, progress: bool, k: int | None) -> dict:
     """The pooled (and per-token) vectors of (name, raw letters) records; see the module docstring."""
-    from tqdm import tqdm
-
     _check_settings(seed, num_tokenizations, batch_size, k, loaded)
     hidden_size = loaded.config.hidden_size
     cls_sum = np.zeros((num_records, hidden_size), np.float64)
@@ -216,8 +215,6 @@ def embed_sequences(loaded: LoadedModel, sequences: Sequence[str | bytes], seed:
 
 def fasta_records(path: str, work_dir: Path) -> tuple[list[tuple[str, int]], Iterator[tuple[str, np.ndarray]]]:
     """(name, length) of every record of a FASTA(.gz) file and an iterator over (label, raw letters), one at a time."""
-    from dnavec_jax.data import fasta
-
     source = fasta.open_source(path, work_dir, 0)
     index = fasta.read_index(source)
     if not index:
@@ -242,8 +239,6 @@ def _write_npz(path: Path, arrays: dict[str, np.ndarray], overwrite: bool) -> No
 
 def run_embed(args: argparse.Namespace) -> int:
     """`dnavec embed`."""
-    from dnavec_jax.data import fasta
-
     output = files.check_output_file(args.output, "--output", args.overwrite, suffix=".npz")
     k = parse_k(args.k)
     _check_settings(args.seed, args.num_tokenizations, args.batch_size, k)

@@ -51,6 +51,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+from scipy import sparse
+from wordcloud import WordCloud
 
 from dnavec_jax import files
 from dnavec_jax.data import fasta, pipeline
@@ -126,8 +128,6 @@ def normalized_tfidf(counts: DocTermCounts, idf: np.ndarray) -> np.ndarray:
 
 def tfidf_matrix(docs: np.ndarray, idf: np.ndarray):
     """The (num_docs, vocab_size) normalised tf-idf matrix of a batch of documents (scipy CSR)."""
-    from scipy import sparse
-
     counts = doc_term_counts(docs)
     values = normalized_tfidf(counts, idf)
     return sparse.csr_matrix((values, (counts.doc, counts.term)), shape=(counts.num_docs, len(idf)))
@@ -292,8 +292,6 @@ def read_top_csv(path) -> list[dict]:
 
 def word_cloud_png(frequencies: dict[str, float], seed: int = 0, width: int = 1600, height: int = 800) -> bytes:
     """PNG bytes of a word cloud of the given k-mer weights (wordcloud.generate_from_frequencies)."""
-    from wordcloud import WordCloud
-
     cloud = WordCloud(width=width, height=height, background_color="white", random_state=seed,
                       max_words=len(frequencies), colormap="viridis", prefer_horizontal=0.9)
     cloud.generate_from_frequencies(frequencies)

@@ -7,7 +7,7 @@ k 3..8), so row i is the vector of token id i:
               MLM decoder), before position embeddings and LayerNorm;
   contextual  the last-layer hidden state at the token's position when it is presented
               alone, [CLS] token [SEP] (segment 0, positions 0..2, no padding), computed in
-              jitted batches (inference.Encoder, one compiled (batch, 3) shape).
+              jitted batches (loaded_model.Encoder, one compiled (batch, 3) shape).
 
 Output directory of `dnavec vectors` (written into a temporary sibling directory and
 renamed into place; a non-empty directory is refused unless --overwrite):
@@ -37,11 +37,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from dnavec_jax import files
 from dnavec_jax.errors import DNAVecError
-from dnavec_jax.inference import Encoder, LoadedModel, load_model
 from dnavec_jax.tokenization import CLS_ID, NUM_SPECIAL, SEP_ID, KmerTokenizer
+from dnavec_jax.tools.loaded_model import Encoder, LoadedModel, load_model
 
 KINDS = ("input", "contextual")
 NPY_FILES = {"input": "input_embeddings.npy", "contextual": "contextual_vectors.npy"}
@@ -66,8 +67,6 @@ def _token_state(hidden, input_ids, input_mask):
 
 def contextual_vectors(loaded: LoadedModel, batch_size: int = 512, progress: bool = False) -> np.ndarray:
     """float32 (vocab_size, hidden): last-layer state of every token id presented alone as [CLS] id [SEP]."""
-    from tqdm import tqdm
-
     vocab_size = loaded.config.vocab_size
     encoder = Encoder(loaded, batch_size=batch_size, head=_token_state)
     out = np.empty((vocab_size, loaded.config.hidden_size), dtype=np.float32)

@@ -3,8 +3,8 @@
 The rule, used by `dnavec classify` (predictions/*.csv, the fine-tune rows' final metrics) and by
 `dnavec predict` alike, so the two agree exactly:
   1. the sequence (its first max_length bases if the classifier was trained on those) is tokenized
-     with the classifier's seed, embedding.record_seed(seed, 0, sequence), and cut into windows as
-     `embed` cuts them (inference.sequence_windows);
+     with the classifier's seed, embed.record_seed(seed, 0, sequence), and cut into windows as
+     `embed` cuts them (loaded_model.sequence_windows);
   2. each window, [CLS] k-mers [SEP], goes through what transformers' BertForSequenceClassification
      computes: encoder, pooler tanh(dense([CLS])), classifier dense -> logits;
   3. the sequence's logits are the mean of its windows' logits; its probabilities their softmax.
@@ -23,11 +23,17 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
+from flax import linen as nn
+from scipy.special import softmax
+from tqdm import tqdm
 
-from dnavec_jax import files
+from dnavec_jax import export, files
 from dnavec_jax.errors import DNAVecError, read_json_object
-from dnavec_jax.inference import Encoder, LoadedModel, check_dna, sequence_windows
+from dnavec_jax.tools.classify.tables import read_table
+from dnavec_jax.tools.embed import fasta_records, record_seed
+from dnavec_jax.tools.loaded_model import Encoder, LoadedModel, check_dna, load_model, sequence_windows
 
 CLASSIFIER_DIR = "classifier"
 CLASSIFIER_FORMAT = "dnavec-classifier"
@@ -49,8 +55,6 @@ class Classifier:
 
 def window_ids(loaded: LoadedModel, raw: np.ndarray, seed: int, tokenization: int, name: str) -> list[np.ndarray]:
     """The k-mer ids of each window of one sequence (raw letters) under tokenization t; t = 0 is what is predicted on."""
-    from dnavec_jax.embedding import record_seed
-
     windows = sequence_windows(loaded.tokenizer, raw, record_seed(seed, tokenization, raw), loaded.max_tokens, name)
     if not windows:
         raise DNAVecError(f"{name}: no k-mer to classify (no run of {loaded.tokenizer.k_min} or more A/C/G/T bases)")
@@ -59,9 +63,6 @@ def window_ids(loaded: LoadedModel, raw: np.ndarray, seed: int, tokenization: in
 
 def _logits_head(pooler: dict, kernel: np.ndarray, bias: np.ndarray):
     """Encoder head: BertForSequenceClassification's pooler and classifier on each window's [CLS] state."""
-    import jax.numpy as jnp
-    from flax import linen as nn
-
     def head(hidden, input_ids, input_mask):
         del input_ids, input_mask
         pooled = jnp.tanh(nn.Dense(pooler["kernel"].shape[1]).apply({"params": pooler}, hidden[:, 0]))
@@ -85,9 +86,6 @@ class Predictor:
     def probabilities(self, records: Iterable[tuple[str, str | np.ndarray]], num_records: int,
                       progress: bool = False) -> np.ndarray:
         """(num_records, classes) float64 probabilities of (name, sequence) records, in order."""
-        from scipy.special import softmax
-        from tqdm import tqdm
-
         classifier = self.classifier
         sums = np.zeros((num_records, len(classifier.labels)), np.float64)
         counts = np.zeros(num_records, np.int64)
@@ -122,9 +120,6 @@ class Predictor:
 
 def load_classifier(path: str | Path) -> Classifier:
     """A `dnavec classify` classifier directory -> Classifier; one-line DNAVecError for anything else."""
-    from dnavec_jax import export
-    from dnavec_jax.inference import load_model
-
     path = Path(path)
     where = f"--model {path}"
     if not path.is_dir():
@@ -171,8 +166,6 @@ def load_classifier(path: str | Path) -> Classifier:
 
 def export_classifier(classifier: Classifier, output_dir: Path, details: dict[str, Any]) -> Path:
     """Writes `classifier` as a transformers BertForSequenceClassification directory (the export's one writer)."""
-    from dnavec_jax import export
-
     loaded = classifier.loaded
     info = {"format": CLASSIFIER_FORMAT, "version": CLASSIFIER_VERSION, "labels": list(classifier.labels),
             "seed": classifier.seed, "max_length": classifier.max_length, "max_tokens": loaded.max_tokens,
@@ -196,7 +189,7 @@ The labels are `id2label` in `config.json`. The rest of this card describes the
 pretrained encoder it started from.
 
 How it predicts a sequence: {truncation}it is tokenized with random k per position,
-seed {classifier.seed} (`embedding.record_seed({classifier.seed}, 0, sequence)`), cut into windows of at most
+seed {classifier.seed} (`embed.record_seed({classifier.seed}, 0, sequence)`), cut into windows of at most
 {classifier.loaded.max_tokens} k-mers as `dnavec embed` cuts them; each window `[CLS] k-mers [SEP]` gives
 logits; the sequence's logits are the mean over its windows, its probabilities their softmax.
 A sequence of one window gets exactly this model's transformers output.
@@ -255,8 +248,6 @@ def _is_fasta(path: Path) -> bool:
 
 def run_predict(args: argparse.Namespace) -> int:
     """`dnavec predict`."""
-    from dnavec_jax.classify import read_table
-
     if args.batch_size < 1:
         raise DNAVecError(f"--batch_size must be positive, got {args.batch_size}")
     output = files.check_output_file(args.output, "--output", args.overwrite)
@@ -274,8 +265,6 @@ def run_predict(args: argparse.Namespace) -> int:
     progress = sys.stderr.isatty()
     started = time.perf_counter()
     if fasta:
-        from dnavec_jax.embedding import fasta_records
-
         with tempfile.TemporaryDirectory(prefix="dnavec_predict_") as work_dir:
             index, records = fasta_records(str(source), Path(work_dir))
             probs = predictor.probabilities(records, len(index), progress)
