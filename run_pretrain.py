@@ -10,7 +10,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from dnavec_jax.errors import run_cli
-from dnavec_jax.hf_export import export_after_training
+from dnavec_jax.export import export_after_training
 from dnavec_jax.tf_runtime import configure_tf
 from dnavec_jax.training.distributed import maybe_initialize_distributed
 from dnavec_jax.training.loop import train_and_evaluate

@@ -60,15 +60,15 @@ def random_model_export(config_path: str | Path, out_dir: Path) -> Path:
     for benchmarks that do not depend on the weights."""
     import jax
 
-    from dnavec_jax import hf_export
+    from dnavec_jax import export
     from dnavec_jax.model import init_params
     from dnavec_jax.training import settings
 
     config = load_config(config_path)
     model_config = settings.model_config_from(config)
     prep = config.data.prep
-    tokenizer = hf_export.tokenizer_from_train_config(config.to_dict())
+    tokenizer = export.tokenizer_from_train_config(config.to_dict())
     params = jax.device_get(init_params(model_config, jax.random.key(0)))
-    return hf_export.export_to_hf(params, model_config, tokenizer, out_dir / "export",
+    return export.export_to_hf(params, model_config, tokenizer, out_dir / "export",
                                   train_config={"data": {"prep": {"k_min": prep.k_min, "k_max": prep.k_max,
                                                                   "seq_length": prep.seq_length}}})

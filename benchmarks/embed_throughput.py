@@ -7,7 +7,7 @@ Without --model, a randomly initialised model of --config (configs/base.py) is
 exported to a temporary directory, so both sides run the same weights. Both
 sides embed the same random DNA sequences (seeded), tokenized by the project
 tokenizer into windows of at most max_tokens k-mers: ours through
-embedding.embed_sequences (jit, bucketed padded lengths, [CLS] and mean
+embed.embed_sequences (jit, bucketed padded lengths, [CLS] and mean
 pooling on the device); transformers' BertModel (torch, float32, SDPA
 attention, eval mode, no_grad) on the very same windows in batches of the same
 size, mean-pooled. One warm-up pass each (compilation) is left out of the
@@ -23,8 +23,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import (MATMUL_PRECISIONS, REPO, random_model_export, set_jax_matmul_precision,
-                    set_torch_matmul_precision, versions)
+from common import (
+    MATMUL_PRECISIONS,
+    REPO,
+    random_model_export,
+    set_jax_matmul_precision,
+    set_torch_matmul_precision,
+    versions,
+)
 
 
 def main() -> None:
@@ -43,8 +49,9 @@ def main() -> None:
     import torch
     from transformers import BertModel
 
-    from dnavec_jax import embedding, hf_export, inference
+    from dnavec_jax import export
     from dnavec_jax.tokenization import CLS_ID, PAD_ID, SEP_ID
+    from dnavec_jax.tools import embed, loaded_model
 
     set_jax_matmul_precision(args.matmul_precision)
     set_torch_matmul_precision(args.matmul_precision)
@@ -54,10 +61,10 @@ def main() -> None:
     sequences = ["".join(rng.choice(list("ACGT"), args.length)) for _ in range(args.num_sequences)]
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model or str(random_model_export(args.config, Path(tmp)))
-        loaded = inference.load_model(model_dir)
+        loaded = loaded_model.load_model(model_dir)
 
         def ours():
-            return embedding.embed_sequences(loaded, sequences, seed=0, batch_size=args.batch_size)
+            return embed.embed_sequences(loaded, sequences, seed=0, batch_size=args.batch_size)
 
         ours()  # compile
         started = time.perf_counter()
@@ -67,12 +74,12 @@ def main() -> None:
 
         export_dir = model_dir
         if not (Path(model_dir) / "model.safetensors").exists():
-            export_dir = str(hf_export.export_checkpoint(model_dir, Path(tmp) / "hf")[0])
+            export_dir = str(export.export_checkpoint(model_dir, Path(tmp) / "hf")[0])
         torch_model = BertModel.from_pretrained(export_dir, dtype=torch.float32, attn_implementation="sdpa")
         torch_model = torch_model.to(device).eval()
         windows = [window.ids for index, seq in enumerate(sequences)
-                   for window in inference.sequence_windows(
-                       loaded.tokenizer, seq, embedding.record_seed(0, 0, np.frombuffer(seq.encode(), np.uint8)),
+                   for window in loaded_model.sequence_windows(
+                       loaded.tokenizer, seq, embed.record_seed(0, 0, np.frombuffer(seq.encode(), np.uint8)),
                        loaded.max_tokens, f"sequence {index}")]
 
         def theirs():

@@ -5,7 +5,7 @@
 
 The reference side of the comparison in docs/benchmarks.md: what a Hugging
 Face training recipe does with the same model. The model is BertForMaskedLM
-built from the config our export writes (hf_export.hf_config_dict: same
+built from the config our export writes (export.hf_config_dict: same
 sizes, exact GELU, tied decoder, no attention-probability dropout), with
 SDPA attention, trained by torch.optim.AdamW (fused on CUDA) at the config's
 learning rate and weight decay, optionally under torch.compile and bf16
@@ -56,7 +56,7 @@ def main() -> None:
     import torch
     import transformers
 
-    from dnavec_jax import hf_export
+    from dnavec_jax import export
     from dnavec_jax.model import flops_per_token
     from dnavec_jax.training import metrics, settings
 
@@ -67,7 +67,7 @@ def main() -> None:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     set_torch_matmul_precision(args.matmul_precision)
 
-    hf_config = transformers.BertConfig(**{k: v for k, v in hf_export.hf_config_dict(model_config).items()
+    hf_config = transformers.BertConfig(**{k: v for k, v in export.hf_config_dict(model_config).items()
                                            if k not in ("architectures", "model_type", "dtype")})
     hf_config._attn_implementation = "sdpa"
     model = transformers.BertForMaskedLM(hf_config).to(device).train()

@@ -20,9 +20,9 @@ from dnavec_jax.errors import run_cli
 
 
 def _export_hf(args: argparse.Namespace) -> int:
-    from dnavec_jax import hf_export
+    from dnavec_jax import export
 
-    output_dir, step = hf_export.export_checkpoint(args.workdir, args.output_dir, step=args.step,
+    output_dir, step = export.export_checkpoint(args.workdir, args.output_dir, step=args.step,
                                                    overwrite=args.overwrite)
     print(f"exported step {step} of {args.workdir} to {output_dir} (transformers BertForMaskedLM + tokenizer)")
     return 0
@@ -51,7 +51,7 @@ def _add_model_argument(parser) -> None:
     parser.add_argument("--step", type=int, default=None, help="checkpoint step of a run directory (default: latest)")
 
 
-# ---- vectors / neighbors (dnavec_jax/vectors.py) ----
+# ---- vectors / neighbors (dnavec_jax/tools/vectors.py) ----
 def _add_vectors(subparsers) -> None:
     parser = subparsers.add_parser(
         "vectors", help="the V x hidden k-mer vector matrix (.npy, word2vec text)",
@@ -89,7 +89,7 @@ def _add_neighbors(subparsers) -> None:
     parser.set_defaults(handler=lambda args: _call("vectors", "run_neighbors", args))
 
 
-# ---- embed (dnavec_jax/embedding.py) ----
+# ---- embed (dnavec_jax/embed.py) ----
 def _add_embed(subparsers) -> None:
     parser = subparsers.add_parser(
         "embed", help="contextual embeddings of the records of a FASTA file (.npz)",
@@ -114,10 +114,10 @@ def _add_embed(subparsers) -> None:
                         help="also store every token's vector (flat arrays + per-record offsets)")
     parser.add_argument("--batch_size", type=int, default=64, help="windows per jitted batch")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
-    parser.set_defaults(handler=lambda args: _call("embedding", "run_embed", args))
+    parser.set_defaults(handler=lambda args: _call("embed", "run_embed", args))
 
 
-# ---- tfidf (dnavec_jax/tfidf.py) ----
+# ---- tfidf (dnavec_jax/tools/tfidf.py) ----
 def _add_tfidf(subparsers) -> None:
     parser = subparsers.add_parser(
         "tfidf", help="k-mer tf-idf over a genome: top-N CSV and word cloud",
@@ -145,7 +145,7 @@ def _add_tfidf(subparsers) -> None:
     parser.set_defaults(handler=lambda args: _call("tfidf", "run_tfidf", args))
 
 
-# ---- attention (dnavec_jax/attention.py) ----
+# ---- attention (dnavec_jax/tools/attention.py) ----
 def _add_attention(subparsers) -> None:
     parser = subparsers.add_parser(
         "attention", help="attention shares per layer and head: CSV, heat maps, HTML",
@@ -175,7 +175,7 @@ def _add_attention(subparsers) -> None:
     parser.set_defaults(handler=lambda args: _call("attention", "run_attention", args))
 
 
-# ---- classify (dnavec_jax/classify.py) ----
+# ---- classify (dnavec_jax/tools/classify/) ----
 def _add_classify(subparsers) -> None:
     parser = subparsers.add_parser(
         "classify", help="sequence classification: k-mer baseline, probe, fine-tuning",
@@ -238,10 +238,10 @@ def _add_classify(subparsers) -> None:
                              "weights: the gap to those rows is what pretraining adds (doubles their cost)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing OUTPUT_DIR/results.json, predictions/ and classifier/")
-    parser.set_defaults(handler=lambda args: _call("classify", "run_classify", args))
+    parser.set_defaults(handler=lambda args: _call("classify.command", "run_classify", args))
 
 
-# ---- predict (dnavec_jax/predict.py) ----
+# ---- predict (dnavec_jax/tools/predict.py) ----
 def _add_predict(subparsers) -> None:
     parser = subparsers.add_parser(
         "predict", help="class predictions of a `dnavec classify` classifier (CSV)",
@@ -265,7 +265,7 @@ def _call(module_name: str, function: str, args: argparse.Namespace):
     """Imports the tool's module only when its subcommand runs."""
     import importlib
 
-    return getattr(importlib.import_module(f"dnavec_jax.{module_name}"), function)(args)
+    return getattr(importlib.import_module(f"dnavec_jax.tools.{module_name}"), function)(args)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,6 +1,6 @@
 """BERT encoder with an MLM head in Flax Linen; knows nothing of data or checkpoints (docs/training.md).
 
-Parameter names follow transformers' BertForMaskedLM module by module (hf_export.name_table maps them).
+Parameter names follow transformers' BertForMaskedLM module by module (export.name_table maps them).
 BERT's numerics: post-LayerNorm, eps 1e-12, exact erf GELU. Attention runs through
 jax.nn.dot_product_attention (cuDNN flash attention on NVIDIA GPUs in bf16, XLA elsewhere); the MLM
 head runs only at the masked positions, over the vocabulary padded to a multiple of 128; parameters

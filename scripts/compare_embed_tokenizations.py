@@ -2,9 +2,9 @@
 
   python scripts/compare_embed_tokenizations.py --model runs/demo --output runs/demo/tokenizations.json
 
-On planted-motif tasks (classify.planted_motif_task over the embedded chr22, one per --task_seeds):
-each tokenization's `mean` (and `cls`) vectors from embedding.embed_sequences, standardised, then
-classify.logistic_regression (C chosen on dev by MCC); test accuracy, AUROC and MCC, mean and
+On planted-motif tasks (motif.planted_motif_task over the embedded chr22, one per --task_seeds):
+each tokenization's `mean` (and `cls`) vectors from embed.embed_sequences, standardised, then
+baseline.logistic_regression (C chosen on dev by MCC); test accuracy, AUROC and MCC, mean and
 spread over the tasks. Settings: random k with one draw (for each --draw_seeds: how much a single
 draw varies), random k averaged over each of --num_draws, and every fixed k of the model's range.
 The result is in docs/outputs.md ("Which tokenization to embed with").
@@ -45,26 +45,26 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> int:
         from sklearn.preprocessing import StandardScaler
 
-        from dnavec_jax import classify
         from dnavec_jax.data.fasta import DEMO_FASTA
-        from dnavec_jax.embedding import embed_sequences
-        from dnavec_jax.inference import load_model
+        from dnavec_jax.tools.classify import baseline, motif, tables
+        from dnavec_jax.tools.embed import embed_sequences
+        from dnavec_jax.tools.loaded_model import load_model
 
         loaded = load_model(args.model)
         rows = settings(loaded.tokenizer.k_min, loaded.tokenizer.k_max,
                         [int(s) for s in args.draw_seeds.split(",")], [int(n) for n in args.num_draws.split(",")])
         results: dict[str, dict[str, list[dict]]] = {name: {"mean": [], "cls": []} for name, _ in rows}
         for task_seed in [int(s) for s in args.task_seeds.split(",")]:
-            task = classify.planted_motif_task(DEMO_FASTA, num_windows=args.num_windows, length=args.length,
+            task = motif.planted_motif_task(DEMO_FASTA, num_windows=args.num_windows, length=args.length,
                                                seed=task_seed)
-            labels = {split: np.array([label for _, label in task[split]]) for split in classify.SPLITS}
+            labels = {split: np.array([label for _, label in task[split]]) for split in tables.SPLITS}
             for name, options in rows:
                 vectors = {split: embed_sequences(loaded, [seq for seq, _ in task[split]], **options)
-                           for split in classify.SPLITS}
+                           for split in tables.SPLITS}
                 for pool in ("mean", "cls"):
                     scaler = StandardScaler().fit(vectors["train"][pool])
-                    features = {split: scaler.transform(vectors[split][pool]) for split in classify.SPLITS}
-                    test = classify.logistic_regression(features, labels, task_seed)["test"]
+                    features = {split: scaler.transform(vectors[split][pool]) for split in tables.SPLITS}
+                    test = baseline.logistic_regression(features, labels, task_seed)["test"]
                     results[name][pool].append({"task_seed": task_seed, **test})
                     print(f"task {task_seed} {name:32s} {pool:4s} test acc {test['accuracy']:.3f} "
                           f"auroc {test['auroc']:.3f} mcc {test['mcc']:.3f}", flush=True)

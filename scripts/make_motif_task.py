@@ -6,7 +6,7 @@
 
 Windows of real DNA (default: the embedded 1 Mbp of chr22); label 1 rows carry the CTCF core
 consensus CCGCGNGGNGGCAG written over the bases at a random position, label 0 rows are the same
-windows unchanged (classify.planted_motif_task). Deterministic in --seed.
+windows unchanged (motif.planted_motif_task). Deterministic in --seed.
 """
 
 from __future__ import annotations
@@ -21,22 +21,22 @@ from dnavec_jax.errors import run_cli  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dnavec_jax import classify
     from dnavec_jax.data.fasta import DEMO_FASTA
+    from dnavec_jax.tools.classify import motif
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--fasta", default=str(DEMO_FASTA), help="FASTA(.gz) to cut windows from")
     parser.add_argument("--num_windows", type=int, default=300, help="windows; each gives a positive and a negative")
     parser.add_argument("--length", type=int, default=150, help="bases per sequence")
-    parser.add_argument("--motif", default=classify.CTCF_CORE, help="A/C/G/T/N motif (N: a random base)")
+    parser.add_argument("--motif", default=motif.CTCF_CORE, help="A/C/G/T/N motif (N: a random base)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
     def run() -> int:
-        task = classify.planted_motif_task(args.fasta, num_windows=args.num_windows, length=args.length,
+        task = motif.planted_motif_task(args.fasta, num_windows=args.num_windows, length=args.length,
                                            motif=args.motif, seed=args.seed)
-        paths = classify.write_task(task, args.output_dir)
+        paths = motif.write_task(task, args.output_dir)
         print(", ".join(f"{split}: {len(rows)} rows -> {paths[split]}" for split, rows in task.items()))
         return 0
 

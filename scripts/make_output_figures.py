@@ -24,9 +24,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dnavec_jax import cli, inference  # noqa: E402
+from dnavec_jax import cli  # noqa: E402
 from dnavec_jax.data.fasta import DEMO_FASTA  # noqa: E402
 from dnavec_jax.errors import run_cli  # noqa: E402
+from dnavec_jax.tools import loaded_model  # noqa: E402
 
 FIGURES = {"tfidf": ["tfidf_wordcloud.png"], "attention": ["attention_overlap.png", "attention_top_tfidf.png"]}
 
@@ -42,7 +43,7 @@ def main() -> int:
     args = parser.parse_args()
 
     def run() -> int:
-        loaded = inference.load_model(args.model)  # the model's k range and window for tf-idf
+        loaded = loaded_model.load_model(args.model)  # the model's k range and window for tf-idf
         with tempfile.TemporaryDirectory(prefix="dnavec_figures_") as tmp:
             out = Path(args.keep) if args.keep else Path(tmp)
             status = cli.main(["tfidf", "--fasta", args.fasta, "--output_dir", str(out / "tfidf"), "--overwrite",

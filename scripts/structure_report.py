@@ -1,5 +1,5 @@
 """Does a trained model show the overlap structure? The copy probe and the neighbour and attention figures
-on the held-out validation blocks of its training data (dnavec_jax/structure.py; docs/training.md).
+on the held-out validation blocks of its training data (dnavec_jax/tools/structure.py; docs/training.md).
 
   python scripts/structure_report.py --model runs/demo            # a run directory (latest checkpoint)
   python scripts/structure_report.py --model runs/demo/hf         # its export (the run's config.json is above it)
@@ -43,11 +43,11 @@ def main() -> int:
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args()
 
-    from dnavec_jax import inference, structure
     from dnavec_jax.data.settings import PrepSettings
+    from dnavec_jax.tools import loaded_model, structure
 
     started = time.perf_counter()
-    loaded = inference.load_model(args.model, step=args.step)
+    loaded = loaded_model.load_model(args.model, step=args.step)
     config = run_config(Path(args.model), args.data_config)
     settings = PrepSettings.from_dict(config["data"]["prep"])
     trained_with = config.get("train", {}).get("mlm_objective", "vocabulary")

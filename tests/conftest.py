@@ -150,7 +150,7 @@ def trained_workdir(tmp_path_factory, compile_cache, tiny_dataset) -> Path:
 @pytest.fixture(scope="session")
 def trained_export(trained_workdir, tmp_path_factory) -> Path:
     """trained_workdir's latest checkpoint exported as a Hugging Face directory."""
-    from dnavec_jax import hf_export
+    from dnavec_jax import export
 
-    output_dir, _ = hf_export.export_checkpoint(trained_workdir, tmp_path_factory.mktemp("export") / "hf")
+    output_dir, _ = export.export_checkpoint(trained_workdir, tmp_path_factory.mktemp("export") / "hf")
     return Path(output_dir)

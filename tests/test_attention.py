@@ -11,9 +11,10 @@ import jax
 import numpy as np
 import pytest
 
-from dnavec_jax import attention, cli, inference, tfidf
+from dnavec_jax import cli
 from dnavec_jax import model as M
 from dnavec_jax.tokenization import CLS_ID, PAD_ID, SEP_ID, KmerTokenizer
+from dnavec_jax.tools import attention, loaded_model, tfidf
 
 CATEGORIES = ("cls", "sep", "kmer_3", "kmer_longer", "top_tfidf", "self", "overlap")
 
@@ -76,7 +77,7 @@ def test_shares_on_a_hand_built_example():
 def test_default_starts_are_one_token_per_base():
     tokenizer = KmerTokenizer(3, 4)
     ids = tokenizer.encode("ACGTTGCAAGT", seed=3)
-    input_ids, mask = inference.pack_windows([ids], 16)
+    input_ids, mask = loaded_model.pack_windows([ids], 16)
     lengths = tokenizer.kmer_lengths()
     top = np.zeros(tokenizer.vocab_size, bool)
     implicit = attention.category_masks(input_ids, mask, lengths, top, 3)
@@ -116,9 +117,9 @@ def test_explicit_attention_reproduces_the_model():
 
 
 def test_explicit_attention_matches_transformers(trained_export):
-    loaded = inference.load_model(trained_export)
+    loaded = loaded_model.load_model(trained_export)
     ids = loaded.tokenizer.encode("GATCCCACGTTAGCAGGTACCAGTTTGACCATTGACGGA", seed=1)
-    input_ids, mask = inference.pack_windows([ids], len(ids) + 2)
+    input_ids, mask = loaded_model.pack_windows([ids], len(ids) + 2)
     _, probs = M.apply_with_attention(loaded.config, loaded.params, input_ids, mask)
     expected = attention.hf_attentions(trained_export, input_ids[0])
     np.testing.assert_allclose(np.asarray(probs)[:, 0], expected, atol=1e-5, rtol=0)

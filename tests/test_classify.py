@@ -13,7 +13,9 @@ import re
 import numpy as np
 import pytest
 
-from dnavec_jax import classify, cli, embedding, inference
+from dnavec_jax import cli
+from dnavec_jax.tools import embed, loaded_model
+from dnavec_jax.tools.classify import baseline, command, finetuning, metrics, motif, probes, report, tables
 
 # Fine-tuning settings for the tiny model (hidden 32): a larger learning rate than the default 3e-4.
 TINY_FINETUNE = dict(learning_rate=3e-3, epochs=20, patience=6, batch_size=16)
@@ -22,13 +24,13 @@ TINY_FINETUNE = dict(learning_rate=3e-3, epochs=20, patience=6, batch_size=16)
 @pytest.fixture(scope="module")
 def motif_task(chr22_fasta, tmp_path_factory):
     """300 windows of 150 bp -> 420 / 90 / 90 rows, half of them with the CTCF core written in."""
-    task = classify.planted_motif_task(chr22_fasta, num_windows=300, length=150, seed=0)
-    return task, classify.write_task(task, tmp_path_factory.mktemp("motif"))
+    task = motif.planted_motif_task(chr22_fasta, num_windows=300, length=150, seed=0)
+    return task, motif.write_task(task, tmp_path_factory.mktemp("motif"))
 
 
 @pytest.fixture(scope="module")
 def loaded(trained_workdir):
-    return inference.load_model(trained_workdir)
+    return loaded_model.load_model(trained_workdir)
 
 
 def _classify_cli(model, paths, output_dir, *extra):
@@ -50,22 +52,22 @@ def _numbers(results: dict) -> dict:
 def test_planted_motif_task(motif_task, chr22_fasta):
     task, paths = motif_task
     assert {split: len(rows) for split, rows in task.items()} == {"train": 420, "dev": 90, "test": 90}
-    motif = re.compile(classify.CTCF_CORE.replace("N", "[ACGT]"))
+    pattern = re.compile(motif.CTCF_CORE.replace("N", "[ACGT]"))
     negatives = {}
     for split, rows in task.items():
         assert [label for _, label in rows].count(1) == len(rows) // 2  # balanced
         assert all(len(sequence) == 150 and set(sequence) <= set("ACGT") for sequence, _ in rows)
-        assert all(bool(motif.search(sequence)) == bool(label) for sequence, label in rows)
+        assert all(bool(pattern.search(sequence)) == bool(label) for sequence, label in rows)
         negatives[split] = {sequence for sequence, label in rows if label == 0}
         windows = np.array([list(sequence.encode()) for sequence in sorted(negatives[split])], np.uint8)
         for sequence, label in rows:
             if label == 1:  # one negative is the same window: they differ only where the motif was written
                 differ = windows != np.frombuffer(sequence.encode(), np.uint8)
-                start = motif.search(sequence).start()
+                start = pattern.search(sequence).start()
                 assert (~differ[:, :start].any(1) & ~differ[:, start + 14:].any(1)).sum() == 1
     assert not (negatives["train"] & negatives["test"]) and not (negatives["train"] & negatives["dev"])
-    assert classify.planted_motif_task(chr22_fasta, num_windows=300, length=150, seed=0) == task
-    assert classify.read_split(paths["dev"], "dev").sequences == [s for s, _ in task["dev"]]
+    assert motif.planted_motif_task(chr22_fasta, num_windows=300, length=150, seed=0) == task
+    assert tables.read_split(paths["dev"], "dev").sequences == [s for s, _ in task["dev"]]
 
 
 def test_finetuning_and_probes_beat_chance_on_the_planted_motif(loaded, motif_task, capsys):
@@ -82,19 +84,19 @@ def test_finetuning_and_probes_beat_chance_on_the_planted_motif(loaded, motif_ta
     0.86-0.93 and MCC 0.73-0.87, so the AUROC bound sits below that range, not at one draw's value.
     """
     paths = motif_task[1]
-    task = classify.load_task(paths["train"], paths["dev"], paths["test"])
-    settings = classify.FinetuneSettings(**TINY_FINETUNE, seed=0)
-    results = classify.run_methods(task, loaded, seed=0, finetune_settings=settings, log=print)
-    assert list(results) == ["baseline", *(f"probe_{f}" for f in classify.PROBE_FEATURES), "finetune"]
+    task = tables.load_task(paths["train"], paths["dev"], paths["test"])
+    settings = finetuning.FinetuneSettings(**TINY_FINETUNE, seed=0)
+    results = command.run_methods(task, loaded, seed=0, finetune_settings=settings, log=print)
+    assert list(results) == ["baseline", *(f"probe_{f}" for f in probes.PROBE_FEATURES), "finetune"]
     for name, result in results.items():
-        assert set(result["dev"]) == set(result["test"]) == set(classify.METRICS), name
+        assert set(result["dev"]) == set(result["test"]) == set(metrics.METRICS), name
     finetuned = results["finetune"]["test"]
     assert finetuned["accuracy"] >= 0.85 and finetuned["mcc"] >= 0.7 and finetuned["auroc"] >= 0.8, finetuned
     assert results["baseline"]["test"]["accuracy"] >= 0.85
-    for feature in classify.TOKEN_FEATURES:  # far above chance: MCC 0.5 or more
+    for feature in probes.TOKEN_FEATURES:  # far above chance: MCC 0.5 or more
         probed = results[f"probe_{feature}"]["test"]
         assert probed["accuracy"] >= 0.75 and probed["mcc"] >= 0.5 and probed["auroc"] >= 0.82, (feature, probed)
-    best_probe = max((results[f"probe_{f}"]["test"] for f in classify.TOKEN_FEATURES), key=lambda m: m["auroc"])
+    best_probe = max((results[f"probe_{f}"]["test"] for f in probes.TOKEN_FEATURES), key=lambda m: m["auroc"])
     assert best_probe["auroc"] >= 0.9 and best_probe["accuracy"] >= 0.85, best_probe
     for feature in ("static", "cls", "mean"):  # above chance, diluted by the mean (see the docstring)
         assert results[f"probe_{feature}"]["test"]["auroc"] > 0.6
@@ -102,21 +104,21 @@ def test_finetuning_and_probes_beat_chance_on_the_planted_motif(loaded, motif_ta
     assert selected["windows_per_sequence"] == 3 and selected["window_length"] == 64  # 148 tokens: 3 windows
     # Selection batches whole sequences, the reported figures go window by window (predict.Predictor): same math.
     assert selected["history"][selected["epoch"] - 1]["dev_mcc"] == pytest.approx(results["finetune"]["dev"]["mcc"])
-    table = classify.format_table(results)
+    table = report.format_table(results)
     print(table)
     assert len(table.splitlines()) == 2 + 7 and "| fine-tune (epoch " in table
     assert "probe: tokens + linear, log-sum-exp over tokens" in table
 
 
 def test_cli_end_to_end_and_same_seed_same_numbers(trained_workdir, trained_export, chr22_fasta, tmp_path, capsys):
-    paths = classify.write_task(classify.planted_motif_task(chr22_fasta, num_windows=40, length=150, seed=1),
+    paths = motif.write_task(motif.planted_motif_task(chr22_fasta, num_windows=40, length=150, seed=1),
                                 tmp_path / "task")
     quick = ["--epochs", "2", "--batch_size", "8", "--learning_rate", "3e-3", "--probe_epochs", "5", "--seed", "5"]
     assert _classify_cli(trained_workdir, paths, tmp_path / "a", *quick) == 0
     out = capsys.readouterr().out
     assert "| method | dev acc | dev F1 | dev MCC | dev AUROC | test acc" in out and "wrote " in out
     first = json.loads((tmp_path / "a" / "results.json").read_text())
-    assert list(first["methods"]) == ["baseline", *(f"probe_{f}" for f in classify.PROBE_FEATURES), "finetune"]
+    assert list(first["methods"]) == ["baseline", *(f"probe_{f}" for f in probes.PROBE_FEATURES), "finetune"]
     assert first["task"]["classes"] == ["0", "1"] and first["task"]["splits"]["train"]["examples"] == 56
     assert first["settings"]["seed"] == 5 and first["model"].endswith("(step 40)")
     # The same command again: the same numbers.
@@ -125,7 +127,7 @@ def test_cli_end_to_end_and_same_seed_same_numbers(trained_workdir, trained_expo
     # The export gives the same model, hence the same numbers (to float noise).
     assert _classify_cli(trained_export, paths, tmp_path / "c", *quick, "--methods", "probe") == 0
     export = json.loads((tmp_path / "c" / "results.json").read_text())["methods"]
-    for feature in classify.PROBE_FEATURES:
+    for feature in probes.PROBE_FEATURES:
         assert export[f"probe_{feature}"]["test"] == pytest.approx(first["methods"][f"probe_{feature}"]["test"],
                                                                     abs=0.02)
     # Another seed: other tokenizations, order and dropout.
@@ -146,15 +148,15 @@ def test_training_model_computes_what_the_predictor_and_export_compute(loaded, c
     import jax
     import jax.numpy as jnp
 
-    from dnavec_jax import predict
+    from dnavec_jax.tools import predict
 
     sequences = [_chr22(chr22_fasta)[3000:3300], _chr22(chr22_fasta)[8000:8100] + "N" * 20
                  + _chr22(chr22_fasta)[9000:9070]]
     names = ["long", "gapped"]
-    windows = classify._window_ids(loaded, sequences, names, seed=3, tokenization=0)
+    windows = finetuning._window_ids(loaded, sequences, names, seed=3, tokenization=0)
     assert [len(w) for w in windows] == [5, 4]  # 298 tokens: 5 windows; contigs of 98 and 68 tokens: 2 + 2
-    ids, mask = classify._pack(windows, rows=4, windows=6, length=64)  # padded rows and window slots
-    model = classify.SequenceClassifier(loaded.config, 3)
+    ids, mask = finetuning._pack(windows, rows=4, windows=6, length=64)  # padded rows and window slots
+    model = finetuning.SequenceClassifier(loaded.config, 3)
     params = model.init(jax.random.key(0), jnp.asarray(ids), jnp.asarray(mask))["params"]
     params["bert"] = {name: loaded.params[name] for name in params["bert"]}
     params["classifier"] = jax.tree.map(lambda x: np.asarray(x) + 0.3 * np.random.default_rng(1).normal(size=x.shape),
@@ -178,31 +180,31 @@ def test_token_probe_finds_one_marker_token_that_a_mean_dilutes():
         labels[split] = np.tile([0, 1], count // 2)
         for row in np.flatnonzero(labels[split]):
             vectors[offsets[row] + rng.integers(lengths[row]), :2] = 4.0  # the marker: far out in 2 dimensions
-        features[split] = classify.TokenFeatures(vectors, offsets)
-    settings = classify.TokenProbeSettings(epochs=40, patience=40, batch_size=32)
-    result = classify.token_probe(features, labels, 2, settings, seed=0)
+        features[split] = probes.TokenFeatures(vectors, offsets)
+    settings = probes.TokenProbeSettings(epochs=40, patience=40, batch_size=32)
+    result = probes.token_probe(features, labels, 2, settings, seed=0)
     assert result["test"]["accuracy"] >= 0.95 and result["test"]["auroc"] >= 0.98, result["test"]
     assert result["selected"]["max_tokens"] == 120 and len(result["selected"]["history"]) == 40
-    assert classify.token_probe(features, labels, 2, settings, seed=0)["test"] == result["test"]  # repeatable
+    assert probes.token_probe(features, labels, 2, settings, seed=0)["test"] == result["test"]  # repeatable
     means = {split: np.add.reduceat(f.values, f.offsets[:-1]) / np.diff(f.offsets)[:, None]
              for split, f in features.items()}
-    pooled = classify.logistic_regression(means, labels, seed=0)["test"]
+    pooled = baseline.logistic_regression(means, labels, seed=0)["test"]
     assert pooled["accuracy"] < 0.8, pooled  # the control: the same data, mean-pooled, is near chance
 
 
 def test_static_tokens_are_the_static_probes_vectors(loaded, chr22_fasta, tmp_path, capsys, monkeypatch):
     """static = the mean of static_tokens over a sequence: both read the tokenization embed uses. The features
     are embedded in chunks (FEATURE_CHUNK_BASES, made small here) into arrays allocated once, with a progress bar."""
-    paths = classify.write_task(classify.planted_motif_task(chr22_fasta, num_windows=20, length=150, seed=2),
+    paths = motif.write_task(motif.planted_motif_task(chr22_fasta, num_windows=20, length=150, seed=2),
                                 tmp_path / "task")
-    task = classify.load_task(paths["train"], paths["dev"], paths["test"])
-    monkeypatch.setattr(classify, "FEATURE_CHUNK_BASES", 700)  # 150-base rows: 5 a chunk
-    assert [(c.start, c.stop) for c in classify._chunks(["A" * 300, "A" * 100, "A" * 500, "A" * 10], 400)] == [
+    task = tables.load_task(paths["train"], paths["dev"], paths["test"])
+    monkeypatch.setattr(probes, "FEATURE_CHUNK_BASES", 700)  # 150-base rows: 5 a chunk
+    assert [(c.start, c.stop) for c in probes._chunks(["A" * 300, "A" * 100, "A" * 500, "A" * 10], 400)] == [
         (0, 2), (2, 3), (3, 4)]
-    features = classify.probe_features(loaded, task, seed=4, features=("static", "static_tokens", "tokens"),
+    features = probes.probe_features(loaded, task, seed=4, features=("static", "static_tokens", "tokens"),
                                        num_tokenizations=2, progress=True)
     assert "features train: 100%" in capsys.readouterr().err
-    for split in classify.SPLITS:
+    for split in tables.SPLITS:
         tokens = features["static_tokens"][split]
         vectors = tokens.rows(0, int(tokens.offsets[-1]))
         np.testing.assert_allclose(np.add.reduceat(vectors, tokens.offsets[:-1]) / np.diff(tokens.offsets)[:, None],
@@ -210,7 +212,7 @@ def test_static_tokens_are_the_static_probes_vectors(loaded, chr22_fasta, tmp_pa
         assert tokens.values.dtype == np.int32 and features["tokens"][split].values.dtype == np.float16  # compact
         assert np.array_equal(features["tokens"][split].offsets, tokens.offsets)
         assert tokens.offsets[-1] == 2 * 148 * len(task.sequences(split))  # 150 bases, k_min 3, two tokenizations
-    reference = embedding.embed_sequences(loaded, task.sequences("dev"), seed=4, num_tokenizations=2, per_token=True,
+    reference = embed.embed_sequences(loaded, task.sequences("dev"), seed=4, num_tokenizations=2, per_token=True,
                                           k="random")
     stored = features["tokens"]["dev"]
     np.testing.assert_array_equal(stored.offsets, reference["token_offsets"])
@@ -224,7 +226,7 @@ def test_random_init_control_is_the_untrained_model(loaded, chr22_fasta, tmp_pat
 
     from dnavec_jax.model import init_params
 
-    control = classify.random_init_model(loaded, seed=3)
+    control = finetuning.random_init_model(loaded, seed=3)
     assert jax.tree.structure(control.params) == jax.tree.structure(loaded.params)
     expected = init_params(loaded.config, jax.random.key(3))
     for got, want, pretrained in zip(jax.tree.leaves(control.params), jax.tree.leaves(expected),
@@ -234,13 +236,13 @@ def test_random_init_control_is_the_untrained_model(loaded, chr22_fasta, tmp_pat
     assert not np.allclose(control.params["embeddings"]["word_embeddings"]["embedding"],
                            loaded.params["embeddings"]["word_embeddings"]["embedding"])
     assert control.source.startswith("random init (seed 3) of run ") and control.tokenizer is loaded.tokenizer
-    paths = classify.write_task(classify.planted_motif_task(chr22_fasta, num_windows=20, length=150, seed=2),
+    paths = motif.write_task(motif.planted_motif_task(chr22_fasta, num_windows=20, length=150, seed=2),
                                 tmp_path / "task")
-    task = classify.load_task(paths["train"], paths["dev"], paths["test"])
-    results = classify.run_methods(task, loaded, methods=["probe"], probe=["mean", "tokens"], seed=3,
-                                   random_init_control=True, token_probe_settings=classify.TokenProbeSettings(epochs=2))
+    task = tables.load_task(paths["train"], paths["dev"], paths["test"])
+    results = command.run_methods(task, loaded, methods=["probe"], probe=["mean", "tokens"], seed=3,
+                                   random_init_control=True, token_probe_settings=probes.TokenProbeSettings(epochs=2))
     assert list(results) == ["probe_mean", "probe_tokens", "random_init_probe_mean", "random_init_probe_tokens"]
-    assert "| probe: tokens + linear, log-sum-exp over tokens, random init |" in classify.format_table(results)
+    assert "| probe: tokens + linear, log-sum-exp over tokens, random init |" in report.format_table(results)
 
 
 def _chr22(path) -> str:
@@ -266,11 +268,11 @@ def test_tsv_kmer_text_string_labels_multiclass_and_max_length(tmp_path):
         header = "sequence\tlabel" if split == "train" else "Label\tSequence\tnote"
         paths[split] = tmp_path / (f"{split}.tsv" if split != "test" else "test.txt")  # .txt: sniffed
         paths[split].write_text(header + "\n" + text + "\n\n")
-    task = classify.load_task(str(paths["train"]), str(paths["dev"]), str(paths["test"]), max_length=50)
+    task = tables.load_task(str(paths["train"]), str(paths["dev"]), str(paths["test"]), max_length=50)
     assert task.classes == ["at_rich", "even", "gc_rich"]
     assert len(task.splits["train"].sequences[0]) == 60 and len(task.sequences("train")[0]) == 50
     assert task.splits["dev"].lines[0] == 2
-    results = classify.run_methods(task, None, methods=["baseline"], baseline_k=(2, 3), tfidf=True)
+    results = command.run_methods(task, None, methods=["baseline"], baseline_k=(2, 3), tfidf=True)
     test = results["baseline"]["test"]
     assert test["accuracy"] >= 0.8 and test["auroc"] >= 0.9, test  # chance: 1/3, AUROC 0.5 (one-vs-rest)
     assert results["baseline"]["selected"]["tfidf"] and results["baseline"]["selected"]["k_max"] == 3

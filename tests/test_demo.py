@@ -13,8 +13,8 @@ import json
 import pytest
 from conftest import REPO, load_config_file
 
-from dnavec_jax import inference, structure
 from dnavec_jax.data import PrepSettings
+from dnavec_jax.tools import loaded_model, structure
 from dnavec_jax.training import loop
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("compile_cache")]
@@ -54,7 +54,7 @@ def test_demo_loss_falls_below_the_unigram_baseline(tmp_path):
     assert final_eval["accuracy"] < final_eval["accuracy_ceiling"] and final_eval["loss"] > final_eval["loss_floor"]
 
     # The structure already moves above chance at 300 steps (the 1,000-step targets are in docs/training.md).
-    loaded = inference.load_model(tmp_path / "run")
+    loaded = loaded_model.load_model(tmp_path / "run")
     settings = PrepSettings.from_dict(config.data.prep.to_dict())
     report = structure.structure_report(loaded.config, loaded.params, loaded.tokenizer,
                                         structure.validation_examples(settings), settings.max_predictions).summary()

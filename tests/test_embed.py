@@ -1,4 +1,4 @@
-"""Sequence embeddings (`dnavec embed`, embedding.embed_sequences) with the trained tiny model (62 tokens a window)."""
+"""Sequence embeddings (`dnavec embed`, embed.embed_sequences) with the trained tiny model (62 tokens a window)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import gzip
 import numpy as np
 import pytest
 
-from dnavec_jax import cli, embedding, inference
+from dnavec_jax import cli
 from dnavec_jax.model import BertForMaskedLM
 from dnavec_jax.tokenization import CLS_ID, SEP_ID
+from dnavec_jax.tools import embed, loaded_model
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def records(chr22) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def run_model(trained_workdir):
-    return inference.load_model(trained_workdir)
+    return loaded_model.load_model(trained_workdir)
 
 
 def _write_fasta(path, records: dict[str, str], width: int = 60):
@@ -62,7 +63,7 @@ def test_record_vectors_do_not_depend_on_the_other_records(run_model, trained_wo
             np.testing.assert_allclose(single[key][0], everything[key][row], atol=1e-5)
     # The API on plain strings, in another order, gives the same vectors.
     names = list(records)[::-1]
-    api = embedding.embed_sequences(run_model, [records[name] for name in names], batch_size=16)
+    api = embed.embed_sequences(run_model, [records[name] for name in names], batch_size=16)
     for row, name in enumerate(names):
         np.testing.assert_allclose(api["mean"][row], everything["mean"][list(records).index(name)], atol=1e-5)
     # Contigs: 'gapped' has three (150, 90, 40 bases), each windowed on its own.
@@ -70,19 +71,19 @@ def test_record_vectors_do_not_depend_on_the_other_records(run_model, trained_wo
     assert everything["num_tokens"][gapped] == 148 + 88 + 38
     assert everything["num_windows"][gapped] == 3 + 2 + 1
     # Lower case embeds as upper case (same tokens, same seed).
-    upper = embedding.embed_sequences(run_model, [records["soft"].upper()])
+    upper = embed.embed_sequences(run_model, [records["soft"].upper()])
     np.testing.assert_allclose(upper["cls"][0], everything["cls"][list(records).index("soft")], atol=1e-5)
     for k in ("random", 4):
         soft = [records["soft"], records["soft"].upper()]
-        both = embedding.embed_sequences(run_model, soft, k=k)
+        both = embed.embed_sequences(run_model, soft, k=k)
         np.testing.assert_allclose(both["mean"][0], both["mean"][1], atol=1e-5)
 
 
 def _reference(loaded, sequence: str, seed: int, tokenization: int = 0, k: int | None = None):
     """Pooled vectors computed window by window, unpadded and unbatched, straight from the Flax model."""
     raw = np.frombuffer(sequence.encode(), np.uint8)
-    windows = inference.sequence_windows(loaded.tokenizer, sequence,
-                                         embedding.record_seed(seed, tokenization, raw), loaded.max_tokens, k=k)
+    windows = loaded_model.sequence_windows(loaded.tokenizer, sequence,
+                                         embed.record_seed(seed, tokenization, raw), loaded.max_tokens, k=k)
     model = BertForMaskedLM(loaded.config)
     states = []
     for window in windows:
@@ -98,7 +99,7 @@ def test_a_long_record_is_windowed_and_pooled(run_model, records):
     sequence = records["long"]
     windows, cls, tokens = _reference(run_model, sequence, seed=7)
     assert len(windows) == 9 and max(len(w.ids) for w in windows) <= 62 and len(tokens) == 498
-    result = embedding.embed_sequences(run_model, [records["short"], sequence], seed=7, per_token=True,
+    result = embed.embed_sequences(run_model, [records["short"], sequence], seed=7, per_token=True,
                                        batch_size=4, k="random")
     assert result["num_windows"].tolist() == [2, 9] and result["num_tokens"].tolist() == [98, 498]
     np.testing.assert_allclose(result["cls"][1], cls, atol=1e-5)
@@ -114,27 +115,27 @@ def test_a_long_record_is_windowed_and_pooled(run_model, records):
 
 def test_default_is_the_middle_fixed_k(run_model, records):
     """k 3..4: the default is k=3 (middle, rounded down); every k-mer, no seed involved."""
-    assert embedding.default_k(run_model.tokenizer) == 3
+    assert embed.default_k(run_model.tokenizer) == 3
     sequences = [records["short"], records["long"]]
-    default = embedding.embed_sequences(run_model, sequences, seed=0, per_token=True)
+    default = embed.embed_sequences(run_model, sequences, seed=0, per_token=True)
     windows, cls, tokens = _reference(run_model, records["long"], seed=0, k=3)
     np.testing.assert_allclose(default["mean"][1], tokens.mean(axis=0), atol=1e-5)
     np.testing.assert_allclose(default["cls"][1], cls, atol=1e-5)
     np.testing.assert_array_equal(default["token_ids"][98:], np.concatenate([w.ids for w in windows]))
-    np.testing.assert_allclose(embedding.embed_sequences(run_model, sequences, seed=5)["mean"], default["mean"],
+    np.testing.assert_allclose(embed.embed_sequences(run_model, sequences, seed=5)["mean"], default["mean"],
                                atol=1e-5)
-    four = embedding.embed_sequences(run_model, sequences, k=4)
+    four = embed.embed_sequences(run_model, sequences, k=4)
     assert four["num_tokens"].tolist() == [97, 497] and np.abs(four["mean"] - default["mean"]).max() > 1e-3
 
 
 def test_seeds_and_several_tokenizations(run_model, records):
     sequences = [records["short"], records["long"]]
-    base = embedding.embed_sequences(run_model, sequences, seed=0, k="random")
-    again = embedding.embed_sequences(run_model, sequences, seed=0, batch_size=5, k="random")
+    base = embed.embed_sequences(run_model, sequences, seed=0, k="random")
+    again = embed.embed_sequences(run_model, sequences, seed=0, batch_size=5, k="random")
     np.testing.assert_allclose(base["cls"], again["cls"], atol=1e-5)
-    other = embedding.embed_sequences(run_model, sequences, seed=1, k="random")
+    other = embed.embed_sequences(run_model, sequences, seed=1, k="random")
     assert np.abs(other["cls"] - base["cls"]).max() > 1e-3
-    two = embedding.embed_sequences(run_model, sequences, seed=0, num_tokenizations=2, per_token=True, k=None)
+    two = embed.embed_sequences(run_model, sequences, seed=0, num_tokenizations=2, per_token=True, k=None)
     assert two["num_tokens"].tolist() == [98, 498] and two["num_windows"].tolist() == [2, 9]
     _, cls1, tokens1 = _reference(run_model, records["long"], seed=0, tokenization=1)
     _, cls0, tokens0 = _reference(run_model, records["long"], seed=0, tokenization=0)

@@ -18,7 +18,7 @@ import pytest
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
-from dnavec_jax import atomic_files, cli, hf_export
+from dnavec_jax import cli, export, files
 from dnavec_jax import model as model_lib
 from dnavec_jax.errors import DNAVecError
 from dnavec_jax.tokenization import KmerTokenizer
@@ -77,7 +77,7 @@ def flat_params(params) -> dict:
 def small_export(tmp_path_factory):
     tokenizer, config, params = small_setup()
     out = tmp_path_factory.mktemp("hf") / "export"
-    hf_export.export_to_hf(params, config, tokenizer, out, step=1234,
+    export.export_to_hf(params, config, tokenizer, out, step=1234,
                            train_config={"data": {"prep": {"k_min": 3, "k_max": 5, "seq_length": 128}}})
     return out, tokenizer, config, params
 
@@ -113,9 +113,9 @@ def test_export_files_and_config(small_export):
     assert info["step"] == 1234 and info["tokenizer"] == {"k_min": 3, "k_max": 5, "k_weights": None}
     assert model_lib.BertConfig.from_dict(info["model"]) == config
     # Readable by others, like any file we write (safetensors itself writes 0600).
-    mode = 0o666 & ~atomic_files.umask()
+    mode = 0o666 & ~files.umask()
     assert {oct(path.stat().st_mode & 0o777) for path in out.rglob("*") if path.is_file()} == {oct(mode)}
-    assert oct((out / "1_Pooling").stat().st_mode & 0o777) == oct(0o777 & ~atomic_files.umask())
+    assert oct((out / "1_Pooling").stat().st_mode & 0o777) == oct(0o777 & ~files.umask())
 
 
 def test_safetensors_names_layouts_and_metadata(small_export):
@@ -125,7 +125,7 @@ def test_safetensors_names_layouts_and_metadata(small_export):
         names = set(handle.keys())
     state = load_file(str(out / "model.safetensors"))
     assert all(value.dtype == np.float32 for value in state.values())
-    expected = {hf for _, hf, _ in hf_export.name_table(2)}
+    expected = {hf for _, hf, _ in export.name_table(2)}
     assert names == expected and len(names) == len(flat_params(params))
     assert "cls.predictions.decoder.weight" not in names and "cls.predictions.decoder.bias" not in names
     layer = params["encoder"]["layer_1"]
@@ -148,7 +148,7 @@ def test_safetensors_names_layouts_and_metadata(small_export):
 
 def test_round_trip_flax_hf_flax_is_identical(small_export):
     out, tokenizer, config, params = small_export
-    loaded = hf_export.load_hf_pretrained(out)
+    loaded = export.load_hf_pretrained(out)
     assert loaded.model_config == config and loaded.initialized == ()
     assert loaded.tokenizer.vocab == tokenizer.vocab
     assert jax.tree.structure(loaded.params) == jax.tree.structure(params)
@@ -157,7 +157,7 @@ def test_round_trip_flax_hf_flax_is_identical(small_export):
         np.testing.assert_array_equal(a, b, err_msg=path)
     # Into a training run's config: shapes must agree; non-shape settings come from it.
     run_config = model_lib.BertConfig(**{**config.to_dict(), "dtype": "bfloat16", "remat": True})
-    assert hf_export.load_hf_pretrained(out, run_config).model_config is run_config
+    assert export.load_hf_pretrained(out, run_config).model_config is run_config
 
 
 def test_tokenizer_json_is_a_guard_with_the_instruction(small_export):
@@ -186,7 +186,7 @@ def test_full_vocabulary_files(tmp_path):
                                   max_position_embeddings=64)
     assert config.vocab_size == tokenizer.vocab_size == 87_365
     params = jax.device_get(model_lib.init_params(config, jax.random.key(1)))
-    out = hf_export.export_to_hf(params, config, tokenizer, tmp_path / "full")
+    out = export.export_to_hf(params, config, tokenizer, tmp_path / "full")
     assert json.loads((out / "config.json").read_text())["vocab_size"] == 87_365
     assert (out / "vocab.txt").read_text().splitlines() == tokenizer.vocab
     assert json.loads((out / "tokenizer_config.json").read_text())["k_max"] == 8
@@ -202,17 +202,17 @@ def test_output_dir_rules(tmp_path):
     tokenizer, config, params = small_setup()
     out = tmp_path / "out"
     out.mkdir()  # an empty directory is fine
-    hf_export.export_to_hf(params, config, tokenizer, out)
+    export.export_to_hf(params, config, tokenizer, out)
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     with pytest.raises(DNAVecError, match=r"exists and is not empty \(pass --overwrite"):
-        hf_export.export_to_hf(params, config, tokenizer, out)
+        export.export_to_hf(params, config, tokenizer, out)
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
     (out / "stale.txt").write_text("old")
-    hf_export.export_to_hf(params, config, tokenizer, out, overwrite=True, step=5)
+    export.export_to_hf(params, config, tokenizer, out, overwrite=True, step=5)
     assert not (out / "stale.txt").exists() and json.loads((out / "dnavec.json").read_text())["step"] == 5
     (tmp_path / "file").write_text("x")
     with pytest.raises(DNAVecError, match="exists and is not a directory"):
-        hf_export.export_to_hf(params, config, tokenizer, tmp_path / "file")
+        export.export_to_hf(params, config, tokenizer, tmp_path / "file")
     assert _no_leftovers(tmp_path, "out") and _no_leftovers(tmp_path, "file")
 
 
@@ -222,16 +222,16 @@ def test_failed_export_leaves_nothing(tmp_path, monkeypatch):
     def broken_save(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(hf_export, "save_file", broken_save)
+    monkeypatch.setattr(export.writer, "save_file", broken_save)
     with pytest.raises(OSError, match="disk full"):
-        hf_export.export_to_hf(params, config, tokenizer, tmp_path / "out")
+        export.export_to_hf(params, config, tokenizer, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
     # With --overwrite the old export survives a failed one.
     monkeypatch.undo()
-    hf_export.export_to_hf(params, config, tokenizer, tmp_path / "out", step=1)
-    monkeypatch.setattr(hf_export, "save_file", broken_save)
+    export.export_to_hf(params, config, tokenizer, tmp_path / "out", step=1)
+    monkeypatch.setattr(export.writer, "save_file", broken_save)
     with pytest.raises(OSError):
-        hf_export.export_to_hf(params, config, tokenizer, tmp_path / "out", overwrite=True, step=2)
+        export.export_to_hf(params, config, tokenizer, tmp_path / "out", overwrite=True, step=2)
     assert json.loads((tmp_path / "out" / "dnavec.json").read_text())["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
@@ -239,14 +239,14 @@ def test_failed_export_leaves_nothing(tmp_path, monkeypatch):
 def test_incompatible_config_is_one_clear_error(tmp_path):
     tokenizer, config, params = small_setup()
     with pytest.raises(DNAVecError, match=r"tokenizer \(k 3..8\) has 87,365 ids but the model's vocab_size is 1,349"):
-        hf_export.export_to_hf(params, config, KmerTokenizer(3, 8), tmp_path / "a")
+        export.export_to_hf(params, config, KmerTokenizer(3, 8), tmp_path / "a")
     wider = model_lib.BertConfig(**{**config.to_dict(), "intermediate_size": 256})
     with pytest.raises(DNAVecError,
                        match=r"layer_0/intermediate/bias has shape \(128,\), the model config needs \(256,\)"):
-        hf_export.export_to_hf(params, wider, tokenizer, tmp_path / "b")
+        export.export_to_hf(params, wider, tokenizer, tmp_path / "b")
     deeper = model_lib.BertConfig(**{**config.to_dict(), "num_layers": 3})
     with pytest.raises(DNAVecError, match="missing encoder/layer_2"):
-        hf_export.export_to_hf(params, deeper, tokenizer, tmp_path / "c")
+        export.export_to_hf(params, deeper, tokenizer, tmp_path / "c")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -267,32 +267,32 @@ def test_import_rejects_incompatible_directories(small_export, tmp_path):
         return target
 
     with pytest.raises(DNAVecError, match="model_type is 'roberta'"):
-        hf_export.load_hf_pretrained(variant("roberta", {"model_type": "roberta"}))
+        export.load_hf_pretrained(variant("roberta", {"model_type": "roberta"}))
     with pytest.raises(DNAVecError, match="hidden_act is 'gelu_new', needs 'gelu'"):
-        hf_export.load_hf_pretrained(variant("act", {"hidden_act": "gelu_new"}))
+        export.load_hf_pretrained(variant("act", {"hidden_act": "gelu_new"}))
     with pytest.raises(DNAVecError, match="num_layers is 2, the model config has 12"):
-        hf_export.load_hf_pretrained(out, model_lib.BertConfig(vocab_size=1349, hidden_size=64, num_heads=4,
+        export.load_hf_pretrained(out, model_lib.BertConfig(vocab_size=1349, hidden_size=64, num_heads=4,
                                                                intermediate_size=128, max_position_embeddings=128))
     with pytest.raises(DNAVecError, match=r"hidden_size \(64\) must be divisible by model.num_heads \(5\)"):
-        hf_export.load_hf_pretrained(variant("heads", {"num_attention_heads": 5}))
+        export.load_hf_pretrained(variant("heads", {"num_attention_heads": 5}))
     with pytest.raises(DNAVecError, match="no model.safetensors"):
-        hf_export.load_hf_pretrained(variant("empty", weights=False))
+        export.load_hf_pretrained(variant("empty", weights=False))
     pickled = variant("pickle", weights=False)
     (pickled / "pytorch_model.bin").write_bytes(b"not read")
     with pytest.raises(DNAVecError, match="only model.safetensors weights can be loaded"):
-        hf_export.load_hf_pretrained(pickled)
+        export.load_hf_pretrained(pickled)
     with pytest.raises(DNAVecError, match=r"weights missing: bert.encoder.layer.1"):
-        hf_export.load_hf_pretrained(variant("short", drop=("bert.encoder.layer.1.",)))
+        export.load_hf_pretrained(variant("short", drop=("bert.encoder.layer.1.",)))
     with pytest.raises(DNAVecError, match="weights our model does not have: bert.encoder.layer.2"):
         extra_layer = {"bert.encoder.layer.2.output.dense.bias": np.zeros(64, np.float32)}
-        hf_export.load_hf_pretrained(variant("long", add=extra_layer))
+        export.load_hf_pretrained(variant("long", add=extra_layer))
     untied = {"cls.predictions.decoder.weight": np.ones((1349, 64), np.float32)}
     with pytest.raises(DNAVecError, match="differs from the word embeddings"):
-        hf_export.load_hf_pretrained(variant("untied", add=untied))
+        export.load_hf_pretrained(variant("untied", add=untied))
     with pytest.raises(DNAVecError, match="intermediate.dense.weight has shape"):
-        hf_export.load_hf_pretrained(variant("wider", {"intermediate_size": 256}))
+        export.load_hf_pretrained(variant("wider", {"intermediate_size": 256}))
     with pytest.raises(DNAVecError, match="no such directory"):
-        hf_export.load_hf_pretrained(tmp_path / "absent")
+        export.load_hf_pretrained(tmp_path / "absent")
 
 
 def test_import_fills_pooler_and_head_only_when_allowed(small_export, tmp_path):
@@ -305,8 +305,8 @@ def test_import_fills_pooler_and_head_only_when_allowed(small_export, tmp_path):
     save_file({k[len("bert."):]: v for k, v in state.items() if k.startswith("bert.") and "pooler" not in k},
               str(base / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(DNAVecError, match=r"cls.predictions.*allow_init=\('pooler', 'mlm_head'\)"):
-        hf_export.load_hf_pretrained(base)
-    loaded = hf_export.load_hf_pretrained(base, allow_init=("pooler", "mlm_head"), seed=3)
+        export.load_hf_pretrained(base)
+    loaded = export.load_hf_pretrained(base, allow_init=("pooler", "mlm_head"), seed=3)
     assert loaded.initialized == ("pooler", "mlm_head") and loaded.tokenizer is None
     np.testing.assert_array_equal(loaded.params["encoder"]["layer_0"]["output"]["kernel"],
                                   params["encoder"]["layer_0"]["output"]["kernel"])
@@ -320,7 +320,7 @@ def test_import_fills_pooler_and_head_only_when_allowed(small_export, tmp_path):
              "cls.predictions.decoder.bias": state["cls.predictions.bias"],
              "cls.seq_relationship.weight": np.zeros((2, 64), np.float32)}
     save_file({**state, **extra}, str(full / "model.safetensors"))
-    assert hf_export.load_hf_pretrained(full).initialized == ()
+    assert export.load_hf_pretrained(full).initialized == ()
     # bfloat16 weights (a common save dtype) load as float32.
     import ml_dtypes
 
@@ -328,7 +328,7 @@ def test_import_fills_pooler_and_head_only_when_allowed(small_export, tmp_path):
     half.mkdir()
     (half / "config.json").write_text((out / "config.json").read_text())
     save_file({k: v.astype(ml_dtypes.bfloat16) for k, v in state.items()}, str(half / "model.safetensors"))
-    loaded = hf_export.load_hf_pretrained(half).params["encoder"]["layer_1"]["attention"]["value"]["kernel"]
+    loaded = export.load_hf_pretrained(half).params["encoder"]["layer_1"]["attention"]["value"]["kernel"]
     original = params["encoder"]["layer_1"]["attention"]["value"]["kernel"]
     assert loaded.dtype == np.float32
     np.testing.assert_array_equal(loaded, original.astype(ml_dtypes.bfloat16).astype(np.float32))
@@ -360,7 +360,7 @@ def test_cli_export_hf(tmp_path, capsys, fake_checkpointing):
     assert cli.main(["export-hf", "--workdir", str(workdir), "--output_dir", str(tmp_path / "hf")]) == 0
     assert "exported step 20" in capsys.readouterr().out
     assert calls == [(str(workdir), None)]
-    loaded = hf_export.load_hf_pretrained(tmp_path / "hf")
+    loaded = export.load_hf_pretrained(tmp_path / "hf")
     np.testing.assert_array_equal(loaded.params["mlm_bias"], params["mlm_bias"])
     assert json.loads((tmp_path / "hf" / "dnavec.json").read_text())["step"] == 20
 
@@ -408,13 +408,13 @@ def test_cli_with_the_trainers_checkpoints(tmp_path, capsys):
 
     assert cli.main(["export-hf", "--workdir", str(workdir), *out]) == 0
     assert "exported step 20" in capsys.readouterr().out
-    loaded = hf_export.load_hf_pretrained(tmp_path / "hf")
+    loaded = export.load_hf_pretrained(tmp_path / "hf")
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(loaded.params)):
         np.testing.assert_array_equal(a, b)
     assert loaded.tokenizer.vocab == tokenizer.vocab
     assert '"seq_length": 128' in (tmp_path / "hf" / "README.md").read_text()
     assert cli.main(["export-hf", "--workdir", str(workdir), *out, "--step", "10", "--overwrite"]) == 0
-    loaded = hf_export.load_hf_pretrained(tmp_path / "hf")
+    loaded = export.load_hf_pretrained(tmp_path / "hf")
     np.testing.assert_array_equal(loaded.params["mlm_bias"], params["mlm_bias"] * np.float32(0.5))
     assert json.loads((tmp_path / "hf" / "dnavec.json").read_text())["step"] == 10
 
@@ -438,16 +438,16 @@ def test_python_m_entry_point(tmp_path):
 def test_k_weights_are_recorded_and_restored(tmp_path):
     _, config, params = small_setup()
     tokenizer = KmerTokenizer(3, 5, k_weights=[1, 0, 3])
-    out = hf_export.export_to_hf(params, config, tokenizer, tmp_path / "weighted")
+    out = export.export_to_hf(params, config, tokenizer, tmp_path / "weighted")
     assert json.loads((out / "dnavec.json").read_text())["tokenizer"]["k_weights"] == [0.25, 0.0, 0.75]
-    restored = hf_export.load_hf_pretrained(out).tokenizer
+    restored = export.load_hf_pretrained(out).tokenizer
     sequence = "GATTACA" * 30
     assert restored.kmer_text(sequence, seed=3) == tokenizer.kmer_text(sequence, seed=3)
     assert json.loads((out / "tokenizer_config.json").read_text())["k_weights"] == [0.25, 0.0, 0.75]
     assert "probabilities [0.25, 0.0, 0.75]" in (out / "README.md").read_text()
     # Without dnavec.json the k range still comes from vocab.txt (weights are then unknown: uniform).
     (out / "dnavec.json").unlink()
-    assert hf_export.kmer_tokenizer_from_export(out).vocab == tokenizer.vocab
+    assert export.kmer_tokenizer_from_export(out).vocab == tokenizer.vocab
     (out / "vocab.txt").write_text("\n".join(tokenizer.vocab[:-1]) + "\n")
     with pytest.raises(DNAVecError, match=r"not the DNAVec k-mer vocabulary for k 3..5 \(1,348 lines, expected 1,349"):
-        hf_export.kmer_tokenizer_from_export(out)
+        export.kmer_tokenizer_from_export(out)

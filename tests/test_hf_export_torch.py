@@ -14,9 +14,10 @@ from safetensors import safe_open
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from hf_helpers import mlm_accuracy_hf
 from test_hf_export import chr22_windows, perturbed_params, small_setup  # noqa: E402
 
-from dnavec_jax import hf_export  # noqa: E402
+from dnavec_jax import export  # noqa: E402
 from dnavec_jax import model as model_lib  # noqa: E402
 from dnavec_jax.tokenization import MASK_ID, KmerTokenizer  # noqa: E402
 
@@ -95,7 +96,7 @@ def assert_loading_info(out, mlm, mlm_info, base, base_info):
 @pytest.fixture(scope="module")
 def small_export(tmp_path_factory):
     tokenizer, config, params = small_setup()
-    out = hf_export.export_to_hf(params, config, tokenizer, tmp_path_factory.mktemp("hf") / "small")
+    out = export.export_to_hf(params, config, tokenizer, tmp_path_factory.mktemp("hf") / "small")
     return out, tokenizer, config, params
 
 
@@ -120,7 +121,7 @@ def test_full_vocabulary_model_matches_flax(tmp_path, chr22_fasta):
                                   max_position_embeddings=160)
     assert config.vocab_size == tokenizer.vocab_size == 87_365
     params = perturbed_params(config, seed=1)
-    out = hf_export.export_to_hf(params, config, tokenizer, tmp_path / "full")
+    out = export.export_to_hf(params, config, tokenizer, tmp_path / "full")
     windows = chr22_windows(chr22_fasta, [160, 100, 160], first_start=500_001)
     mlm, mlm_info, base, base_info, hf_tokenizer = check_parity(out, tokenizer, config, params, windows,
                                                                 seeds=[11, 12, 13])
@@ -156,11 +157,11 @@ def test_mlm_accuracy_hf_matches_flax(small_export, chr22_fasta):
                 "masked_lm_ids": labels, "masked_lm_weights": weights}
     expected = float((weights * (argmax == labels)).sum(dtype=np.float64) / weights.sum(dtype=np.float64))
     assert 0.3 < expected < 0.7
-    assert hf_export.mlm_accuracy_hf(out, examples, batch_size=4) == pytest.approx(expected, abs=1e-12)
+    assert mlm_accuracy_hf(out, examples, batch_size=4) == pytest.approx(expected, abs=1e-12)
     from transformers import BertForMaskedLM
 
     model = BertForMaskedLM.from_pretrained(str(out))
-    assert hf_export.mlm_accuracy_hf(model, examples, batch_size=6) == pytest.approx(expected, abs=1e-12)
+    assert mlm_accuracy_hf(model, examples, batch_size=6) == pytest.approx(expected, abs=1e-12)
 
 
 def test_import_of_a_transformers_saved_model(tmp_path, chr22_fasta):
@@ -177,7 +178,7 @@ def test_import_of_a_transformers_saved_model(tmp_path, chr22_fasta):
             parameter.add_(0.05 * torch.randn_like(parameter))
     hf_model.save_pretrained(str(tmp_path / "hf"))
     tokenizer.write_vocab(tmp_path / "hf" / "vocab.txt")
-    loaded = hf_export.load_hf_pretrained(tmp_path / "hf")
+    loaded = export.load_hf_pretrained(tmp_path / "hf")
     assert loaded.initialized == ("pooler",) and loaded.tokenizer.vocab == tokenizer.vocab
     assert (loaded.model_config.num_layers, loaded.model_config.num_heads) == (2, 3)
     window = chr22_windows(chr22_fasta, [60])[0]
@@ -187,7 +188,7 @@ def test_import_of_a_transformers_saved_model(tmp_path, chr22_fasta):
     got = flax_outputs(loaded.model_config, loaded.params, ids, np.ones_like(ids), np.zeros_like(ids))
     assert np.abs(got["mlm_logits"] - expected).max() < TOLERANCE
     # Exported again, the non-pooler weights are the ones transformers saved.
-    again = hf_export.export_to_hf(loaded.params, loaded.model_config, loaded.tokenizer, tmp_path / "again")
+    again = export.export_to_hf(loaded.params, loaded.model_config, loaded.tokenizer, tmp_path / "again")
     reloaded = BertForMaskedLM.from_pretrained(str(again))
     for name, value in hf_model.state_dict().items():
         assert torch.equal(value, reloaded.state_dict()[name]), name
@@ -199,7 +200,7 @@ def test_base_size_model_matches_flax_at_512_tokens(tmp_path, chr22_fasta):
     tokenizer = KmerTokenizer(3, 8)
     config = model_lib.BertConfig()
     params = perturbed_params(config, seed=2)
-    out = hf_export.export_to_hf(params, config, tokenizer, tmp_path / "base")
+    out = export.export_to_hf(params, config, tokenizer, tmp_path / "base")
     windows = chr22_windows(chr22_fasta, [512, 300], first_start=300_001)  # 510 k-mers + [CLS]/[SEP]
     check_parity(out, tokenizer, config, params, windows, seeds=[21, 22])
 
@@ -223,7 +224,7 @@ def test_exported_mlm_accuracy_equals_the_trainers_final_eval(trained_workdir, t
     rows = [json.loads(line) for line in (trained_workdir / "metrics.jsonl").read_text().splitlines()]
     final_eval = [row for row in rows if row["split"] == "eval"][-1]
     assert final_eval["step"] == 40 and final_eval["masked_tokens"] == examples["masked_lm_weights"].sum()
-    accuracy = hf_export.mlm_accuracy_hf(trained_export, examples)
+    accuracy = mlm_accuracy_hf(trained_export, examples)
     # Equal up to float32 ties between near-equal logits (none expected in a trained model's argmax).
     assert abs(accuracy - final_eval["accuracy"]) <= 1e-7, (accuracy, final_eval["accuracy"])
     assert 0.0 < accuracy < 1.0

@@ -23,8 +23,9 @@ sentence_transformers = pytest.importorskip("sentence_transformers")
 
 from test_hf_export import chr22_windows, small_setup  # noqa: E402
 
-from dnavec_jax import embedding, hf_export, inference  # noqa: E402
+from dnavec_jax.export import export_to_hf
 from dnavec_jax.tokenization import CLS_ID, SEP_ID, KmerTokenizer, record_seed  # noqa: E402
+from dnavec_jax.tools import embed, loaded_model  # noqa: E402
 
 DNA = ["GATCCCACGTTAGCAGGTACCAGTTTGACCA", "acgtTTGACcagtAAAGGGCTAGCTAcgatcgatcggatc", "TTTTAAAACCCCGGGGACGTACGT" * 2]
 
@@ -32,7 +33,7 @@ DNA = ["GATCCCACGTTAGCAGGTACCAGTTTGACCA", "acgtTTGACcagtAAAGGGCTAGCTAcgatcgatcgg
 @pytest.fixture(scope="module")
 def export(tmp_path_factory):
     tokenizer, config, params = small_setup()
-    out = hf_export.export_to_hf(params, config, tokenizer, tmp_path_factory.mktemp("remote") / "export",
+    out = export_to_hf(params, config, tokenizer, tmp_path_factory.mktemp("remote") / "export",
                                  train_config={"data": {"prep": {"k_min": 3, "k_max": 5, "seq_length": 128}}})
     return out, tokenizer
 
@@ -77,7 +78,7 @@ def test_raw_dna_ids_follow_the_rule(hf_tokenizer, export, dna, seed, draw, k):
     ids = hf_tokenizer(dna, seed=seed, draw=draw, k=k)["input_ids"]
     assert ids == [CLS_ID, *reference_ids(tokenizer, dna, seed_of(dna, seed, draw), k), SEP_ID]
     # What `dnavec embed` tokenizes (its contigs, in order) is the same.
-    contigs = inference.tokenize_sequence(tokenizer, dna, seed_of(dna, seed, draw), k=k)
+    contigs = loaded_model.tokenize_sequence(tokenizer, dna, seed_of(dna, seed, draw), k=k)
     assert ids[1:-1] == [int(i) for contig in contigs for i in contig.ids]
 
 
@@ -182,8 +183,8 @@ def test_sentence_transformers_equals_embed_mean(export, chr22_fasta, tmp_path):
     assert type(model[1]).__name__ == "KmerMeanPooling" and model.get_embedding_dimension() == 64
     sequences = [*chr22_windows(chr22_fasta, [40, 128, 90]), DNA[1]]  # 128 bases: 125 4-mers, 126 random-k tokens
     vectors = model.encode(sequences)
-    loaded = inference.load_model(out)
-    embedded = embedding.embed_sequences(loaded, sequences)
+    loaded = loaded_model.load_model(out)
+    embedded = embed.embed_sequences(loaded, sequences)
     assert vectors.shape == (4, 64) and (embedded["num_windows"] == 1).all()
     np.testing.assert_allclose(vectors, embedded["mean"], atol=1e-5, rtol=0)
     # Random k through the tokenizer's attributes: draws 0 and 1 averaged are embed's two tokenizations.
@@ -195,7 +196,7 @@ def test_sentence_transformers_equals_embed_mean(export, chr22_fasta, tmp_path):
             draws.append(model.encode(sequences))
     finally:
         model.tokenizer.k, model.tokenizer.draw = 4, 0
-    embedded = embedding.embed_sequences(loaded, sequences, k="random", num_tokenizations=2)
+    embedded = embed.embed_sequences(loaded, sequences, k="random", num_tokenizations=2)
     np.testing.assert_allclose((draws[0] + draws[1]) / 2, embedded["mean"], atol=1e-5, rtol=0)
     assert np.abs(draws[0] - vectors).max() > 1e-3
     # A longer sequence is truncated to its first 126 tokens: the mean of what the first window sees.
@@ -226,7 +227,7 @@ def test_model_card_code_runs_and_agrees(export):
     vectors = with_transformers["embeddings"].numpy()
     assert vectors.shape == (2, 64)
     np.testing.assert_allclose(with_sentence_transformers["embeddings"], vectors, atol=1e-5, rtol=0)
-    embedded = embedding.embed_sequences(inference.load_model(out), with_transformers["dna"][:1])
+    embedded = embed.embed_sequences(loaded_model.load_model(out), with_transformers["dna"][:1])
     np.testing.assert_allclose(vectors[:1], embedded["mean"], atol=1e-5, rtol=0)
 
 
@@ -269,5 +270,5 @@ def test_export_works_where_dnavec_cannot_be_imported(export, hf_tokenizer, tmp_
     assert child["loaded"] == []
     assert child["ids"] == hf_tokenizer(DNA)["input_ids"]
     assert child["fixed"] == hf_tokenizer(DNA, k=4)["input_ids"]
-    embedded = embedding.embed_sequences(inference.load_model(out), DNA)
+    embedded = embed.embed_sequences(loaded_model.load_model(out), DNA)
     np.testing.assert_allclose(np.array(child["vectors"]), embedded["mean"], atol=1e-5, rtol=0)

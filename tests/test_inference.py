@@ -1,4 +1,4 @@
-"""dnavec_jax.inference: loading a run or an export, tokenizing and windowing DNA, the jitted batched encoder."""
+"""dnavec_jax.tools.loaded_model: loading a run or an export, tokenizing and windowing DNA, the jitted batched encoder."""
 
 from __future__ import annotations
 
@@ -9,20 +9,20 @@ import jax
 import numpy as np
 import pytest
 
-from dnavec_jax import inference
 from dnavec_jax.errors import DNAVecError
 from dnavec_jax.model import BertForMaskedLM
 from dnavec_jax.tokenization import CLS_ID, PAD_ID, SEP_ID, KmerTokenizer
+from dnavec_jax.tools import loaded_model
 
 
 @pytest.fixture(scope="module")
 def run_model(trained_workdir):
-    return inference.load_model(trained_workdir)
+    return loaded_model.load_model(trained_workdir)
 
 
 @pytest.fixture(scope="module")
 def export_model(trained_export):
-    return inference.load_model(trained_export)
+    return loaded_model.load_model(trained_export)
 
 
 def test_load_run_and_export(run_model, export_model, trained_workdir):
@@ -38,7 +38,7 @@ def test_load_run_and_export(run_model, export_model, trained_workdir):
     assert len(flat_run) == len(flat_export)
     for path, value in flat_run:
         np.testing.assert_array_equal(np.asarray(value), np.asarray(flat_export[path]))
-    older = inference.load_model(trained_workdir, step=20)
+    older = loaded_model.load_model(trained_workdir, step=20)
     assert older.step == 20
     assert not np.array_equal(older.params["embeddings"]["word_embeddings"]["embedding"],
                               run_model.params["embeddings"]["word_embeddings"]["embedding"])
@@ -46,14 +46,14 @@ def test_load_run_and_export(run_model, export_model, trained_workdir):
 
 def test_load_errors(tmp_path, trained_workdir, trained_export):
     with pytest.raises(DNAVecError, match="no such file"):
-        inference.load_model(tmp_path / "absent")
+        loaded_model.load_model(tmp_path / "absent")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DNAVecError, match="holds no model"):
-        inference.load_model(tmp_path / "empty")
+        loaded_model.load_model(tmp_path / "empty")
     with pytest.raises(DNAVecError, match="no checkpoint for step 7"):
-        inference.load_model(trained_workdir, step=7)
+        loaded_model.load_model(trained_workdir, step=7)
     with pytest.raises(DNAVecError, match="--step applies to a training run"):
-        inference.load_model(trained_export, step=40)
+        loaded_model.load_model(trained_export, step=40)
     # A run whose tokenizer (k 3..5) does not match the model's vocabulary.
     run = tmp_path / "run"
     shutil.copytree(trained_workdir, run, ignore=shutil.ignore_patterns("lock", "hf"))
@@ -61,7 +61,7 @@ def test_load_errors(tmp_path, trained_workdir, trained_export):
     config["data"]["prep"]["k_max"] = 5
     (run / "config.json").write_text(json.dumps(config))
     with pytest.raises(DNAVecError, match=r"vocab_size is 325 but its tokenizer \(k 3..5\) has 1,349 ids") as error:
-        inference.load_model(run)
+        loaded_model.load_model(run)
     assert "\n" not in str(error.value)
 
 
@@ -69,12 +69,12 @@ def test_tokenize_matches_encode_and_splits_at_n():
     tokenizer = KmerTokenizer(3, 8)
     rng = np.random.default_rng(1)
     dna = "".join(rng.choice(list("ACGT"), size=300))
-    contigs = inference.tokenize_sequence(tokenizer, dna, seed=5)
+    contigs = loaded_model.tokenize_sequence(tokenizer, dna, seed=5)
     assert len(contigs) == 1 and contigs[0].start == 0
     np.testing.assert_array_equal(contigs[0].ids, tokenizer.encode(dna, seed=5))
     # Lower case reads as upper case; N and IUPAC letters split contigs; contigs shorter than k_min vanish.
     mixed = dna[:100].lower() + "NNNN" + dna[104:200] + "R" + "AC" + "Y" + dna[204:]
-    contigs = inference.tokenize_sequence(tokenizer, mixed, seed=5)
+    contigs = loaded_model.tokenize_sequence(tokenizer, mixed, seed=5)
     assert [c.start for c in contigs] == [0, 104, 204]
     assert [len(c.ids) for c in contigs] == [98, 94, 94]
     # Each contig keeps the k drawn for its positions: the tokens of an unchanged region do not move.
@@ -85,28 +85,28 @@ def test_tokenize_matches_encode_and_splits_at_n():
 def test_invalid_letters_name_the_record():
     tokenizer = KmerTokenizer(3, 4)
     with pytest.raises(DNAVecError, match=r"chrZ: invalid letter 'X' at position 4 \(2 such"):
-        inference.tokenize_sequence(tokenizer, "ACGTXACGT-", seed=0, name="chrZ")
+        loaded_model.tokenize_sequence(tokenizer, "ACGTXACGT-", seed=0, name="chrZ")
     with pytest.raises(DNAVecError, match="invalid letter 'é'"):
-        inference.tokenize_sequence(tokenizer, "ACGé", seed=0)
+        loaded_model.tokenize_sequence(tokenizer, "ACGé", seed=0)
 
 
 def test_windows_cover_every_token_without_truncation():
     tokenizer = KmerTokenizer(3, 4)
     dna = "ACGTTGCA" * 40 + "N" + "GGCATC" * 10
-    windows = inference.sequence_windows(tokenizer, dna, seed=3, max_tokens=62)
-    contigs = inference.tokenize_sequence(tokenizer, dna, seed=3)
+    windows = loaded_model.sequence_windows(tokenizer, dna, seed=3, max_tokens=62)
+    contigs = loaded_model.tokenize_sequence(tokenizer, dna, seed=3)
     # 318 tokens -> 6 windows of 53; 58 tokens -> 1 window.
     assert [len(w.ids) for w in windows] == [53] * 6 + [58]
     np.testing.assert_array_equal(np.concatenate([w.ids for w in windows]),
                                   np.concatenate([c.ids for c in contigs]))
     np.testing.assert_array_equal(np.concatenate([w.starts for w in windows[:6]]), np.arange(318))
     assert windows[6].starts[0] == 321
-    assert inference.padded_length(1, 64) == 8
-    assert inference.padded_length(6, 64) == 8 and inference.padded_length(7, 64) == 16
-    assert inference.padded_length(62, 64) == 64 and inference.padded_length(40, 512) == 64
+    assert loaded_model.padded_length(1, 64) == 8
+    assert loaded_model.padded_length(6, 64) == 8 and loaded_model.padded_length(7, 64) == 16
+    assert loaded_model.padded_length(62, 64) == 64 and loaded_model.padded_length(40, 512) == 64
     with pytest.raises(ValueError):
-        inference.padded_length(63, 64)
-    ids, mask = inference.pack_windows([np.array([7, 8]), np.array([9])], 8)
+        loaded_model.padded_length(63, 64)
+    ids, mask = loaded_model.pack_windows([np.array([7, 8]), np.array([9])], 8)
     np.testing.assert_array_equal(ids, [[CLS_ID, 7, 8, SEP_ID, PAD_ID, PAD_ID, PAD_ID, PAD_ID],
                                         [CLS_ID, 9, SEP_ID, PAD_ID, PAD_ID, PAD_ID, PAD_ID, PAD_ID]])
     np.testing.assert_array_equal(mask, [[1, 1, 1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0, 0, 0]])
@@ -116,8 +116,8 @@ def test_encoder_matches_the_model_and_compiles_once_per_shape(run_model):
     tokenizer = run_model.tokenizer
     rng = np.random.default_rng(0)
     windows = [rng.integers(5, tokenizer.vocab_size, size=n) for n in (5, 30, 62, 12, 1, 40, 62)]
-    input_ids, input_mask = inference.pack_windows(windows, 64)
-    encoder = inference.Encoder(run_model, batch_size=3)
+    input_ids, input_mask = loaded_model.pack_windows(windows, 64)
+    encoder = loaded_model.Encoder(run_model, batch_size=3)
     hidden = encoder.encode(input_ids, input_mask)
     assert hidden.shape == (7, 64, 32) and hidden.dtype == np.float32
     assert encoder.num_compiled == 1  # 3 batches (the last one padded), one program
@@ -135,6 +135,6 @@ def test_encoder_matches_the_model_and_compiles_once_per_shape(run_model):
     assert sorted(seen) == list(range(7))
     for key, window in enumerate(windows):
         n = len(window) + 2
-        assert seen[key].shape[0] == inference.padded_length(len(window), 64)
+        assert seen[key].shape[0] == loaded_model.padded_length(len(window), 64)
         np.testing.assert_allclose(seen[key][:n], hidden[key, :n], atol=1e-5)
     assert encoder.num_compiled == 4  # 64 and 16 compiled above; 8 and 32 new

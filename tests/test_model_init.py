@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from dnavec_jax import model as M
-from dnavec_jax import structure
 from dnavec_jax.tokenization import KmerTokenizer, k_range_of_vocab_size
+from dnavec_jax.tools import structure
 
 
 @functools.cache

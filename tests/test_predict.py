@@ -17,7 +17,9 @@ import jax
 import numpy as np
 import pytest
 
-from dnavec_jax import classify, cli, predict
+from dnavec_jax import cli
+from dnavec_jax.tools import predict
+from dnavec_jax.tools.classify import metrics, motif, report
 
 SEED = 5
 
@@ -40,7 +42,7 @@ def _one_error_line(capsys, after_log: bool = False) -> str:
 def classified(trained_workdir, chr22_fasta, tmp_path_factory):
     """classify with every method, --seeds 2 and --predictions all; test.csv has an extra column, in front."""
     root = tmp_path_factory.mktemp("classified")
-    paths = classify.write_task(classify.planted_motif_task(chr22_fasta, num_windows=40, length=150, seed=3),
+    paths = motif.write_task(motif.planted_motif_task(chr22_fasta, num_windows=40, length=150, seed=3),
                                 root / "task")
     rows = _rows(paths["test"])
     with open(paths["test"], "w", newline="") as handle:  # the input's own columns must come through as they are
@@ -95,7 +97,7 @@ def test_seeds_give_mean_and_sd(classified):
         assert row["test"]["accuracy"] == pytest.approx(np.mean(accuracies))
         assert row["test_sd"]["accuracy"] == pytest.approx(np.std(accuracies, ddof=1))
     assert "seeds" not in results["methods"]["baseline"] and "test_sd" not in results["methods"]["baseline"]
-    table = classify.format_table(results["methods"])
+    table = report.format_table(results["methods"])
     assert "| fine-tune, 2 seeds |" in table and " ± " in table
 
 
@@ -252,9 +254,9 @@ def test_multiclass_auroc_is_one_vs_rest():
     labels = np.array([0, 0, 1, 1, 2, 2, 2])
     rng = np.random.default_rng(0)
     probs = rng.dirichlet(np.ones(3), size=len(labels)).astype(np.float32)  # float32: sums off by ~1e-7
-    metrics = classify.classification_metrics(labels, probs)
+    scores = metrics.classification_metrics(labels, probs)
     by_hand = np.mean([roc_auc_score(labels == c, probs[:, c]) for c in range(3)])
-    assert metrics["auroc"] == pytest.approx(by_hand)
+    assert scores["auroc"] == pytest.approx(by_hand)
     perfect = np.eye(3)[labels] * 0.9 + 0.1 / 3
-    assert classify.classification_metrics(labels, perfect)["auroc"] == 1.0
-    assert classify.classification_metrics(labels[:4], probs[:4])["auroc"] is None  # class 2 absent: undefined
+    assert metrics.classification_metrics(labels, perfect)["auroc"] == 1.0
+    assert metrics.classification_metrics(labels[:4], probs[:4])["auroc"] is None  # class 2 absent: undefined

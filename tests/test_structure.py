@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from dnavec_jax import model as M
-from dnavec_jax import structure
 from dnavec_jax.data import PrepSettings
 from dnavec_jax.data.masking import MaskedBatch, leak_per_example
 from dnavec_jax.tokenization import CLS_ID, MASK_ID, NUM_SPECIAL, PAD_ID, SEP_ID, KmerTokenizer
+from dnavec_jax.tools import structure
 from dnavec_jax.training import objective
 
 

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from dnavec_jax import cli, tfidf
+from dnavec_jax import cli
 from dnavec_jax.data import fasta, pipeline
 from dnavec_jax.data.settings import PrepSettings
 from dnavec_jax.tokenization import CLS_ID, PAD_ID, SEP_ID, KmerTokenizer
+from dnavec_jax.tools import tfidf
 
 
 def _texts(docs: np.ndarray, tokenizer: KmerTokenizer) -> list[str]:

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from gensim.models import KeyedVectors
 
-from dnavec_jax import cli, inference, vectors
+from dnavec_jax import cli
 from dnavec_jax.model import BertForMaskedLM
 from dnavec_jax.tokenization import CLS_ID, SEP_ID, KmerTokenizer
+from dnavec_jax.tools import loaded_model, vectors
 
 VOCAB_SIZE = 5 + 4**3 + 4**4  # the tiny model: k 3..4
 HIDDEN = 32
@@ -18,7 +19,7 @@ HIDDEN = 32
 
 @pytest.fixture(scope="module")
 def run_model(trained_workdir):
-    return inference.load_model(trained_workdir)
+    return loaded_model.load_model(trained_workdir)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def test_contextual_vector_is_the_lone_kmer_state(vectors_dir, run_model):
 
 
 def test_run_and_export_give_the_same_vectors(run_model, trained_export):
-    export_model = inference.load_model(trained_export)
+    export_model = loaded_model.load_model(trained_export)
     np.testing.assert_allclose(vectors.contextual_vectors(export_model, batch_size=100),
                                vectors.contextual_vectors(run_model, batch_size=64), atol=1e-5)
     np.testing.assert_array_equal(vectors.input_embeddings(export_model), vectors.input_embeddings(run_model))

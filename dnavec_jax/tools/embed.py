@@ -3,7 +3,7 @@
 Per sequence (a FASTA record):
   1. N runs and IUPAC letters split it into contigs of A/C/G/T (lower case reads as upper
      case), as in data prep; other letters are an error naming the record.
-  2. It is tokenized (inference.tokenize_sequence) with one fixed k by default: every k-mer,
+  2. It is tokenized (loaded_model.tokenize_sequence) with one fixed k by default: every k-mer,
      k = default_k(tokenizer), the middle of the model's k range rounded down, which gave
      better vectors than random k on a planted-motif task (docs/outputs.md). With
      k="random" (--k random) as in training instead: one random k per position, k_min..k_max,
@@ -14,7 +14,7 @@ Per sequence (a FASTA record):
      (two records with the same sequence get the same vectors).
   3. Each contig's tokens are cut into windows of at most max_tokens (the model's training
      length minus [CLS]/[SEP]), in near-equal parts; nothing is truncated. A window is
-     padded to a length that depends only on its own token count (inference.padded_length),
+     padded to a length that depends only on its own token count (loaded_model.padded_length),
      and windows of all records are batched by that length under one jit per length.
   4. Pooling over all windows of all contigs and of all tokenizations:
        cls  = mean of the windows' last-layer [CLS] states (each window weighs the same;
@@ -57,12 +57,16 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
-from dnavec_jax.atomic_files import write_atomic
+from dnavec_jax import files
+from dnavec_jax.data import fasta
 from dnavec_jax.errors import DNAVecError
-from dnavec_jax.inference import Encoder, LoadedModel, check_dna, load_model, sequence_windows
-from dnavec_jax.tokenization import NUM_SPECIAL, KmerTokenizer, record_seed
+from dnavec_jax.export import default_k
+from dnavec_jax.tokenization import NUM_SPECIAL, record_seed
+from dnavec_jax.tools.loaded_model import Encoder, LoadedModel, check_dna, load_model, sequence_windows
 
 # The last Encoder built, reused while the same LoadedModel object and settings come back
 # (classification embeds train, dev and test with one model: one compilation per shape).
@@ -70,8 +74,6 @@ _ENCODER_CACHE: list = []
 
 
 def _pool_head(hidden, input_ids, input_mask):
-    import jax.numpy as jnp
-
     real = ((input_mask > 0) & (input_ids >= NUM_SPECIAL)).astype(jnp.float32)
     return {"cls": hidden[:, 0], "sum": jnp.einsum("bl,blh->bh", real, hidden)}
 
@@ -87,16 +89,6 @@ def _encoder(loaded: LoadedModel, batch_size: int, per_token: bool) -> Encoder:
     encoder = Encoder(loaded, batch_size=batch_size, head=_token_head if per_token else _pool_head)
     _ENCODER_CACHE[:] = [loaded, key, encoder]
     return encoder
-
-
-def default_k(tokenizer: KmerTokenizer) -> int:
-    """embed's default k, and the exported tokenizer's: the middle of the k range, rounded down.
-
-    Measured (docs/outputs.md, scripts/compare_embed_tokenizations.py): with the demo model
-    (k 3..6) a fixed k=4 gave better mean vectors on the planted-motif task than k=3, 5 or 6,
-    than one random-k draw and than 16 draws averaged.
-    """
-    return (tokenizer.k_min + tokenizer.k_max) // 2
 
 
 def parse_k(value: int | str | None) -> int | str | None:
@@ -136,8 +128,6 @@ def _check_settings(seed: int, num_tokenizations: int, batch_size: int, k: int |
 def _embed(loaded: LoadedModel, records: Iterable[tuple[str, np.ndarray]], num_records: int, *, seed: int,
            num_tokenizations: int, batch_size: int, per_token: bool, progress: bool, k: int | None) -> dict:
     """The pooled (and per-token) vectors of (name, raw letters) records; see the module docstring."""
-    from tqdm import tqdm
-
     _check_settings(seed, num_tokenizations, batch_size, k, loaded)
     hidden_size = loaded.config.hidden_size
     cls_sum = np.zeros((num_records, hidden_size), np.float64)
@@ -225,8 +215,6 @@ def embed_sequences(loaded: LoadedModel, sequences: Sequence[str | bytes], seed:
 
 def fasta_records(path: str, work_dir: Path) -> tuple[list[tuple[str, int]], Iterator[tuple[str, np.ndarray]]]:
     """(name, length) of every record of a FASTA(.gz) file and an iterator over (label, raw letters), one at a time."""
-    from dnavec_jax.data import fasta
-
     source = fasta.open_source(path, work_dir, 0)
     index = fasta.read_index(source)
     if not index:
@@ -245,29 +233,13 @@ def fasta_records(path: str, work_dir: Path) -> tuple[list[tuple[str, int]], Ite
 
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray], overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise DNAVecError(f"--output {path} exists (pass --overwrite to replace it)")
-    write_atomic(path, lambda handle: np.savez(handle, **arrays))
-
-
-def _check_output(output: str, overwrite: bool) -> Path:
-    path = Path(output).absolute()
-    if path.suffix != ".npz":
-        raise DNAVecError(f"--output {output}: must end in .npz")
-    if path.is_dir():
-        raise DNAVecError(f"--output {output}: is a directory")
-    if path.exists() and not overwrite:
-        raise DNAVecError(f"--output {output} exists (pass --overwrite to replace it)")
-    if not path.parent.is_dir():
-        raise DNAVecError(f"--output {output}: directory {path.parent} does not exist")
-    return path
+    files.check_output_file(path, "--output", overwrite)  # again: it may have appeared since
+    files.write_atomic(path, lambda handle: np.savez(handle, **arrays))
 
 
 def run_embed(args: argparse.Namespace) -> int:
     """`dnavec embed`."""
-    from dnavec_jax.data import fasta
-
-    output = _check_output(args.output, args.overwrite)
+    output = files.check_output_file(args.output, "--output", args.overwrite, suffix=".npz")
     k = parse_k(args.k)
     _check_settings(args.seed, args.num_tokenizations, args.batch_size, k)
     fasta.check_fasta_paths([args.fasta])  # fail before loading the model

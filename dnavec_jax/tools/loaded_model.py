@@ -1,83 +1,30 @@
 """Inference with a trained model: load it, tokenize and window DNA, run the encoder in jitted batches.
 
-The shared floor of the analysis tools (vectors, embed, attention, classify).
-
-Public API
-----------
-load_model(path, step=None) -> LoadedModel
-    `path` is a training run directory (config.json + checkpoints/; `step`, default the
-    latest) or a Hugging Face export (config.json with model_type bert + model.safetensors;
-    `step` must be None). One-line DNAVecError when the path is missing, holds no model,
-    or the model's vocab_size differs from its tokenizer's.
-LoadedModel (frozen dataclass)
-    params      host numpy float32 tree for model.BertForMaskedLM
-    config      model.BertConfig, set up for inference: compute dtype float32, the default
-                attention implementation (XLA picks; a "cudnn" training setting needs bf16
-                on a GPU), no remat
-    tokenizer   tokenization.KmerTokenizer (k range and weights of training)
-    source      "run DIR (step N)" or "export DIR (step N)"
-    max_tokens  k-mer tokens per window: training's seq_length - 2 for a run directory,
-                max_position_embeddings - 2 for an export (the two agree for our runs)
-    step        checkpoint step, None if unknown
-    initialized parts an export lacked and load_hf_pretrained initialised fresh
-                ("pooler", "mlm_head" for a BertModel checkpoint); () for ours
-    .window_length  max_tokens + 2, the longest input ([CLS] ... [SEP])
-
-tokenize_sequence(tokenizer, sequence, seed, name, k=None) -> list[Contig]
-    The tokenizer's ids for a DNA string, as training makes them (KmerTokenizer.encode_sequence):
-    N and IUPAC ambiguity letters (any case) split it into contigs of A/C/G/T (lower case =
-    upper case); one k is drawn per position of the sequence from np.random.default_rng(seed)
-    (an int or a np.random.SeedSequence), contig tokens take the k of their start position, k
-    is clipped at a contig's end, contigs shorter than k_min give no token. For an A/C/G/T-only
-    string the ids equal tokenizer.encode(sequence, seed=seed). With a fixed k (seed unused)
-    each contig gives its L - k + 1 k-mers. Other letters (digits, '-', '*', X, ...) raise
-    one DNAVecError naming the record (`name`) and the position.
-    Contig(start, ids): base offset of the contig in the sequence, int64 token ids.
-split_windows(contigs, max_tokens) -> list[Window]
-    Cuts each contig's tokens into ceil(n / max_tokens) windows of near-equal size
-    (np.array_split: never more than max_tokens, never truncated, never crossing a
-    contig). Window(ids, starts): int32 k-mer ids (no [CLS]/[SEP]) and the int64 base
-    offset in the sequence where each token starts.
-sequence_windows(tokenizer, sequence, seed, max_tokens, name, k=None) -> list[Window]
-    tokenize_sequence + split_windows.
-padded_length(num_tokens, window_length) -> int
-    The input length a window of num_tokens k-mers is padded to: the next power of two
-    >= num_tokens + 2, at least MIN_LENGTH, at most window_length. A window's shape depends
-    only on its own length, so its vectors do not depend on what it is batched with, and
-    few distinct shapes (at most ~log2(window_length)) are ever compiled.
-pack_windows(windows_ids, length) -> (input_ids, input_mask)
-    int32 (n, length) arrays: [CLS] ids [SEP] then [PAD], mask 1 on the real positions.
-
-Encoder(loaded, batch_size=64, head=None)
-    Runs BertForMaskedLM.encode under jax.jit on (batch_size, length) int32 inputs; the
-    parameters are put on the device once. Every call is padded to whole batches, so one
-    program is compiled per input length and never per batch (`num_compiled` counts them).
-    head(hidden, input_ids, input_mask) -> pytree with a leading batch axis runs inside the
-    same jit (e.g. pool to one vector per window so only (batch, hidden) leaves the device);
-    the default returns the float32 last-layer hidden states (batch, length, hidden).
-    encode(input_ids, input_mask) -> head outputs as numpy, one row per input row.
-    encode_windows(items) -> iterator of (keys, outputs): items is any iterable of
-        (key, Window-or-ids); windows are bucketed by padded_length and run as soon as a
-        bucket holds batch_size of them (the rest at the end, padded), so memory stays
-        bounded for any stream. Batch i+1 is dispatched before batch i is fetched.
-
-Single device: inference batches are small; a multi-device version would shard the
-batch axis over a data mesh.
+The shared floor of the analysis tools (vectors, embed, attention, classify, predict): load_model
+(a run directory or an export -> LoadedModel), tokenize_sequence / split_windows / sequence_windows
+(DNA -> windows, as training tokenizes), padded_length / pack_windows, and Encoder (one jit per
+input length, never per batch). docs/outputs.md ("Python API of the shared machinery") has the
+full reference. Single device: inference batches are small.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from dnavec_jax import export  # Orbax loads only for run directories
 from dnavec_jax.errors import DNAVecError
-from dnavec_jax.model import BertConfig
+from dnavec_jax.model import BertConfig, BertForMaskedLM
 from dnavec_jax.tokenization import CLS_ID, PAD_ID, SEP_ID, KmerTokenizer, non_dna_positions, sequence_to_raw
+from dnavec_jax.training import checkpointing
 
 MIN_LENGTH = 8  # shortest padded input: [CLS] + up to 6 k-mers + [SEP]
 
@@ -140,11 +87,8 @@ def load_model(path: str | os.PathLike, step: int | None = None) -> LoadedModel:
 
 
 def _load_run(path: Path, step: int | None) -> LoadedModel:
-    from dnavec_jax import hf_export  # Orbax loads only for run directories
-    from dnavec_jax.training import checkpointing
-
     params, config, train_config, loaded_step = checkpointing.load_for_inference(path, step=step)
-    tokenizer = hf_export.tokenizer_from_train_config(train_config, source=str(path / "config.json"))
+    tokenizer = export.tokenizer_from_train_config(train_config, source=str(path / "config.json"))
     try:
         seq_length = int(train_config["data"]["prep"].get("seq_length", config.max_position_embeddings))
     except (KeyError, TypeError, AttributeError, ValueError):
@@ -155,17 +99,13 @@ def _load_run(path: Path, step: int | None) -> LoadedModel:
 
 
 def _load_export(path: Path) -> LoadedModel:
-    import json
-
-    from dnavec_jax import hf_export
-
-    imported = hf_export.load_hf_pretrained(path, allow_init=("pooler", "mlm_head"))
+    imported = export.load_hf_pretrained(path, allow_init=("pooler", "mlm_head"))
     tokenizer = imported.tokenizer
     if tokenizer is None:
-        tokenizer = hf_export.kmer_tokenizer_from_export(path)  # raises the reason it is not ours
+        tokenizer = export.kmer_tokenizer_from_export(path)  # raises the reason it is not ours
     step = None
     try:
-        step = json.loads((path / hf_export.DNAVEC_FILE).read_text(encoding="utf-8")).get("step")
+        step = json.loads((path / export.DNAVEC_FILE).read_text(encoding="utf-8")).get("step")
     except (OSError, ValueError, AttributeError):
         pass
     config = imported.model_config
@@ -275,11 +215,6 @@ class Encoder:
 
     def __init__(self, loaded: LoadedModel, batch_size: int = 64,
                  head: Callable[[Any, Any, Any], Any] | None = None):
-        import jax
-        import jax.numpy as jnp
-
-        from dnavec_jax.model import BertForMaskedLM
-
         if batch_size < 1:
             raise DNAVecError(f"--batch_size must be positive, got {batch_size}")
         self.loaded = loaded
@@ -319,8 +254,6 @@ class Encoder:
 
     @staticmethod
     def _fetch(outputs, rows: int):
-        import jax
-
         return jax.tree.map(lambda x: np.asarray(x)[:rows], outputs)
 
     def _run(self, batches: Iterable[tuple[Any, np.ndarray, np.ndarray]]) -> Iterator[tuple[Any, Any]]:
@@ -336,8 +269,6 @@ class Encoder:
 
     def encode(self, input_ids: np.ndarray, input_mask: np.ndarray):
         """Head outputs (numpy, one row per input row) of (n, length) int inputs, length <= window_length."""
-        import jax
-
         input_ids, input_mask = np.asarray(input_ids), np.asarray(input_mask)
         if input_ids.ndim != 2 or input_ids.shape != input_mask.shape:
             raise ValueError(f"input_ids {input_ids.shape} and input_mask {input_mask.shape} must be equal 2-D shapes")

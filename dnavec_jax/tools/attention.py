@@ -42,6 +42,7 @@ import argparse
 import csv
 import dataclasses
 import functools
+import io
 import json
 import sys
 import tempfile
@@ -49,13 +50,19 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from matplotlib.figure import Figure
+from tqdm import tqdm
 
-from dnavec_jax import tfidf
-from dnavec_jax.atomic_files import write_atomic
+from dnavec_jax import export, files
+from dnavec_jax import model as model_lib
+from dnavec_jax.data import fasta
 from dnavec_jax.data.settings import PrepSettings
 from dnavec_jax.errors import DNAVecError
 from dnavec_jax.tokenization import CLS_ID, PAD_ID, SEP_ID, KmerTokenizer
+from dnavec_jax.tools import loaded_model, tfidf
 
 SHARES_CSV = "attention_shares.csv"
 SUMMARY_JSON = "attention_summary.json"
@@ -85,8 +92,6 @@ def category_masks(input_ids, input_mask, kmer_lengths, top_table, k_min: int, s
       starts: (batch, length) first base of each token; default position - 1 (one token per base).
     Only real keys are ever in a category; categories are in the order of categories(k_min).
     """
-    import jax.numpy as jnp
-
     ids = jnp.asarray(input_ids)
     real = jnp.asarray(input_mask).astype(bool)
     lengths = jnp.asarray(kmer_lengths)[ids]
@@ -112,8 +117,6 @@ def category_masks(input_ids, input_mask, kmer_lengths, top_table, k_min: int, s
 
 def query_weights(input_ids, input_mask, kmer_lengths):
     """(batch, queries) 1.0 for the queries that count: real k-mer tokens."""
-    import jax.numpy as jnp
-
     return ((jnp.asarray(kmer_lengths)[jnp.asarray(input_ids)] > 0)
             & jnp.asarray(input_mask).astype(bool)).astype(jnp.float32)
 
@@ -123,15 +126,11 @@ def share_sums(probs, masks, weights):
 
     probs (layers, batch, heads, queries, keys); masks (batch, categories, queries, keys); weights (batch, queries).
     """
-    import jax.numpy as jnp
-
     return jnp.einsum("lbhqk,bcqk,bq->lhc", probs, masks, weights, preferred_element_type=jnp.float32)
 
 
 def uniform_sums(masks, input_mask, weights):
     """Per category: the sum over counted queries of the category's fraction of the real keys."""
-    import jax.numpy as jnp
-
     num_keys = jnp.maximum(jnp.asarray(input_mask).astype(jnp.float32).sum(axis=1), 1.0)  # (batch,); 0 for filler rows
     fraction = masks.sum(axis=3) / num_keys[:, None, None]  # (batch, categories, queries)
     return jnp.einsum("bcq,bq->c", fraction, weights)
@@ -156,10 +155,6 @@ class ShareCounter:
     """Runs the model with attention on batches of windows and accumulates the share sums (one jit per shape)."""
 
     def __init__(self, config, params, tokenizer: KmerTokenizer, top_ids: Sequence[int]):
-        import jax
-
-        from dnavec_jax import model as model_lib
-
         self.config = dataclasses.replace(config, dtype="float32")  # analysis numbers in float32
         self.params = jax.device_put(params)
         self.k_min = tokenizer.k_min
@@ -201,16 +196,12 @@ class ShareCounter:
 def sample_documents(settings: PrepSettings, num: int, seed: int, progress: bool = False) -> np.ndarray:
     """`num` documents drawn uniformly without replacement from all documents of the FASTA (fewer if there
     are fewer), in one streaming pass: each document gets a seeded random key and the `num` smallest are kept."""
-    from tqdm import tqdm
-
-    from dnavec_jax.data import fasta
-
     rng = np.random.default_rng(seed)
     kept_keys = np.zeros(0)
     kept = np.zeros((0, settings.tokens_per_example), np.int32)
     with tempfile.TemporaryDirectory(prefix="dnavec_attention_") as work_dir:
-        sources = [fasta.open_source(path, Path(work_dir), index) for index, path in enumerate(settings.fasta)]
-        records, _ = fasta.select_records(sources, settings.chromosomes)
+        genome = fasta.open_genome(settings.fasta, Path(work_dir), settings.chromosomes)
+        sources, records = genome.sources, genome.records
         with tqdm(total=sum(record.length for record in records), unit="bp", unit_scale=True,
                   desc="attention: draw windows", disable=not progress) as bar:
             for docs, bases in tfidf.genome_documents(settings, sources, records):
@@ -224,12 +215,10 @@ def sample_documents(settings: PrepSettings, num: int, seed: int, progress: bool
 
 def first_document(settings: PrepSettings, record: str) -> np.ndarray:
     """The first document (k-mer ids, [PAD]-padded) of one record."""
-    from dnavec_jax.data import fasta
-
     settings = settings.replace(chromosomes=record)
     with tempfile.TemporaryDirectory(prefix="dnavec_attention_") as work_dir:
-        sources = [fasta.open_source(path, Path(work_dir), index) for index, path in enumerate(settings.fasta)]
-        records, _ = fasta.select_records(sources, settings.chromosomes)
+        genome = fasta.open_genome(settings.fasta, Path(work_dir), settings.chromosomes)
+        sources, records = genome.sources, genome.records
         for docs, _ in tfidf.genome_documents(settings, sources, records[:1]):
             if len(docs):
                 return docs[0]
@@ -266,10 +255,6 @@ CATEGORY_TITLES = {
 
 def heatmap_png(share: np.ndarray, title: str, uniform: float) -> bytes:
     """PNG bytes of a layers x heads heat map of one category's share (matplotlib's Agg canvas, no pyplot)."""
-    import io
-
-    from matplotlib.figure import Figure
-
     layers, heads = share.shape
     figure = Figure(figsize=(max(4.0, 0.6 * heads + 2.5), max(3.0, 0.45 * layers + 1.8)), layout="constrained")
     axes = figure.subplots()
@@ -298,12 +283,12 @@ def write_shares(shares: AttentionShares, output_dir: Path, k_min: int) -> list[
         writer.writeheader()
         writer.writerows(shares.rows())
 
-    write_atomic(output_dir / SHARES_CSV, write_csv, binary=False)
+    files.write_atomic(output_dir / SHARES_CSV, write_csv, binary=False)
     written = [SHARES_CSV]
     for index, category in enumerate(shares.categories):
         title = CATEGORY_TITLES.get(category, f"{k_min}-mers")
         png = heatmap_png(shares.share[:, :, index], f"attention to {title}", float(shares.uniform[index]))
-        write_atomic(output_dir / heatmap_name(category), lambda handle, png=png: handle.write(png))
+        files.write_atomic(output_dir / heatmap_name(category), lambda handle, png=png: handle.write(png))
         written.append(heatmap_name(category))
     return written
 
@@ -358,20 +343,18 @@ def bertviz_html(attentions: np.ndarray, tokens: Sequence[str], title: str) -> t
 def write_bertviz(model_path: Path, loaded, doc: np.ndarray, html_tokens: int, output_dir: Path,
                   record: str) -> np.ndarray:
     """Renders the bertviz views of [CLS] + the first html_tokens k-mers of `doc` + [SEP]; returns the ids."""
-    from dnavec_jax import hf_export, inference
-
     kmers = doc[doc != PAD_ID][:html_tokens]
-    input_ids, _ = inference.pack_windows([kmers], len(kmers) + 2)
+    input_ids, _ = loaded_model.pack_windows([kmers], len(kmers) + 2)
     with tempfile.TemporaryDirectory(prefix="dnavec_attention_hf_") as tmp:
         export_dir = model_path
         if (model_path / "checkpoints").is_dir():  # a training run: export its checkpoint first
-            export_dir, _ = hf_export.export_checkpoint(model_path, Path(tmp) / "hf", step=loaded.step)
+            export_dir, _ = export.export_checkpoint(model_path, Path(tmp) / "hf", step=loaded.step)
         attentions = hf_attentions(export_dir, input_ids[0])
     tokens = loaded.tokenizer.decode_ids(input_ids[0])
     title = f"{record}: first {len(kmers)} k-mers, {loaded.source}"
     head, model_view = bertviz_html(attentions, tokens, title)
-    write_atomic(output_dir / HEAD_VIEW_HTML, lambda handle: handle.write(head), binary=False)
-    write_atomic(output_dir / MODEL_VIEW_HTML, lambda handle: handle.write(model_view), binary=False)
+    files.write_atomic(output_dir / HEAD_VIEW_HTML, lambda handle: handle.write(head), binary=False)
+    files.write_atomic(output_dir / MODEL_VIEW_HTML, lambda handle: handle.write(model_view), binary=False)
     return input_ids[0]
 
 
@@ -392,9 +375,6 @@ def prep_settings(loaded, args: argparse.Namespace) -> PrepSettings:
 
 
 def run_attention(args: argparse.Namespace) -> int:
-    from dnavec_jax import inference
-    from dnavec_jax.data import fasta
-
     for name in ("num_sequences", "batch_size", "top_tfidf", "html_tokens"):
         if getattr(args, name) < 1:
             raise DNAVecError(f"--{name} must be at least 1, got {getattr(args, name)}")
@@ -402,16 +382,14 @@ def run_attention(args: argparse.Namespace) -> int:
         require_viz()
     fasta.check_fasta_paths(args.fasta)
     started = time.perf_counter()
-    loaded = inference.load_model(args.model, step=args.step)
+    loaded = loaded_model.load_model(args.model, step=args.step)
     k_min = loaded.tokenizer.k_min
     names = [SHARES_CSV, SUMMARY_JSON] + [heatmap_name(c) for c in categories(k_min)]
     if args.html_record:
         names += [HEAD_VIEW_HTML, MODEL_VIEW_HTML]
-    output_dir = tfidf.prepare_output_dir(args.output_dir, names, args.overwrite)
+    output_dir = files.check_outputs_in_dir(args.output_dir, "--output_dir", names, args.overwrite)
     settings = prep_settings(loaded, args)
     html_doc = first_document(settings, args.html_record) if args.html_record else None  # a bad name fails early
-
-    from tqdm import tqdm
 
     progress = sys.stderr.isatty()  # bars on a terminal only, as the other tools
     top_ids, top_source = top_tfidf_ids(loaded.tokenizer, args.top_tfidf, args.tfidf_csv, settings, progress)
@@ -420,7 +398,7 @@ def run_attention(args: argparse.Namespace) -> int:
     for begin in tqdm(range(0, len(docs), args.batch_size), desc="attention", unit="batch", disable=not progress):
         rows = [row[row != PAD_ID] for row in docs[begin : begin + args.batch_size]]
         rows += [np.zeros(0, np.int32)] * (args.batch_size - len(rows))  # fixed batch shape: one compile
-        input_ids, input_mask = inference.pack_windows(rows, loaded.window_length)
+        input_ids, input_mask = loaded_model.pack_windows(rows, loaded.window_length)
         input_mask[len(docs[begin : begin + args.batch_size]):] = 0  # filler rows: no real token, no weight
         counter.add(input_ids, input_mask)
     shares = counter.result()
@@ -442,7 +420,7 @@ def run_attention(args: argparse.Namespace) -> int:
         "html_tokens": None if html_ids is None else loaded.tokenizer.decode_ids(html_ids),
         "seconds": round(seconds, 3),
     }
-    write_atomic(output_dir / SUMMARY_JSON, lambda handle: handle.write(json.dumps(summary, indent=2) + "\n"),
+    files.write_atomic(output_dir / SUMMARY_JSON, lambda handle: handle.write(json.dumps(summary, indent=2) + "\n"),
                        binary=False)
     written.append(SUMMARY_JSON)
     print(f"attention of {loaded.source} over {shares.num_sequences} windows ({shares.num_queries:,} k-mer queries), "

@@ -47,12 +47,14 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+from scipy import sparse
+from wordcloud import WordCloud
 
-from dnavec_jax.atomic_files import write_atomic
+from dnavec_jax import files
 from dnavec_jax.data import fasta, pipeline
 from dnavec_jax.data.settings import PrepSettings
 from dnavec_jax.errors import DNAVecError
@@ -126,8 +128,6 @@ def normalized_tfidf(counts: DocTermCounts, idf: np.ndarray) -> np.ndarray:
 
 def tfidf_matrix(docs: np.ndarray, idf: np.ndarray):
     """The (num_docs, vocab_size) normalised tf-idf matrix of a batch of documents (scipy CSR)."""
-    from scipy import sparse
-
     counts = doc_term_counts(docs)
     values = normalized_tfidf(counts, idf)
     return sparse.csr_matrix((values, (counts.doc, counts.term)), shape=(counts.num_docs, len(idf)))
@@ -290,25 +290,8 @@ def read_top_csv(path) -> list[dict]:
         return list(reader)
 
 
-def prepare_output_dir(output_dir, names: Iterable[str], overwrite: bool) -> Path:
-    """Creates the output directory; refuses to replace existing outputs without --overwrite."""
-    output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise DNAVecError(f"{output_dir}: exists and is not a directory")
-    existing = [name for name in names if (output_dir / name).exists()]
-    if existing and not overwrite:
-        raise DNAVecError(f"{output_dir}: already holds {', '.join(existing)}; pass --overwrite to replace")
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise DNAVecError(f"{output_dir}: cannot create the output directory ({error.strerror})") from None
-    return output_dir
-
-
 def word_cloud_png(frequencies: dict[str, float], seed: int = 0, width: int = 1600, height: int = 800) -> bytes:
     """PNG bytes of a word cloud of the given k-mer weights (wordcloud.generate_from_frequencies)."""
-    from wordcloud import WordCloud
-
     cloud = WordCloud(width=width, height=height, background_color="white", random_state=seed,
                       max_words=len(frequencies), colormap="viridis", prefer_horizontal=0.9)
     cloud.generate_from_frequencies(frequencies)
@@ -326,13 +309,13 @@ def write_outputs(result: TfidfResult, output_dir: Path, top: int, seed: int, su
         for row in rows:
             writer.writerow(row)  # floats as repr: they read back exactly
 
-    write_atomic(output_dir / TOP_CSV, write_csv, binary=False)
-    write_atomic(output_dir / SCORES_NPY, lambda handle: np.save(handle, result.score))
+    files.write_atomic(output_dir / TOP_CSV, write_csv, binary=False)
+    files.write_atomic(output_dir / SCORES_NPY, lambda handle: np.save(handle, result.score))
     png = word_cloud_png({row["kmer"]: row["score"] for row in rows}, seed=seed) if rows else None
     if png is not None:
-        write_atomic(output_dir / WORDCLOUD_PNG, lambda handle: handle.write(png))
-    write_atomic(output_dir / SUMMARY_JSON,
-                 lambda handle: handle.write(json.dumps(summary, indent=2) + "\n"), binary=False)
+        files.write_atomic(output_dir / WORDCLOUD_PNG, lambda handle: handle.write(png))
+    files.write_atomic(output_dir / SUMMARY_JSON,
+                       lambda handle: handle.write(json.dumps(summary, indent=2) + "\n"), binary=False)
     return rows
 
 
@@ -354,7 +337,7 @@ def run_tfidf(args: argparse.Namespace) -> int:
         raise DNAVecError(f"--top must be at least 1, got {args.top}")
     settings = settings_from_args(args)
     fasta.check_fasta_paths(settings.fasta)  # before creating anything
-    output_dir = prepare_output_dir(args.output_dir, OUTPUT_FILES, args.overwrite)
+    output_dir = files.check_outputs_in_dir(args.output_dir, "--output_dir", OUTPUT_FILES, args.overwrite)
     result = genome_tfidf(settings.fasta, settings, progress=sys.stderr.isatty())
     summary = {
         "formulas": {"tf": "count / tokens in document", "idf": "ln((1 + n) / (1 + df)) + 1",

@@ -7,7 +7,7 @@ k 3..8), so row i is the vector of token id i:
               MLM decoder), before position embeddings and LayerNorm;
   contextual  the last-layer hidden state at the token's position when it is presented
               alone, [CLS] token [SEP] (segment 0, positions 0..2, no padding), computed in
-              jitted batches (inference.Encoder, one compiled (batch, 3) shape).
+              jitted batches (loaded_model.Encoder, one compiled (batch, 3) shape).
 
 Output directory of `dnavec vectors` (written into a temporary sibling directory and
 renamed into place; a non-empty directory is refused unless --overwrite):
@@ -31,19 +31,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
-from dnavec_jax.atomic_files import replace_directory
+from dnavec_jax import files
 from dnavec_jax.errors import DNAVecError
-from dnavec_jax.inference import Encoder, LoadedModel, load_model
 from dnavec_jax.tokenization import CLS_ID, NUM_SPECIAL, SEP_ID, KmerTokenizer
+from dnavec_jax.tools.loaded_model import Encoder, LoadedModel, load_model
 
 KINDS = ("input", "contextual")
 NPY_FILES = {"input": "input_embeddings.npy", "contextual": "contextual_vectors.npy"}
@@ -68,8 +67,6 @@ def _token_state(hidden, input_ids, input_mask):
 
 def contextual_vectors(loaded: LoadedModel, batch_size: int = 512, progress: bool = False) -> np.ndarray:
     """float32 (vocab_size, hidden): last-layer state of every token id presented alone as [CLS] id [SEP]."""
-    from tqdm import tqdm
-
     vocab_size = loaded.config.vocab_size
     encoder = Encoder(loaded, batch_size=batch_size, head=_token_state)
     out = np.empty((vocab_size, loaded.config.hidden_size), dtype=np.float32)
@@ -109,25 +106,13 @@ def write_word2vec(path: str | os.PathLike, vocab: Sequence[str], vectors: np.nd
                                  for token, row in zip(vocab[start:start + 4096], block)))
 
 
-def _check_output_dir(output_dir: Path, overwrite: bool) -> Path:
-    output_dir = output_dir.absolute()
-    if output_dir.exists() or output_dir.is_symlink():
-        if not output_dir.is_dir():
-            raise DNAVecError(f"--output_dir {output_dir} exists and is not a directory")
-        if any(output_dir.iterdir()) and not overwrite:
-            raise DNAVecError(f"--output_dir {output_dir} exists and is not empty (pass --overwrite to replace it)")
-    return output_dir
-
-
 def write_vectors(loaded: LoadedModel, output_dir: str | os.PathLike, *, kinds: Sequence[str] = KINDS,
                   batch_size: int = 512, overwrite: bool = False, progress: bool = False) -> dict:
     """Computes and writes the vectors of `kinds` (see the module docstring); returns the vectors.json dict."""
-    output_dir = _check_output_dir(Path(output_dir), overwrite)
+    output_dir = files.check_output_dir(output_dir, "--output_dir", overwrite)
     vocab = loaded.tokenizer.vocab
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
     timings = {}
-    try:
+    with files.staged_directory(output_dir, "--output_dir", overwrite) as staging:
         (staging / VOCAB_FILE).write_text("\n".join(vocab) + "\n", encoding="ascii")
         for kind in kinds:
             started = time.perf_counter()
@@ -149,14 +134,6 @@ def write_vectors(loaded: LoadedModel, output_dir: str | os.PathLike, *, kinds: 
             "contextual": "last-layer hidden state at position 1 of [CLS] token [SEP]",
         }
         (staging / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(staging, 0o777 & ~mask)  # mkdtemp makes it 0700
-        replace_directory(staging, output_dir, overwrite, lambda: DNAVecError(
-            f"--output_dir {output_dir} exists and is not empty (pass --overwrite to replace it)"))
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return info
 
 
@@ -236,14 +213,15 @@ def _tokenizer_of_vocab(vocab: Sequence[str]) -> KmerTokenizer:
 def run_vectors(args: argparse.Namespace) -> int:
     """`dnavec vectors`."""
     kinds = KINDS if args.kind == "both" else (args.kind,)
-    output_dir = _check_output_dir(Path(args.output_dir), args.overwrite)  # fail before loading the model
+    # Fail before loading the model.
+    output_dir = files.check_output_dir(args.output_dir, "--output_dir", args.overwrite)
     started = time.perf_counter()
     loaded = load_model(args.model, step=args.step)
     info = write_vectors(loaded, output_dir, kinds=kinds, batch_size=args.batch_size, overwrite=args.overwrite,
                          progress=sys.stderr.isatty())
-    files = ", ".join(f"{NPY_FILES[kind]} + {W2V_FILES[kind]}" for kind in kinds)
+    written = ", ".join(f"{NPY_FILES[kind]} + {W2V_FILES[kind]}" for kind in kinds)
     print(f"wrote {info['vocab_size']:,} x {info['hidden_size']} {' and '.join(kinds)} vectors of {loaded.source} "
-          f"to {output_dir} ({files}, {VOCAB_FILE}) in {time.perf_counter() - started:.1f}s")
+          f"to {output_dir} ({written}, {VOCAB_FILE}) in {time.perf_counter() - started:.1f}s")
     return 0
 
 

@@ -3,8 +3,8 @@
 The rule, used by `dnavec classify` (predictions/*.csv, the fine-tune rows' final metrics) and by
 `dnavec predict` alike, so the two agree exactly:
   1. the sequence (its first max_length bases if the classifier was trained on those) is tokenized
-     with the classifier's seed, embedding.record_seed(seed, 0, sequence), and cut into windows as
-     `embed` cuts them (inference.sequence_windows);
+     with the classifier's seed, embed.record_seed(seed, 0, sequence), and cut into windows as
+     `embed` cuts them (loaded_model.sequence_windows);
   2. each window, [CLS] k-mers [SEP], goes through what transformers' BertForSequenceClassification
      computes: encoder, pooler tanh(dense([CLS])), classifier dense -> logits;
   3. the sequence's logits are the mean of its windows' logits; its probabilities their softmax.
@@ -23,11 +23,17 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
+from flax import linen as nn
+from scipy.special import softmax
+from tqdm import tqdm
 
-from dnavec_jax.atomic_files import write_atomic
+from dnavec_jax import export, files
 from dnavec_jax.errors import DNAVecError, read_json_object
-from dnavec_jax.inference import Encoder, LoadedModel, check_dna, sequence_windows
+from dnavec_jax.tools.classify.tables import read_table
+from dnavec_jax.tools.embed import fasta_records, record_seed
+from dnavec_jax.tools.loaded_model import Encoder, LoadedModel, check_dna, load_model, sequence_windows
 
 CLASSIFIER_DIR = "classifier"
 CLASSIFIER_FORMAT = "dnavec-classifier"
@@ -49,8 +55,6 @@ class Classifier:
 
 def window_ids(loaded: LoadedModel, raw: np.ndarray, seed: int, tokenization: int, name: str) -> list[np.ndarray]:
     """The k-mer ids of each window of one sequence (raw letters) under tokenization t; t = 0 is what is predicted on."""
-    from dnavec_jax.embedding import record_seed
-
     windows = sequence_windows(loaded.tokenizer, raw, record_seed(seed, tokenization, raw), loaded.max_tokens, name)
     if not windows:
         raise DNAVecError(f"{name}: no k-mer to classify (no run of {loaded.tokenizer.k_min} or more A/C/G/T bases)")
@@ -59,9 +63,6 @@ def window_ids(loaded: LoadedModel, raw: np.ndarray, seed: int, tokenization: in
 
 def _logits_head(pooler: dict, kernel: np.ndarray, bias: np.ndarray):
     """Encoder head: BertForSequenceClassification's pooler and classifier on each window's [CLS] state."""
-    import jax.numpy as jnp
-    from flax import linen as nn
-
     def head(hidden, input_ids, input_mask):
         del input_ids, input_mask
         pooled = jnp.tanh(nn.Dense(pooler["kernel"].shape[1]).apply({"params": pooler}, hidden[:, 0]))
@@ -85,9 +86,6 @@ class Predictor:
     def probabilities(self, records: Iterable[tuple[str, str | np.ndarray]], num_records: int,
                       progress: bool = False) -> np.ndarray:
         """(num_records, classes) float64 probabilities of (name, sequence) records, in order."""
-        from scipy.special import softmax
-        from tqdm import tqdm
-
         classifier = self.classifier
         sums = np.zeros((num_records, len(classifier.labels)), np.float64)
         counts = np.zeros(num_records, np.int64)
@@ -122,9 +120,6 @@ class Predictor:
 
 def load_classifier(path: str | Path) -> Classifier:
     """A `dnavec classify` classifier directory -> Classifier; one-line DNAVecError for anything else."""
-    from dnavec_jax import hf_export
-    from dnavec_jax.inference import load_model
-
     path = Path(path)
     where = f"--model {path}"
     if not path.is_dir():
@@ -139,10 +134,10 @@ def load_classifier(path: str | Path) -> Classifier:
         raise DNAVecError(f"{where}: not a sequence classifier (config.json architectures {architectures}; "
                           f"{WRITES_ONE})")
     info = {}
-    if (path / hf_export.DNAVEC_FILE).is_file():
-        info = read_json_object(path / hf_export.DNAVEC_FILE).get("classifier") or {}
+    if (path / export.DNAVEC_FILE).is_file():
+        info = read_json_object(path / export.DNAVEC_FILE).get("classifier") or {}
     if info.get("format") != CLASSIFIER_FORMAT:
-        raise DNAVecError(f"{where}: a {ARCHITECTURE} from another tool ({hf_export.DNAVEC_FILE} has no DNAVec "
+        raise DNAVecError(f"{where}: a {ARCHITECTURE} from another tool ({export.DNAVEC_FILE} has no DNAVec "
                           f"classifier entry, so its tokenization and windows are unknown; {WRITES_ONE})")
     id2label = config.get("id2label") or {}
     try:
@@ -153,33 +148,31 @@ def load_classifier(path: str | Path) -> Classifier:
         raise DNAVecError(f"{where}: config.json id2label holds {len(labels)} class(es), a classifier needs 2 or more")
     loaded = load_model(path)
     if "pooler" in loaded.initialized:
-        raise DNAVecError(f"{where}: {hf_export.WEIGHTS_NAME} has no bert.pooler weights (incomplete classifier)")
-    state = hf_export.read_hf_state(path)
+        raise DNAVecError(f"{where}: {export.WEIGHTS_NAME} has no bert.pooler weights (incomplete classifier)")
+    state = export.read_hf_state(path)
     weight, bias = state.get("classifier.weight"), state.get("classifier.bias")
     hidden = loaded.config.hidden_size
     if weight is None or bias is None or weight.shape != (len(labels), hidden) or bias.shape != (len(labels),):
-        raise DNAVecError(f"{where}: {hf_export.WEIGHTS_NAME} has no classifier.weight ({len(labels)}, {hidden}) and "
+        raise DNAVecError(f"{where}: {export.WEIGHTS_NAME} has no classifier.weight ({len(labels)}, {hidden}) and "
                           f"classifier.bias ({len(labels)},) for the {len(labels)} labels of config.json")
     try:
         seed, max_length, max_tokens = int(info["seed"]), int(info.get("max_length", 0)), int(info["max_tokens"])
     except (KeyError, TypeError, ValueError) as error:
-        raise DNAVecError(f"{where}: {hf_export.DNAVEC_FILE} classifier entry lacks {error}") from None
+        raise DNAVecError(f"{where}: {export.DNAVEC_FILE} classifier entry lacks {error}") from None
     # The windows it was trained on (a run's seq_length may be shorter than the positions an export reports).
     loaded = dataclasses.replace(loaded, max_tokens=max_tokens)
     return Classifier(loaded, np.asarray(weight, np.float32).T, np.asarray(bias, np.float32), labels, seed, max_length)
 
 
 def export_classifier(classifier: Classifier, output_dir: Path, details: dict[str, Any]) -> Path:
-    """Writes `classifier` as a transformers BertForSequenceClassification directory (hf_export's one writer)."""
-    from dnavec_jax import hf_export
-
+    """Writes `classifier` as a transformers BertForSequenceClassification directory (the export's one writer)."""
     loaded = classifier.loaded
     info = {"format": CLASSIFIER_FORMAT, "version": CLASSIFIER_VERSION, "labels": list(classifier.labels),
             "seed": classifier.seed, "max_length": classifier.max_length, "max_tokens": loaded.max_tokens,
             "rule": "mean of the windows' logits, then softmax (docs/classify.md)", **details}
-    head = hf_export.ClassifierHead(classifier.kernel, classifier.bias, list(classifier.labels), info,
+    head = export.ClassifierHead(classifier.kernel, classifier.bias, list(classifier.labels), info,
                                     card_section(classifier, details))
-    return hf_export.export_to_hf(loaded.params, loaded.config, loaded.tokenizer, output_dir, step=loaded.step,
+    return export.export_to_hf(loaded.params, loaded.config, loaded.tokenizer, output_dir, step=loaded.step,
                                   classifier=head)
 
 
@@ -196,7 +189,7 @@ The labels are `id2label` in `config.json`. The rest of this card describes the
 pretrained encoder it started from.
 
 How it predicts a sequence: {truncation}it is tokenized with random k per position,
-seed {classifier.seed} (`embedding.record_seed({classifier.seed}, 0, sequence)`), cut into windows of at most
+seed {classifier.seed} (`embed.record_seed({classifier.seed}, 0, sequence)`), cut into windows of at most
 {classifier.loaded.max_tokens} k-mers as `dnavec embed` cuts them; each window `[CLS] k-mers [SEP]` gives
 logits; the sequence's logits are the mean over its windows, its probabilities their softmax.
 A sequence of one window gets exactly this model's transformers output.
@@ -253,24 +246,11 @@ def _is_fasta(path: Path) -> bool:
     return text.startswith((b">", b";"))
 
 
-def _check_output(output: str, overwrite: bool) -> Path:
-    path = Path(output).absolute()
-    if path.is_dir():
-        raise DNAVecError(f"--output {output}: is a directory")
-    if path.exists() and not overwrite:
-        raise DNAVecError(f"--output {output} exists (pass --overwrite to replace it)")
-    if not path.parent.is_dir():
-        raise DNAVecError(f"--output {output}: directory {path.parent} does not exist")
-    return path
-
-
 def run_predict(args: argparse.Namespace) -> int:
     """`dnavec predict`."""
-    from dnavec_jax.classify import read_table
-
     if args.batch_size < 1:
         raise DNAVecError(f"--batch_size must be positive, got {args.batch_size}")
-    output = _check_output(args.output, args.overwrite)
+    output = files.check_output_file(args.output, "--output", args.overwrite)
     source = Path(args.input)
     if not source.is_file():
         raise DNAVecError(f"--input {source}: no such file")
@@ -285,8 +265,6 @@ def run_predict(args: argparse.Namespace) -> int:
     progress = sys.stderr.isatty()
     started = time.perf_counter()
     if fasta:
-        from dnavec_jax.embedding import fasta_records
-
         with tempfile.TemporaryDirectory(prefix="dnavec_predict_") as work_dir:
             index, records = fasta_records(str(source), Path(work_dir))
             probs = predictor.probabilities(records, len(index), progress)
@@ -295,7 +273,7 @@ def run_predict(args: argparse.Namespace) -> int:
         probs = predictor.probabilities(zip(table.row_names(), table.sequences), len(table.sequences), progress)
         header, rows = table.header, table.rows
     seconds = time.perf_counter() - started
-    write_atomic(output, lambda handle: write_table(handle, header, rows,
+    files.write_atomic(output, lambda handle: write_table(handle, header, rows,
                                                     [(columns, prediction_cells(probs, classifier.labels))]),
                  binary=False)
     counts = np.bincount(probs.argmax(axis=1), minlength=len(classifier.labels))

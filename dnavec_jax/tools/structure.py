@@ -116,8 +116,6 @@ def neighbour_figure(embeddings: np.ndarray, tokenizer: KmerTokenizer, k: int = 
 def overlap_neighbours(true_ids, input_mask, kmer_lengths):
     """(batch, queries, keys) float32: 1 where the key is a k-mer sharing a base with the query k-mer,
     the query itself left out (token j covers bases [j, j + k_j), one token per base position)."""
-    import jax.numpy as jnp
-
     ids = jnp.asarray(true_ids)
     lengths = jnp.asarray(kmer_lengths)[ids]
     is_kmer = (lengths > 0) & jnp.asarray(input_mask).astype(bool)
@@ -131,8 +129,6 @@ def overlap_neighbours(true_ids, input_mask, kmer_lengths):
 def overlap_attention_sums(probs, true_ids, input_mask, kmer_lengths, query_weights):
     """(share sums (layers, heads), uniform sum): over the weighted queries, the attention mass on the
     overlapping k-mers, and that mass under uniform attention over the real keys."""
-    import jax.numpy as jnp
-
     neighbours = overlap_neighbours(true_ids, input_mask, kmer_lengths)
     weights = jnp.asarray(query_weights, jnp.float32)
     shares = jnp.einsum("lbhqk,bqk,bq->lh", probs, neighbours, weights, preferred_element_type=jnp.float32)

@@ -1,0 +1,100 @@
+"""The k-mer baseline of `dnavec classify`: counts of every k-mer (L2-normalised or tf-idf) and a
+logistic regression whose C is chosen on dev MCC; no pretraining (docs/classify.md).
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy import sparse
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.feature_extraction.text import TfidfTransformer
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import normalize
+
+from dnavec_jax.errors import DNAVecError
+from dnavec_jax.tokenization import BASE_CODES, KmerTokenizer, acgt_runs
+from dnavec_jax.tools.classify.metrics import SELECT_METRIC, better, classification_metrics
+from dnavec_jax.tools.classify.tables import SPLITS, Task
+
+C_GRID = tuple(10.0**exponent for exponent in range(-3, 5))  # 1e-3 .. 1e4
+
+
+def parse_k_range(text: str) -> tuple[int, int]:
+    """'6' -> (6, 6); '3-6' or '3..6' -> (3, 6)."""
+    match = re.fullmatch(r"\s*(\d+)\s*(?:(?:-|\.\.)\s*(\d+)\s*)?", text or "")
+    if not match:
+        raise DNAVecError(f"--baseline_k {text!r}: expected K or K_MIN-K_MAX, e.g. 6 or 3-6")
+    k_min = int(match.group(1))
+    k_max = int(match.group(2) or k_min)
+    try:
+        KmerTokenizer(k_min, k_max)
+    except ValueError as error:
+        raise DNAVecError(f"--baseline_k {text!r}: {error}") from None
+    return k_min, k_max
+
+
+def kmer_counts(sequences: Sequence[str], k_min: int, k_max: int):
+    """Sparse (n, vocab) counts of every k-mer at every position, each k in k_min..k_max (columns: KmerTokenizer ids).
+
+    Deterministic (all k at every position, not the model's random tokenization); k-mers never
+    span an N or IUPAC letter.
+    """
+    tokenizer = KmerTokenizer(k_min, k_max)
+    indptr, indices, counts = [0], [], []
+    for sequence in sequences:
+        codes = BASE_CODES[np.frombuffer(sequence.encode("ascii"), dtype=np.uint8)]
+        ids = []
+        for start, end in acgt_runs(codes):
+            contig = codes[start:end]
+            for k in range(k_min, k_max + 1):
+                num = len(contig) - k + 1
+                if num > 0:
+                    ks = np.full(tokenizer.num_tokens(len(contig)), k)
+                    ids.append(tokenizer.encode_contig_codes(contig, ks)[:num])
+        unique, count = np.unique(np.concatenate(ids) if ids else np.zeros(0, np.int64), return_counts=True)
+        indices.append(unique)
+        counts.append(count)
+        indptr.append(indptr[-1] + len(unique))
+    return sparse.csr_matrix((np.concatenate(counts).astype(np.float64), np.concatenate(indices),
+                              np.asarray(indptr)), shape=(len(sequences), tokenizer.vocab_size))
+
+
+def logistic_regression(features: dict[str, Any], labels: dict[str, np.ndarray], seed: int) -> dict[str, Any]:
+    """Fits LogisticRegression on train for each C in C_GRID, keeps the best dev SELECT_METRIC.
+
+    Returns {"dev": metrics, "test": metrics, "selected": {"C": ..., "dev_<metric>_by_C": ...},
+    "probs": {"dev": (n, classes), "test": ...}} (probs: for predictions/*.csv, not for results.json).
+    """
+    best, by_c = None, {}
+    for c in C_GRID:
+        model = LogisticRegression(C=c, max_iter=2000, random_state=seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model.fit(features["train"], labels["train"])
+        dev = classification_metrics(labels["dev"], model.predict_proba(features["dev"]))
+        by_c[f"{c:g}"] = round(dev[SELECT_METRIC], 6)
+        if better(dev[SELECT_METRIC], best and best[1][SELECT_METRIC]):
+            best = (c, dev, model)
+    c, dev, model = best
+    probs = {split: model.predict_proba(features[split]) for split in ("dev", "test")}
+    test = classification_metrics(labels["test"], probs["test"])
+    converged = bool(np.all(np.asarray(model.n_iter_) < model.max_iter))
+    return {"dev": dev, "test": test,
+            "selected": {"C": c, f"dev_{SELECT_METRIC}_by_C": by_c, "converged": converged}, "probs": probs}
+
+
+def run_baseline(task: Task, k_range: tuple[int, int], tfidf: bool, seed: int) -> dict[str, Any]:
+    counts = {split: kmer_counts(task.sequences(split), *k_range) for split in SPLITS}
+    if tfidf:
+        transformer = TfidfTransformer().fit(counts["train"])  # smooth idf, L2 rows
+        features = {split: transformer.transform(matrix) for split, matrix in counts.items()}
+    else:
+        features = {split: normalize(matrix) for split, matrix in counts.items()}
+    result = logistic_regression(features, {split: task.labels(split) for split in SPLITS}, seed)
+    result["selected"].update(k_min=k_range[0], k_max=k_range[1], tfidf=bool(tfidf))
+    return result
