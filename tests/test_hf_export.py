@@ -180,6 +180,24 @@ def test_model_card_states_what_users_need(small_export):
     assert "$" not in card, "a template field was left unfilled"
 
 
+def test_model_card_shows_the_eval_row_with_its_ceilings(trained_workdir, trained_export, tmp_path):
+    """The card of a run's export shows the eval row of the exported step next to the objective's ceiling and
+    floor (the figures of metrics.jsonl); an export of a step without an eval row says so."""
+    rows = [json.loads(line) for line in (trained_workdir / "metrics.jsonl").read_text().splitlines()]
+    step = json.loads((trained_export / "dnavec.json").read_text())["step"]
+    row = [r for r in rows if r["split"] == "eval" and r["step"] == step][-1]
+    card = (trained_export / "README.md").read_text()
+    section = card[card.index("## Evaluation"):card.index("## Data")]
+    assert f"at step {step} ({int(row['masked_tokens']):,} masked tokens" in section
+    for key, bound in (("accuracy", "accuracy_ceiling"), ("loss", "loss_floor"),
+                       ("copy_accuracy", "copy_accuracy_ceiling")):
+        assert f"| {row[key]:.4f} | " in section and f" {row[bound]:.4f} |" in section, key
+    assert row["accuracy"] <= row["accuracy_ceiling"] + 0.05 and row["loss"] >= row["loss_floor"] - 0.05
+    earlier, _ = export.export_checkpoint(trained_workdir, tmp_path / "earlier", step=20)
+    assert "No evaluation of the pretraining objective was recorded for this step." in (
+        earlier / "README.md").read_text()
+
+
 def test_full_vocabulary_files(tmp_path):
     tokenizer = KmerTokenizer(3, 8)
     config = model_lib.BertConfig(hidden_size=8, num_layers=1, num_heads=2, intermediate_size=16,

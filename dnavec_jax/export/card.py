@@ -19,8 +19,40 @@ from dnavec_jax.tokenization import KmerTokenizer
 EXPORT_FILES = Path(__file__).parent.parent / "export_files"
 
 
+# Eval-row figures the card shows, each next to what the objective allows (training/objective.py's ceilings).
+EVALUATION_ROWS = (
+    ("masked k-mer accuracy", "accuracy", "accuracy_ceiling", "ceiling"),
+    ("masked k-mer loss (nats)", "loss", "loss_floor", "floor"),
+    ("accuracy given the true k", "accuracy_given_k", None, "ceiling 1"),
+    ("copy probe: isolated [MASK], read off the overlapping neighbours", "copy_accuracy", "copy_accuracy_ceiling",
+     "ceiling"),
+)
+
+
+def evaluation_text(evaluation: Mapping[str, float] | None, step: int | None) -> str:
+    """The card's Evaluation section body: the run's eval row at the exported step, with ceilings and floors."""
+    if not evaluation:
+        return "No evaluation of the pretraining objective was recorded for this step.\n"
+    lines = [f"Masked-language-model figures on the held-out validation blocks at step {step} "
+             f"({int(evaluation.get('masked_tokens', 0)):,} masked tokens; the run's metrics.jsonl). At a "
+             "`[MASK]` the model cannot see k, so even a perfect model is capped: the ceiling and floor are what "
+             "the objective allows (docs/training.md).", "", "| metric | value | what the objective allows |",
+             "|---|---|---|"]
+    for label, key, bound_key, bound_label in EVALUATION_ROWS:
+        if key not in evaluation:
+            continue
+        if bound_key is None:
+            bound = bound_label
+        elif bound_key in evaluation:
+            bound = f"{bound_label} {evaluation[bound_key]:.4f}"
+        else:
+            bound = "-"
+        lines.append(f"| {label} | {evaluation[key]:.4f} | {bound} |")
+    return "\n".join(lines) + "\n"
+
+
 def model_card(model_config: model_lib.BertConfig, tokenizer: KmerTokenizer, step: int | None,
-               train_config: Mapping[str, Any] | None) -> str:
+               train_config: Mapping[str, Any] | None, evaluation: Mapping[str, float] | None = None) -> str:
     """README.md of an export: export_files/model_card.md with this model's numbers filled in."""
     k_range = f"{tokenizer.k_min}..{tokenizer.k_max}"
     if tokenizer.k_probs is None:
@@ -51,7 +83,7 @@ def model_card(model_config: model_lib.BertConfig, tokenizer: KmerTokenizer, ste
         vocab_size=f"{tokenizer.vocab_size:,}", positions=f"{positions:,}", max_tokens=f"{positions - 2:,}",
         max_bases=f"{positions - 3 + default_k(tokenizer):,}",
         data_text=data_text, table="\n".join(f"| {name} | {value} |" for name, value in rows),
-        pooling_dir=POOLING_DIR,
+        pooling_dir=POOLING_DIR, evaluation_text=evaluation_text(evaluation, step),
     )
 
 

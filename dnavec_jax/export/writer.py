@@ -41,7 +41,7 @@ from dnavec_jax.export.names import (
     hf_config_dict,
 )
 from dnavec_jax.tokenization import NUM_SPECIAL, KmerTokenizer
-from dnavec_jax.training import checkpointing
+from dnavec_jax.training import checkpointing, metrics
 
 GUARD_MESSAGE = ("not a tokenizer: this DNAVec export reads raw DNA with its own code; load it with "
                  "AutoTokenizer.from_pretrained(path, trust_remote_code=True) (see its README.md)")
@@ -111,11 +111,13 @@ def sentence_transformers_files(model_config: model_lib.BertConfig) -> dict[str,
 
 def export_to_hf(params: Mapping, model_config: model_lib.BertConfig, tokenizer: KmerTokenizer,
                  output_dir: str | os.PathLike, *, overwrite: bool = False, step: int | None = None,
-                 train_config: Mapping[str, Any] | None = None, classifier: ClassifierHead | None = None) -> Path:
+                 train_config: Mapping[str, Any] | None = None, classifier: ClassifierHead | None = None,
+                 evaluation: Mapping[str, float] | None = None) -> Path:
     """Writes a transformers BertForMaskedLM directory from Flax params; returns its path.
 
     With `classifier`, a BertForSequenceClassification directory: the same encoder names,
-    tokenizer files and dnavec.json (plus its "classifier" entry), no MLM head.
+    tokenizer files and dnavec.json (plus its "classifier" entry), no MLM head. `evaluation`:
+    the run's eval row at `step` (metrics.jsonl), shown in the model card with its ceilings.
     Everything is written into a temporary directory next to output_dir and renamed
     at the end, so a failure leaves no half-written export. An existing non-empty
     output_dir is refused unless overwrite.
@@ -131,21 +133,22 @@ def export_to_hf(params: Mapping, model_config: model_lib.BertConfig, tokenizer:
     if classifier is not None:
         state, hf_config = classifier_state(state, classifier), classifier_config_dict(hf_config, classifier.labels)
     with files.staged_directory(output_dir, "--output_dir", overwrite) as staging:
-        _write_export(staging, state, model_config, tokenizer, step, train_config, hf_config, classifier)
+        _write_export(staging, state, model_config, tokenizer, step, train_config, hf_config, classifier, evaluation)
     return output_dir
 
 
 def _write_export(directory: Path, state: dict[str, np.ndarray], model_config: model_lib.BertConfig,
                   tokenizer: KmerTokenizer, step: int | None, train_config: Mapping[str, Any] | None,
-                  hf_config: Mapping[str, Any], classifier: ClassifierHead | None = None) -> None:
+                  hf_config: Mapping[str, Any], classifier: ClassifierHead | None = None,
+                  evaluation: Mapping[str, float] | None = None) -> None:
     _write_json(directory / "config.json", hf_config)
     save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
-    _write_shared_files(directory, model_config, tokenizer, step, train_config, classifier)
+    _write_shared_files(directory, model_config, tokenizer, step, train_config, classifier, evaluation)
 
 
 def _write_shared_files(directory: Path, model_config: model_lib.BertConfig, tokenizer: KmerTokenizer,
                         step: int | None, train_config: Mapping[str, Any] | None,
-                        classifier: ClassifierHead | None) -> None:
+                        classifier: ClassifierHead | None, evaluation: Mapping[str, float] | None = None) -> None:
     """What every export carries, MLM or classifier: tokenizer files, dnavec.json, model card; then file modes."""
     max_length = model_config.max_position_embeddings
     tokenizer.write_vocab(directory / "vocab.txt")
@@ -171,7 +174,7 @@ def _write_shared_files(directory: Path, model_config: model_lib.BertConfig, tok
         "model": model_config.to_dict(),
         **({"classifier": dict(classifier.info)} if classifier is not None else {}),
     })
-    card = model_card(model_config, tokenizer, step, train_config)
+    card = model_card(model_config, tokenizer, step, train_config, evaluation)
     (directory / "README.md").write_text(classifier_card(card, classifier) if classifier else card, encoding="utf-8")
 
 
@@ -207,7 +210,7 @@ def export_checkpoint(workdir: str | os.PathLike, output_dir: str | os.PathLike,
     params, model_config, config, loaded_step = checkpointing.load_for_inference(workdir, step=step)
     tokenizer = tokenizer_from_train_config(config, source=str(Path(workdir) / "config.json"))
     path = export_to_hf(params, model_config, tokenizer, output_dir, overwrite=overwrite, step=loaded_step,
-                        train_config=config)
+                        train_config=config, evaluation=metrics.eval_row(workdir, int(loaded_step)))
     return path, int(loaded_step)
 
 

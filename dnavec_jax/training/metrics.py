@@ -55,6 +55,24 @@ def peak_flops_for_kind(kind: str) -> float | None:
     return None
 
 
+def eval_row(workdir: str | Path, step: int) -> dict[str, float] | None:
+    """The last eval row of `step` in workdir/metrics.jsonl, or None (no file, no such row, unreadable lines)."""
+    path = Path(workdir) / "metrics.jsonl"
+    found = None
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a crash: the rows before it still count
+            continue
+        if isinstance(row, dict) and row.get("split") == "eval" and row.get("step") == step:
+            found = row
+    return found
+
+
 class MetricWriter:
     """metrics.jsonl (one JSON object per row) + TensorBoard event files, written by process 0 only.
 
