@@ -3,7 +3,9 @@ predict).
 
 Each subcommand registers itself in build_parser() with a `handler(args) -> int | None`
 and imports its module inside the handler, so `dnavec --help` stays fast and one
-tool's dependencies never load for another. User mistakes raise DNAVecError and
+tool's dependencies never load for another. The classify and tfidf flags are generated
+(fields.add_arguments) from the settings dataclasses, whose field metadata holds each
+default and help text once. User mistakes raise DNAVecError and
 print as `error: ...` with exit status 2 (errors.run_cli).
 
 Usage: dnavec export-hf --workdir DIR --output_dir OUT [--step N] [--overwrite]
