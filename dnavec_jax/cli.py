@@ -3,7 +3,9 @@ predict).
 
 Each subcommand registers itself in build_parser() with a `handler(args) -> int | None`
 and imports its module inside the handler, so `dnavec --help` stays fast and one
-tool's dependencies never load for another. User mistakes raise DNAVecError and
+tool's dependencies never load for another. The classify and tfidf flags are generated
+(fields.add_arguments) from the settings dataclasses, whose field metadata holds each
+default and help text once. User mistakes raise DNAVecError and
 print as `error: ...` with exit status 2 (errors.run_cli).
 
 Usage: dnavec export-hf --workdir DIR --output_dir OUT [--step N] [--overwrite]
@@ -16,7 +18,16 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from dnavec_jax.data.settings import PrepSettings
 from dnavec_jax.errors import run_cli
+from dnavec_jax.fields import add_arguments
+from dnavec_jax.tools.classify.settings import (
+    PROBE_FLAGS,
+    PROBE_PREFIX,
+    ClassifySettings,
+    FinetuneSettings,
+    TokenProbeSettings,
+)
 
 
 def _export_hf(args: argparse.Namespace) -> int:
@@ -118,6 +129,18 @@ def _add_embed(subparsers) -> None:
 
 
 # ---- tfidf (dnavec_jax/tools/tfidf.py) ----
+# Data prep's settings (defaults from PrepSettings), with help in tf-idf's terms.
+TFIDF_PREP_FLAGS = ("chromosomes", "k_min", "k_max", "seq_length", "seed", "min_contig_length")
+TFIDF_PREP_HELP = {
+    "chromosomes": "records to use, as in data prep: '%(default)s' (default), 'all' or a comma list",
+    "k_min": None,
+    "k_max": None,
+    "seq_length": "example length of data prep: a document holds up to seq_length-2 k-mer tokens",
+    "seed": "tokenization seed (as data prep's) and word-cloud layout",
+    "min_contig_length": "shorter A/C/G/T runs are skipped, as in data prep",
+}
+
+
 def _add_tfidf(subparsers) -> None:
     parser = subparsers.add_parser(
         "tfidf", help="k-mer tf-idf over a genome: top-N CSV and word cloud",
@@ -131,15 +154,8 @@ def _add_tfidf(subparsers) -> None:
     parser.add_argument("--fasta", required=True, action="append",
                         help="FASTA(.gz) file; repeat for several files")
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--chromosomes", default="chr1-22",
-                        help="records to use, as in data prep: 'chr1-22' (default), 'all' or a comma list")
-    parser.add_argument("--k_min", type=int, default=3)
-    parser.add_argument("--k_max", type=int, default=8)
-    parser.add_argument("--seq_length", type=int, default=512,
-                        help="example length of data prep: a document holds up to seq_length-2 k-mer tokens")
-    parser.add_argument("--seed", type=int, default=0, help="tokenization seed (as data prep's) and word-cloud layout")
-    parser.add_argument("--min_contig_length", type=int, default=64,
-                        help="shorter A/C/G/T runs are skipped, as in data prep")
+    add_arguments(parser, PrepSettings, names=TFIDF_PREP_FLAGS, helps=TFIDF_PREP_HELP, show_default=False,
+                  parse_defaults=True)
     parser.add_argument("--top", type=int, default=100, help="k-mers in the CSV and the word cloud")
     parser.add_argument("--overwrite", action="store_true", help="replace earlier outputs in --output_dir")
     parser.set_defaults(handler=lambda args: _call("tfidf", "run_tfidf", args))
@@ -197,45 +213,12 @@ def _add_classify(subparsers) -> None:
                             help=f"{split} CSV/TSV with a header naming a 'sequence' and a 'label' column")
     parser.add_argument("--output_dir", required=True,
                         help="directory for results.json, predictions/ and classifier/ (created if missing)")
-    parser.add_argument("--methods", default="baseline,probe,finetune",
-                        help="comma list of baseline, probe, finetune (default all three)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="tokenization, fine-tuning order/dropout/head and scikit-learn seed")
-    parser.add_argument("--seeds", type=int, default=1,
-                        help="run the probe and fine-tune rows with N seeds (--seed, --seed+1, ...) and report mean "
-                             "± sd; predictions and classifier/ are the --seed run's (default 1)")
-    parser.add_argument("--predictions", choices=("finetune", "all"), default="finetune",
-                        help="predictions/*.csv columns: the fine-tuned model's (default), or every method's too")
-    parser.add_argument("--max_length", type=int, default=0,
-                        help="use only the first N bases of each sequence, for every method (default 0: all)")
-    parser.add_argument("--baseline_k", default="",
-                        help="k of the k-mer baseline: K or K_MIN-K_MAX (default: the model's k range)")
-    parser.add_argument("--tfidf", action="store_true",
-                        help="baseline: tf-idf weighting instead of L2-normalised counts")
-    parser.add_argument("--probe_features", default="static,cls,mean,static_tokens,tokens",
-                        help="comma list of static, cls, mean (pooled, then logistic regression) and static_tokens, "
-                             "tokens (a linear score per token, log-sum-exp pooled); default all five")
-    parser.add_argument("--probe_tokenizations", type=int, default=4,
-                        help="probe: use this many seeded tokenizations (pooled features are averaged over them, "
-                             "token probes see the tokens of all of them)")
-    parser.add_argument("--embed_batch_size", type=int, default=64, help="probe: windows per jitted batch")
-    parser.add_argument("--probe_epochs", type=int, default=100, help="token probes: epochs at most")
-    parser.add_argument("--probe_learning_rate", type=float, default=3e-3, help="token probes: AdamW learning rate")
-    parser.add_argument("--probe_weight_decay", type=float, default=0.1, help="token probes: AdamW weight decay")
-    parser.add_argument("--learning_rate", type=float, default=3e-4, help="fine-tuning peak learning rate (AdamW)")
-    parser.add_argument("--epochs", type=int, default=20, help="fine-tuning epochs at most")
-    parser.add_argument("--batch_size", type=int, default=32,
-                        help="fine-tuning sequences per step; divisible by the device count")
-    parser.add_argument("--patience", type=int, default=5,
-                        help="stop fine-tuning after this many epochs without a better dev MCC")
-    parser.add_argument("--weight_decay", type=float, default=0.01, help="fine-tuning AdamW weight decay")
-    parser.add_argument("--warmup_fraction", type=float, default=0.1,
-                        help="fine-tuning linear warmup over this fraction of the steps, then linear decay")
-    parser.add_argument("--no_retokenize", action="store_true",
-                        help="fine-tune on one tokenization (default: a fresh random tokenization each epoch)")
-    parser.add_argument("--random_init_control", action="store_true",
-                        help="also run the probes and fine-tuning on the same architecture with freshly initialised "
-                             "weights: the gap to those rows is what pretraining adds (doubles their cost)")
+    # Generated from the settings dataclasses (defaults and help there), in this --help order.
+    add_arguments(parser, ClassifySettings, skip=("random_init_control",), show_default=False, parse_defaults=True)
+    add_arguments(parser, TokenProbeSettings, names=PROBE_FLAGS, prefix=PROBE_PREFIX, show_default=False,
+                  parse_defaults=True)
+    add_arguments(parser, FinetuneSettings, show_default=False, parse_defaults=True)
+    add_arguments(parser, ClassifySettings, names=("random_init_control",), show_default=False, parse_defaults=True)
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing OUTPUT_DIR/results.json, predictions/ and classifier/")
     parser.set_defaults(handler=lambda args: _call("classify.command", "run_classify", args))

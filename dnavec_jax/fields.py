@@ -1,9 +1,10 @@
 """Settings dataclasses: each default and its help written once, as field metadata.
 
 `setting(default, help)` declares a field; `add_arguments` turns a dataclass's
-fields into argparse flags of the same names, `values_from_args` reads them back,
-and `from_mapping` builds the dataclass from a plain dict (a config section) with
-one-line errors. docs/training.md and the tools' --help show the same texts.
+fields into argparse flags (same names, or a prefix, a rename, a bare switch),
+`values_from_args` reads them back, and `from_mapping` builds the dataclass from
+a plain dict (a config section) with one-line errors. docs/training.md and the
+tools' --help show the same texts.
 """
 
 from __future__ import annotations
@@ -17,9 +18,18 @@ from typing import Any
 from dnavec_jax.errors import DNAVecError
 
 
-def setting(default: Any, help: str, *, choices: Sequence[Any] | None = None, flag: bool = True) -> Any:
-    """A dataclass field with its help text (and allowed values); flag=False keeps it off the command line."""
-    metadata = {"help": help, "choices": tuple(choices) if choices is not None else None, "flag": flag}
+def setting(default: Any, help: str, *, choices: Sequence[Any] | None = None, flag: bool = True,
+            flag_name: str | None = None, switch: bool = False) -> Any:
+    """A dataclass field with its help text (and allowed values); flag=False keeps it off the command line.
+
+    flag_name: the flag's name when it is not the field's (before add_arguments' prefix). switch: a bool
+    set by a bare flag (store_true for a False default, store_false for a True one, e.g. --no_retokenize)
+    instead of `--NAME {true,false}`.
+    """
+    if switch and not isinstance(default, bool):
+        raise TypeError("switch=True needs a bool default")
+    metadata = {"help": help, "choices": tuple(choices) if choices is not None else None, "flag": flag,
+                "flag_name": flag_name, "switch": switch}
     if isinstance(default, (list, dict, set)):
         raise TypeError("mutable defaults: use a tuple")
     return dataclasses.field(default=default, metadata=metadata)
@@ -80,21 +90,39 @@ def from_mapping(cls, values: Mapping[str, Any], section: str, special: Mapping[
     return cls(**converted)
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls, *, skip: Sequence[str] = (), defaults: Any = None,
-                  types: Mapping[str, Callable[[str], Any]] | None = None) -> None:
-    """One --NAME flag per field of `cls` (help and choices from its metadata, default shown).
+def flag_fields(cls, names: Sequence[str] | None = None, skip: Sequence[str] = ()) -> list[dataclasses.Field]:
+    """The fields of `cls` that are flags: all (field order) or `names` (in that order), less `skip`."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    chosen = [fields[name] for name in names] if names is not None else list(fields.values())
+    return [f for f in chosen if f.name not in skip and f.metadata.get("flag", True)]
 
-    Flags default to None, so values_from_args keeps only what the user gave; `defaults` (an instance)
-    shows other defaults in the help than the dataclass's own. types: parsers for fields whose type
-    is not int, float, str or bool (e.g. comma-separated tuples).
+
+def add_arguments(parser: argparse.ArgumentParser, cls, *, names: Sequence[str] | None = None,
+                  skip: Sequence[str] = (), prefix: str = "", defaults: Any = None,
+                  types: Mapping[str, Callable[[str], Any]] | None = None,
+                  helps: Mapping[str, str | None] | None = None, show_default: bool = True,
+                  parse_defaults: bool = False) -> None:
+    """One --PREFIXNAME flag per field of `cls` (or of `names`, in that order), help and choices from its metadata.
+
+    The value lands in args.PREFIXNAME (PREFIX + the field's name, also for a renamed flag).
+    show_default: append "(default: X)" to the help; False renders the help as written, which may
+    say `%(default)s` itself. parse_defaults: flags default to the dataclass's values (the tools' way);
+    otherwise to None, so values_from_args keeps only what the user gave. `defaults` (an instance)
+    shows and uses other defaults than the dataclass's own. types: parsers for fields whose type is not
+    int, float, str or bool (e.g. comma-separated tuples). helps: a tool's own help for some fields
+    (None: no help), where its flag means the field in that tool's terms.
     """
     shown = defaults if defaults is not None else cls()
-    for field in dataclasses.fields(cls):
-        if field.name in skip or not field.metadata.get("flag", True):
-            continue
+    for field in flag_fields(cls, names, skip):
         default = getattr(shown, field.name)
-        kwargs: dict[str, Any] = {"default": None, "help": f"{field.metadata.get('help', '')} (default: {default})"}
-        if types and field.name in types:
+        text = helps[field.name] if helps and field.name in helps else field.metadata.get("help", "")
+        if show_default:
+            text = f"{text} (default: {default})"
+        kwargs: dict[str, Any] = {"dest": prefix + field.name, "default": default if parse_defaults else None,
+                                  "help": text}
+        if field.metadata.get("switch"):
+            kwargs["action"] = "store_false" if field.default else "store_true"
+        elif types and field.name in types:
             kwargs["type"] = types[field.name]
         elif isinstance(field.default, bool):
             kwargs["type"] = _parse_bool
@@ -103,13 +131,14 @@ def add_arguments(parser: argparse.ArgumentParser, cls, *, skip: Sequence[str] =
             kwargs["type"] = type(field.default)
         if field.metadata.get("choices"):
             kwargs["choices"] = field.metadata["choices"]
-        parser.add_argument(f"--{field.name}", **kwargs)
+        parser.add_argument(f"--{prefix}{field.metadata.get('flag_name') or field.name}", **kwargs)
 
 
-def values_from_args(cls, args: argparse.Namespace, skip: Sequence[str] = ()) -> dict[str, Any]:
-    """The fields of `cls` the user set on the command line (flags added by add_arguments)."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
-            if f.name not in skip and getattr(args, f.name, None) is not None}
+def values_from_args(cls, args: argparse.Namespace, *, names: Sequence[str] | None = None, skip: Sequence[str] = (),
+                     prefix: str = "") -> dict[str, Any]:
+    """The fields of `cls` set on the command line (flags added by add_arguments with the same prefix)."""
+    return {f.name: getattr(args, prefix + f.name) for f in flag_fields(cls, names, skip)
+            if getattr(args, prefix + f.name, None) is not None}
 
 
 def _parse_bool(text: str) -> bool:

@@ -1,21 +1,10 @@
 """BERT masked-LM masking for k-mer examples, and the overlap-leak measurement. Pure numpy.
 
-Masking (per example, vectorised over a batch of examples):
-- only k-mer tokens (ids >= NUM_SPECIAL) are candidates: [PAD]/[UNK]/[CLS]/[SEP]/[MASK] never are;
-- predictions per example: min(max_predictions, max(1, round(mask_rate * k-mer tokens)));
-- "token": the predicted positions are a uniform random subset;
-  "span": runs of `span` consecutive positions (a random grid phase per example,
-  runs picked in random order, the last one cut to fit the budget; two picked
-  runs may touch and form a longer run);
-- each predicted position: 80% -> [MASK], 10% -> a uniformly random k-mer id
-  (never a special token), 10% unchanged;
-- outputs follow google-research/bert: masked_lm_positions ascending, padded
-  with 0; masked_lm_ids the original ids; masked_lm_weights 1.0 / 0.0 (float32).
-
-Leak: with one token per base position, token j covers bases [j, j + k_j) of
-its example. A prediction "leaks" when every one of its bases is covered by
-other tokens the model sees with their true identity (unselected tokens and the
-10% kept unchanged; a random replacement shows wrong bases and covers nothing).
+Masker picks the predictions per example (token: a random subset; span: runs of `span` tokens),
+only among k-mer tokens, and replaces them 80/10/10 ([MASK] / a random k-mer / kept), with outputs
+laid out as google-research/bert's. leak_counts counts the predictions whose every base the model
+still sees in other, truthful tokens. docs/data.md ("Masking and the leak figure") has the rules
+and the measured leak per strategy.
 """
 
 from __future__ import annotations

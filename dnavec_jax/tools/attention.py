@@ -1,39 +1,11 @@
-"""Where the model's attention goes, per layer and head: shares by token category, heat maps, a bertviz view.
+"""Where the model's attention goes, per layer and head (`dnavec attention`): shares, heat maps, bertviz.
 
-Sequences: --num_sequences windows drawn at random (seeded, uniformly, in one
-streaming pass with bounded memory) from the documents of data prep over the
-FASTA: [CLS], up to seq_length - 2 consecutive k-mer tokens of one contig,
-[SEP], tokenized exactly as the model's training examples were (the model's
-k range and weights; tfidf.genome_documents, the data-prep code path). With
-one token per base position, token j of a window (j >= 1) starts at base
-j - 1 and covers bases [j - 1, j - 1 + k_j).
-
-Shares: the model is run with its attention written out (model.apply_with_attention:
-softmax(QK^T/sqrt(d) + mask), the same numbers as the default path). For each
-layer, head and query, the attention row is split over the real keys ([CLS],
-the k-mers, [SEP]; padding gets none) by key category:
-  cls, sep           the [CLS] / [SEP] token
-  kmer_<k_min>       k-mers of the shortest length (3-mers for k 3..8)
-  kmer_longer        k-mers longer than k_min
-  top_tfidf          k-mers among the top-N by corpus tf-idf (--tfidf_csv, or computed on the FASTA)
-  self               the query token itself
-  overlap            the query token and every k-mer sharing at least one base with it (self included)
-cls + sep + kmer_<k_min> + kmer_longer = 1 per query; overlap + the non-overlapping
-k-mers + cls + sep = 1 as well. A share is the mean over queries of the
-category's attention mass; the queries are the real k-mer tokens of all windows
-([CLS]/[SEP] queries have no bases, so no overlap, and are left out). Uniform
-share: the same mean for uniform attention over the real keys, i.e. the
-category's fraction of the keys (per query, then averaged): what a head that
-ignored content would give.
-
-Outputs (written to temporary files and renamed into place):
-  attention_shares.csv        layer, head, category, share, uniform_share
-  attention_<category>.png    heat map layers x heads of the share (matplotlib, Agg)
-  attention_summary.json      settings, counts, the top tf-idf k-mers used
-  attention_head_view.html, attention_model_view.html
-                              with --html_record NAME: bertviz views of the first
-                              --html_tokens k-mers of that record, rendered from the
-                              Hugging Face export through transformers (output_attentions)
+Windows are drawn at random (seeded, one streaming pass) from the FASTA's data-prep documents
+(tfidf.genome_documents), tokenized as the model's training examples. The model runs with its
+attention probabilities written out (model.apply_with_attention); per layer, head and k-mer query
+the attention mass on each key category (cls, sep, kmer_<k_min>, kmer_longer, top_tfidf, self,
+overlap) is averaged and set against uniform attention. docs/outputs.md ("Attention patterns") has
+the categories, the outputs, the bertviz views (torch and bertviz, loaded lazily) and the cost.
 """
 
 from __future__ import annotations

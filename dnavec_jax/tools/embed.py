@@ -1,51 +1,11 @@
-"""Sequence embeddings: contextual vectors of DNA sequences pooled per record (`dnavec embed`).
+"""Sequence embeddings (`dnavec embed`): contextual vectors of DNA sequences, pooled per record.
 
-Per sequence (a FASTA record):
-  1. N runs and IUPAC letters split it into contigs of A/C/G/T (lower case reads as upper
-     case), as in data prep; other letters are an error naming the record.
-  2. It is tokenized (loaded_model.tokenize_sequence) with one fixed k by default: every k-mer,
-     k = default_k(tokenizer), the middle of the model's k range rounded down, which gave
-     better vectors than random k on a planted-motif task (docs/outputs.md). With
-     k="random" (--k random) as in training instead: one random k per position, k_min..k_max,
-     from a generator seeded by --seed, the tokenization index t (0..num_tokenizations-1)
-     and a SHA-256 of the sequence's own upper-cased letters:
-     np.random.SeedSequence([seed, t, digest words]). Either way a record's tokens, and its
-     vectors, do not depend on its name, its position in the file or the other records
-     (two records with the same sequence get the same vectors).
-  3. Each contig's tokens are cut into windows of at most max_tokens (the model's training
-     length minus [CLS]/[SEP]), in near-equal parts; nothing is truncated. A window is
-     padded to a length that depends only on its own token count (loaded_model.padded_length),
-     and windows of all records are batched by that length under one jit per length.
-  4. Pooling over all windows of all contigs and of all tokenizations:
-       cls  = mean of the windows' last-layer [CLS] states (each window weighs the same;
-              windows of one contig have near-equal sizes);
-       mean = mean of the last-layer states of all real k-mer tokens ([CLS], [SEP] and
-              padding excluded), i.e. a token-weighted mean over windows.
-     A record with no token (no A/C/G/T run of k_min bases) is an error naming it.
-
-embed_sequences(loaded, sequences, seed=0, num_tokenizations=1, batch_size=64,
-                per_token=False, *, names=None, progress=False, k="default") -> dict
-  k: "default" (default_k), an int in the model's range, or "random"/None; seed and
-  num_tokenizations > 1 apply to random k only.
-  cls, mean              float32 (n, hidden)
-  num_tokens, num_windows int64 (n,): per tokenization (the same for every tokenization:
-                          a contig of L bases has L - k_min + 1 tokens with random k,
-                          L - k + 1 with a fixed k)
-  with per_token (npz cannot hold ragged arrays without pickle, so flat arrays + offsets):
-  token_vectors          float32 (T, hidden), record by record, then tokenization by
-                          tokenization, then in sequence order
-  token_ids              int32 (T,) vocabulary ids
-  token_starts           int64 (T,) 0-based base offset of the token in its sequence
-  token_tokenization     int32 (T,) tokenization index t
-  token_offsets          int64 (n + 1,): record i's tokens are rows offsets[i]:offsets[i+1]
-
-`dnavec embed --model M --fasta F --output X.npz` writes those arrays plus `ids` (record
-names, a unicode array), `lengths` (bases per record) and the settings (`model`, `k` (0 for
-random), `seed`, `num_tokenizations`, `max_tokens`, 0-d arrays); np.load(X, allow_pickle=False) reads it. The file is
-written to a temporary name and renamed; an existing --output is refused unless
---overwrite. Records are read through data/fasta.py (pyfaidx), one whole record at a
-time; only one record's tokens plus the batches being filled are held at once (and the
-per-token output, when asked for).
+A record is split into A/C/G/T contigs, tokenized (by default every k-mer of one k, default_k: the
+middle of the model's k range; or random k seeded by the record's own letters, so its vectors
+depend on nothing else), cut into near-equal windows of at most max_tokens, and encoded in batches
+padded by window length; `cls` averages the windows' [CLS] states, `mean` the states of all k-mer
+tokens. embed_sequences is the Python entry point (the classify probes use it), run_embed the
+command. docs/outputs.md ("Sequence embeddings") has the choices, the .npz arrays and --per_token.
 """
 
 from __future__ import annotations
@@ -127,7 +87,7 @@ def _check_settings(seed: int, num_tokenizations: int, batch_size: int, k: int |
 
 def _embed(loaded: LoadedModel, records: Iterable[tuple[str, np.ndarray]], num_records: int, *, seed: int,
            num_tokenizations: int, batch_size: int, per_token: bool, progress: bool, k: int | None) -> dict:
-    """The pooled (and per-token) vectors of (name, raw letters) records; see the module docstring."""
+    """The pooled (and per-token) vectors of (name, raw letters) records (embed_sequences' keys)."""
     _check_settings(seed, num_tokenizations, batch_size, k, loaded)
     hidden_size = loaded.config.hidden_size
     cls_sum = np.zeros((num_records, hidden_size), np.float64)
@@ -194,10 +154,12 @@ def embed_sequences(loaded: LoadedModel, sequences: Sequence[str | bytes], seed:
                     num_tokenizations: int = 1, batch_size: int = 64, per_token: bool = False, *,
                     names: Sequence[str] | None = None, progress: bool = False,
                     k: int | str | None = "default") -> dict:
-    """Pooled (and optionally per-token) vectors of DNA strings; see the module docstring for the keys.
+    """Pooled (and optionally per-token) vectors of DNA strings: the arrays of docs/outputs.md's .npz table
+    (cls, mean, num_tokens, num_windows; with per_token the token_* arrays) without ids, lengths and settings.
 
-    names: used in error messages (default "sequence i"). Raises DNAVecError for a letter that is
-    not DNA or a sequence without any k-mer.
+    k: "default" (default_k), an int in the model's range, or "random"/None (seed and num_tokenizations > 1
+    apply to random k only). names: used in error messages (default "sequence i"). Raises DNAVecError for a
+    letter that is not DNA or a sequence without any k-mer.
     """
     sequences = list(sequences)
     if names is None:

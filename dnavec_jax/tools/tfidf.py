@@ -1,38 +1,11 @@
-"""k-mer tf-idf over a genome: the top-N table, the full score vector and the word cloud (the paper's Figure 4).
+"""k-mer tf-idf over a genome (`dnavec tfidf`): the top-N table, the score vector and the word cloud.
 
-Documents: the examples data prep makes with the same k range, seq_length,
-seed, chromosome selection and contig rules -- the k-mer tokens of one example,
-at most seq_length - 2 consecutive tokens of one contig ([CLS]/[SEP]/[PAD] are
-not terms). They come from the data-prep code path itself
-(pipeline.GenomeWorker.chunk_tokens and layout_examples: same windows, N/IUPAC contig splits,
-min_contig_length, seeded k per position, cuts at validation-block edges), with
-the masking step left out. So the documents are exactly the k-mer content of
-the prepared dataset's examples (train and validation splits, first copy).
-
-Formulas (the paper's; scikit-learn's TfidfVectorizer(smooth_idf=True,
-norm="l2") gives the same normalised vectors):
-  tf(t, d)    = count of t in d / number of tokens in d
-  idf(t)      = ln((1 + n) / (1 + df(t))) + 1     n documents, df(t) documents holding t
-  tfidf(t, d) = tf(t, d) * idf(t), L2-normalised over the terms of d
-Corpus score of a k-mer: the mean over all n documents of its normalised
-tf-idf (0 in documents without it), i.e. score(t) = sum_d tfidf(t, d) / n.
-It rewards k-mers that are both frequent and concentrated; a k-mer present in
-every document gets the smallest idf (1), one in few documents is weighed up.
-
-Streaming, in bounded memory: two passes over the genome, chunk by chunk
-(data prep's 1 Mbp chunks). Pass 1 counts df and total occurrences per
-vocabulary id and n; pass 2 re-tokenizes the same chunks (same seeds, same
-tokens) and adds each document's normalised weights into a per-id sum. What is
-held is a few dense (vocab_size,) arrays (87,365 ids for k 3..8) plus one
-chunk's documents, whatever the genome size. Per batch of documents the work
-is vectorised: a row-wise sort of the (documents, tokens) id matrix gives
-every (document, k-mer, count) triple, then numpy bincounts over ids.
-
-Outputs (each written to a temporary file and renamed into place):
-  tfidf_top.csv        rank, kmer, k, score, idf, df, total_count (top --top by score)
-  tfidf_scores.npy     float64 (vocab_size,) corpus score per vocabulary id (vocab.txt order)
-  tfidf_wordcloud.png  the top --top k-mers sized by score (wordcloud.generate_from_frequencies)
-  tfidf_summary.json   settings, inputs, document/token/base counts, timings
+A document is one data-prep example, made by data prep's own code path (pipeline.GenomeWorker.
+chunk_tokens and layout_examples, masking left out). idf is scikit-learn's smooth idf, each
+document's tf-idf is L2-normalised, and a k-mer's score is its mean over all documents. Two
+streaming passes in bounded memory (CorpusTfidf); each batch of documents is vectorised through a
+row-wise sort (doc_term_counts). docs/outputs.md ("tf-idf and the word cloud") has the formulas,
+why this score, the outputs and the measured throughput.
 """
 
 from __future__ import annotations

@@ -1,29 +1,9 @@
 """k-mer vectors of a trained model and their nearest neighbours (`dnavec vectors`, `dnavec neighbors`).
 
-Two vectors per vocabulary entry, rows in vocabulary id order (vocab.txt), all
-vocab_size entries: the 5 special tokens first, then every k-mer (87,365 rows for
-k 3..8), so row i is the vector of token id i:
-  input       the input word-embedding table (embeddings/word_embeddings; tied to the
-              MLM decoder), before position embeddings and LayerNorm;
-  contextual  the last-layer hidden state at the token's position when it is presented
-              alone, [CLS] token [SEP] (segment 0, positions 0..2, no padding), computed in
-              jitted batches (loaded_model.Encoder, one compiled (batch, 3) shape).
-
-Output directory of `dnavec vectors` (written into a temporary sibling directory and
-renamed into place; a non-empty directory is refused unless --overwrite):
-  vocab.txt                    the tokens in id order (row i of every matrix)
-  input_embeddings.npy         float32 (vocab_size, hidden)
-  contextual_vectors.npy       float32 (vocab_size, hidden)
-  input_embeddings.w2v.txt     word2vec text format ("V H" header, then "token v1 ... vH"
-  contextual_vectors.w2v.txt   per line, 7 significant digits), for gensim's
-                               KeyedVectors.load_word2vec_format(path, binary=False)
-  vectors.json                 model source and step, k range, shapes, kinds, timings
-(--kind input or contextual writes only that kind's two files.)
-
-Neighbours: cosine similarity against every k-mer of the vocabulary (the special tokens
-are never candidates; the query itself is left out unless include_self). Ties are broken
-by id. `dnavec neighbors --model` also accepts a `dnavec vectors` output directory, which
-skips loading the model and computing the contextual vectors.
+One row per vocabulary id (special tokens included): `input`, the word-embedding table, and
+`contextual`, the last-layer state of the token presented alone as [CLS] token [SEP]. Written as
+.npy and word2vec text; neighbours rank every k-mer by cosine similarity (nearest). docs/outputs.md
+("k-mer vectors") has the kinds, the output files and the neighbour rules.
 """
 
 from __future__ import annotations
@@ -108,7 +88,7 @@ def write_word2vec(path: str | os.PathLike, vocab: Sequence[str], vectors: np.nd
 
 def write_vectors(loaded: LoadedModel, output_dir: str | os.PathLike, *, kinds: Sequence[str] = KINDS,
                   batch_size: int = 512, overwrite: bool = False, progress: bool = False) -> dict:
-    """Computes and writes the vectors of `kinds` (see the module docstring); returns the vectors.json dict."""
+    """Computes and writes the vectors of `kinds` (files: docs/outputs.md); returns the vectors.json dict."""
     output_dir = files.check_output_dir(output_dir, "--output_dir", overwrite)
     vocab = loaded.tokenizer.vocab
     timings = {}

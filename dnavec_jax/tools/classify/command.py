@@ -13,17 +13,11 @@ from typing import Any
 
 from dnavec_jax import files
 from dnavec_jax.errors import DNAVecError
+from dnavec_jax.fields import values_from_args
 from dnavec_jax.tools.classify.baseline import C_GRID, parse_k_range, run_baseline
-from dnavec_jax.tools.classify.finetuning import FinetuneSettings, finetune, random_init_model
+from dnavec_jax.tools.classify.finetuning import finetune, random_init_model
 from dnavec_jax.tools.classify.metrics import SELECT_METRIC
-from dnavec_jax.tools.classify.probes import (
-    PROBE_FEATURES,
-    TOKEN_FEATURES,
-    TokenProbeSettings,
-    probe_features,
-    run_probe,
-    token_probe,
-)
+from dnavec_jax.tools.classify.probes import probe_features, run_probe, token_probe
 from dnavec_jax.tools.classify.report import (
     OUTPUT_NAMES,
     PREDICTIONS_DIR,
@@ -35,18 +29,29 @@ from dnavec_jax.tools.classify.report import (
     prediction_blocks,
     write_outputs,
 )
+from dnavec_jax.tools.classify.settings import (
+    METHODS,
+    PROBE_FEATURES,
+    PROBE_FLAGS,
+    PROBE_PREFIX,
+    TOKEN_FEATURES,
+    ClassifySettings,
+    FinetuneSettings,
+    TokenProbeSettings,
+)
 from dnavec_jax.tools.classify.tables import SPLITS, Task, load_task
 from dnavec_jax.tools.loaded_model import load_model
 from dnavec_jax.tools.predict import check_free_columns, prediction_columns
 
-METHODS = ("baseline", "probe", "finetune")
+RUN = ClassifySettings()  # the defaults
 
 
-def run_methods(task: Task, loaded, *, methods: Sequence[str] = METHODS, seed: int = 0, seeds: int = 1,
-                baseline_k: tuple[int, int] | None = None, tfidf: bool = False,
-                probe: Sequence[str] = PROBE_FEATURES, probe_tokenizations: int = 4, embed_batch_size: int = 64,
+def run_methods(task: Task, loaded, *, methods: Sequence[str] = METHODS, seed: int = RUN.seed, seeds: int = RUN.seeds,
+                baseline_k: tuple[int, int] | None = None, tfidf: bool = RUN.tfidf,
+                probe: Sequence[str] = PROBE_FEATURES, probe_tokenizations: int = RUN.probe_tokenizations,
+                embed_batch_size: int = RUN.embed_batch_size,
                 token_probe_settings: TokenProbeSettings | None = None,
-                finetune_settings: FinetuneSettings | None = None, random_init_control: bool = False,
+                finetune_settings: FinetuneSettings | None = None, random_init_control: bool = RUN.random_init_control,
                 log: Callable[[str], None] | None = None, progress: bool = False) -> dict[str, dict[str, Any]]:
     """{row name: {"dev", "test", "selected", "time_s", "probs"[, "classifier"]}} for each method (see the module
     docstring). "probs" and "classifier" are for the predictions and the export, not for results.json (PRIVATE).
@@ -133,13 +138,10 @@ def run_classify(args: argparse.Namespace) -> int:
         raise DNAVecError(f"--probe_tokenizations must be at least 1, got {args.probe_tokenizations}")
     if args.embed_batch_size < 1:
         raise DNAVecError(f"--embed_batch_size must be positive, got {args.embed_batch_size}")
-    settings = FinetuneSettings(learning_rate=args.learning_rate, epochs=args.epochs, batch_size=args.batch_size,
-                                patience=args.patience, weight_decay=args.weight_decay,
-                                warmup_fraction=args.warmup_fraction, retokenize=not args.no_retokenize,
-                                seed=args.seed)
+    settings = FinetuneSettings(**values_from_args(FinetuneSettings, args), seed=args.seed)
     settings.check()
-    probe_settings = TokenProbeSettings(learning_rate=args.probe_learning_rate, weight_decay=args.probe_weight_decay,
-                                        epochs=args.probe_epochs)
+    probe_settings = TokenProbeSettings(**values_from_args(TokenProbeSettings, args, names=PROBE_FLAGS,
+                                                           prefix=PROBE_PREFIX))
     probe_settings.check()
     output_dir = files.check_outputs_in_dir(args.output_dir, "--output_dir", OUTPUT_NAMES, args.overwrite,
                                             create=False)

@@ -23,41 +23,21 @@ from dnavec_jax.errors import DNAVecError
 from dnavec_jax.model import BertConfig, BertForMaskedLM, init_params
 from dnavec_jax.tokenization import CLS_ID, NUM_SPECIAL, SEP_ID
 from dnavec_jax.tools.classify.metrics import SELECT_METRIC, better, classification_metrics
+from dnavec_jax.tools.classify.settings import FinetuneSettings
 from dnavec_jax.tools.classify.tables import SPLITS, Task
 from dnavec_jax.tools.loaded_model import check_dna, padded_length
 from dnavec_jax.tools.predict import Classifier, Predictor, window_ids
 from dnavec_jax.training import optim, sharding, steps
 
 
-@dataclasses.dataclass(frozen=True)
-class FinetuneSettings:
-    learning_rate: float = 3e-4  # peak
-    epochs: int = 20  # at most; early stopping may end sooner
-    batch_size: int = 32  # sequences per step (all their windows), divisible by the device count
-    patience: int = 5  # epochs without a better dev MCC before stopping
-    weight_decay: float = 0.01
-    warmup_fraction: float = 0.1  # of all steps, linear from 0; then linear decay to 0
-    grad_clip_norm: float = 1.0
-    retokenize: bool = True  # a fresh random tokenization of the train sequences each epoch
-    seed: int = 0
-
-    def check(self) -> None:
-        if not self.learning_rate > 0:
-            raise DNAVecError(f"--learning_rate must be > 0, got {self.learning_rate}")
-        for name in ("epochs", "batch_size", "patience"):
-            if getattr(self, name) < 1:
-                raise DNAVecError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        if not 0 <= self.warmup_fraction < 1 or self.weight_decay < 0:
-            raise DNAVecError("--warmup_fraction must lie in [0, 1) and --weight_decay be >= 0")
-
-    def optimizer_settings(self, total_steps: int):
-        """The fields optim.make_optimizer reads, for fine-tuning."""
-        return ml_collections.ConfigDict(dict(
-            learning_rate=float(self.learning_rate), end_learning_rate_factor=0.0, schedule="linear",
-            num_train_steps=int(total_steps), warmup_steps=int(round(self.warmup_fraction * total_steps)),
-            grad_clip_norm=float(self.grad_clip_norm), weight_decay=float(self.weight_decay),
-            adam_b1=0.9, adam_b2=0.999, adam_eps=1e-6,
-        ))
+def optimizer_settings(settings: FinetuneSettings, total_steps: int) -> ml_collections.ConfigDict:
+    """The fields optim.make_optimizer reads, for fine-tuning."""
+    return ml_collections.ConfigDict(dict(
+        learning_rate=float(settings.learning_rate), end_learning_rate_factor=0.0, schedule="linear",
+        num_train_steps=int(total_steps), warmup_steps=int(round(settings.warmup_fraction * total_steps)),
+        grad_clip_norm=float(settings.grad_clip_norm), weight_decay=float(settings.weight_decay),
+        adam_b1=0.9, adam_b2=0.999, adam_eps=1e-6,
+    ))
 
 
 class SequenceClassifier(nn.Module):
@@ -153,8 +133,8 @@ def finetune(loaded, task: Task, settings: FinetuneSettings,
                    "classifier": jax.device_get(initial["classifier"])}
 
     steps_per_epoch = -(-len(sequences["train"]) // batch_size)
-    optimizer_settings = settings.optimizer_settings(steps_per_epoch * settings.epochs)
-    tx, _ = optim.make_optimizer(optimizer_settings)
+    schedule = optimizer_settings(settings, steps_per_epoch * settings.epochs)
+    tx, _ = optim.make_optimizer(schedule)
 
     def init_state(params):
         return steps.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
@@ -231,7 +211,7 @@ def finetune(loaded, task: Task, settings: FinetuneSettings,
         if improved:
             best_score, best_epoch, waited = dev[SELECT_METRIC], epoch + 1, 0
             best_params = jax.device_get(state.params)  # a host copy: the next step donates state's buffers
-        elif (epoch + 1) * steps_per_epoch > optimizer_settings.warmup_steps:  # warmup epochs do not count
+        elif (epoch + 1) * steps_per_epoch > schedule.warmup_steps:  # warmup epochs do not count
             waited += 1
             if waited >= settings.patience:
                 break

@@ -20,15 +20,11 @@ from tqdm import tqdm
 from dnavec_jax.errors import DNAVecError
 from dnavec_jax.tools.classify.baseline import logistic_regression
 from dnavec_jax.tools.classify.metrics import SELECT_METRIC, better, classification_metrics
+from dnavec_jax.tools.classify.settings import PROBE_FEATURES, TOKEN_FEATURES, TokenProbeSettings
 from dnavec_jax.tools.classify.tables import SPLITS, Task
 from dnavec_jax.tools.embed import embed_sequences, record_seed
 from dnavec_jax.tools.loaded_model import check_dna, tokenize_sequence
 from dnavec_jax.tools.vectors import input_embeddings
-
-PROBE_FEATURES = ("static", "cls", "mean", "static_tokens", "tokens")
-
-
-TOKEN_FEATURES = ("static_tokens", "tokens")  # probed per token (token_probe), the others pooled first (run_probe)
 
 
 class TokenFeatures(NamedTuple):
@@ -151,25 +147,6 @@ def run_probe(features: dict[str, np.ndarray], task: Task, seed: int) -> dict[st
     scaler = StandardScaler().fit(features["train"])
     scaled = {split: scaler.transform(features[split]) for split in SPLITS}
     return logistic_regression(scaled, {split: task.labels(split) for split in SPLITS}, seed)
-
-
-@dataclasses.dataclass(frozen=True)
-class TokenProbeSettings:
-    """The token probes' fit (token_probe): AdamW on minibatches, the epoch with the best dev MCC kept."""
-    learning_rate: float = 3e-3
-    weight_decay: float = 0.1  # decoupled (AdamW), on the kernel only
-    epochs: int = 100  # at most
-    patience: int = 20  # epochs without a better dev MCC before stopping
-    batch_size: int = 64
-
-    def check(self) -> None:
-        if not self.learning_rate > 0 or self.weight_decay < 0:
-            raise DNAVecError(f"--probe_learning_rate must be > 0 and --probe_weight_decay >= 0, got "
-                              f"{self.learning_rate} and {self.weight_decay}")
-        if self.epochs < 1:
-            raise DNAVecError(f"--probe_epochs must be at least 1, got {self.epochs}")
-        if self.patience < 1 or self.batch_size < 1:  # not command-line settings
-            raise ValueError(f"patience and batch_size must be at least 1, got {self.patience}, {self.batch_size}")
 
 
 def token_probe_logits(params: dict[str, jax.Array], tokens: jax.Array, mask: jax.Array) -> jax.Array:

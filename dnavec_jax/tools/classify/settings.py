@@ -1,0 +1,95 @@
+"""`dnavec classify` settings: the run (ClassifySettings), the token probes' fit and fine-tuning.
+
+Each default and its --help text are written once, here, as field metadata (fields.setting);
+cli.py generates the classify flags from them. Cheap to import (no JAX): `dnavec --help` loads
+it. docs/classify.md describes the methods and the choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from dnavec_jax.errors import DNAVecError
+from dnavec_jax.fields import setting
+
+METHODS = ("baseline", "probe", "finetune")
+PROBE_FEATURES = ("static", "cls", "mean", "static_tokens", "tokens")
+TOKEN_FEATURES = ("static_tokens", "tokens")  # probed per token (token_probe), the others pooled first (run_probe)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifySettings:
+    """Which methods run, on which features, with which seeds (the flags outside the two fits)."""
+
+    methods: str = setting(",".join(METHODS), "comma list of baseline, probe, finetune (default all three)")
+    seed: int = setting(0, "tokenization, fine-tuning order/dropout/head and scikit-learn seed")
+    seeds: int = setting(1, "run the probe and fine-tune rows with N seeds (--seed, --seed+1, ...) and report mean "
+                            "± sd; predictions and classifier/ are the --seed run's (default %(default)s)")
+    predictions: str = setting("finetune", "predictions/*.csv columns: the fine-tuned model's (default), or every "
+                               "method's too", choices=("finetune", "all"))
+    max_length: int = setting(0, "use only the first N bases of each sequence, for every method (default "
+                                 "%(default)s: all)")
+    baseline_k: str = setting("", "k of the k-mer baseline: K or K_MIN-K_MAX (default: the model's k range)")
+    tfidf: bool = setting(False, "baseline: tf-idf weighting instead of L2-normalised counts", switch=True)
+    probe_features: str = setting(",".join(PROBE_FEATURES), "comma list of static, cls, mean (pooled, then logistic "
+                                  "regression) and static_tokens, tokens (a linear score per token, log-sum-exp "
+                                  "pooled); default all five")
+    probe_tokenizations: int = setting(4, "probe: use this many seeded tokenizations (pooled features are averaged "
+                                          "over them, token probes see the tokens of all of them)")
+    embed_batch_size: int = setting(64, "probe: windows per jitted batch")
+    random_init_control: bool = setting(False, "also run the probes and fine-tuning on the same architecture with "
+                                        "freshly initialised weights: the gap to those rows is what pretraining "
+                                        "adds (doubles their cost)", switch=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenProbeSettings:
+    """The token probes' fit (probes.token_probe): AdamW on minibatches, the epoch with the best dev MCC kept.
+
+    Flags: --probe_epochs, --probe_learning_rate, --probe_weight_decay (PROBE_FLAGS).
+    """
+
+    learning_rate: float = setting(3e-3, "token probes: AdamW learning rate")
+    weight_decay: float = setting(0.1, "token probes: AdamW weight decay")  # decoupled, on the kernel only
+    epochs: int = setting(100, "token probes: epochs at most")
+    patience: int = setting(20, "epochs without a better dev MCC before stopping", flag=False)
+    batch_size: int = setting(64, "sequences per step", flag=False)
+
+    def check(self) -> None:
+        if not self.learning_rate > 0 or self.weight_decay < 0:
+            raise DNAVecError(f"--probe_learning_rate must be > 0 and --probe_weight_decay >= 0, got "
+                              f"{self.learning_rate} and {self.weight_decay}")
+        if self.epochs < 1:
+            raise DNAVecError(f"--probe_epochs must be at least 1, got {self.epochs}")
+        if self.patience < 1 or self.batch_size < 1:  # not command-line settings
+            raise ValueError(f"patience and batch_size must be at least 1, got {self.patience}, {self.batch_size}")
+
+
+PROBE_PREFIX = "probe_"
+PROBE_FLAGS = ("epochs", "learning_rate", "weight_decay")  # in --help order
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneSettings:
+    """Fine-tuning (finetuning.finetune): AdamW with linear warmup and decay, early stopping on dev MCC."""
+
+    learning_rate: float = setting(3e-4, "fine-tuning peak learning rate (AdamW)")
+    epochs: int = setting(20, "fine-tuning epochs at most")  # early stopping may end sooner
+    batch_size: int = setting(32, "fine-tuning sequences per step; divisible by the device count")
+    patience: int = setting(5, "stop fine-tuning after this many epochs without a better dev MCC")
+    weight_decay: float = setting(0.01, "fine-tuning AdamW weight decay")
+    warmup_fraction: float = setting(0.1, "fine-tuning linear warmup over this fraction of the steps, then linear "
+                                          "decay")
+    grad_clip_norm: float = setting(1.0, "global gradient norm clip", flag=False)
+    retokenize: bool = setting(True, "fine-tune on one tokenization (default: a fresh random tokenization each "
+                                     "epoch)", flag_name="no_retokenize", switch=True)
+    seed: int = setting(0, "order, dropout and head seed (set from --seed)", flag=False)
+
+    def check(self) -> None:
+        if not self.learning_rate > 0:
+            raise DNAVecError(f"--learning_rate must be > 0, got {self.learning_rate}")
+        for name in ("epochs", "batch_size", "patience"):
+            if getattr(self, name) < 1:
+                raise DNAVecError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.warmup_fraction < 1 or self.weight_decay < 0:
+            raise DNAVecError("--warmup_fraction must lie in [0, 1) and --weight_decay be >= 0")
