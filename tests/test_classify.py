@@ -7,6 +7,7 @@ tokens a window) after 40 MLM steps.
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 from dnavec_jax import classify, cli, embedding, inference
+from dnavec_jax.errors import DNAVecError
 
 # Fine-tuning settings for the tiny model (hidden 32): a larger learning rate than the default 3e-4.
 TINY_FINETUNE = dict(learning_rate=3e-3, epochs=20, patience=6, batch_size=16)
@@ -66,6 +68,50 @@ def test_planted_motif_task(motif_task, chr22_fasta):
     assert not (negatives["train"] & negatives["test"]) and not (negatives["train"] & negatives["dev"])
     assert classify.planted_motif_task(chr22_fasta, num_windows=300, length=150, seed=0) == task
     assert classify.read_split(paths["dev"], "dev").sequences == [s for s, _ in task["dev"]]
+
+
+def test_motif_windows_come_from_the_demo_models_validation_blocks(chr22_fasta):
+    """The control's DNA is held out from pretraining: every window lies inside one validation block."""
+    from configs import demo
+    from dnavec_jax.data.pipeline import validation_blocks
+
+    prep = demo.get_config().data.prep
+    assert classify.DEMO_HELD_OUT == (prep.validation_fraction, prep.validation_block_size)
+    fraction, block_size = classify.DEMO_HELD_OUT
+    windows = classify.held_out_windows(chr22_fasta, 150)
+    with gzip.open(chr22_fasta, "rt") as handle:
+        text = "".join(line.strip() for line in handle if not line.startswith(">"))
+    held_out = validation_blocks("22:20000001-21000000", len(text), fraction, block_size)
+    assert len(windows) > 300
+    for name, start, window in windows:
+        assert name == "22:20000001-21000000" and window == text[start:start + 150]
+        assert held_out[start // block_size] and start // block_size == (start + 149) // block_size
+
+
+def test_both_motif_classes_are_edited_at_the_same_site(motif_task, chr22_fasta):
+    """Neither class is pretraining text: label 0 carries the site's letters shuffled, label 1 the motif."""
+    task, _ = motif_task
+    sources = {}
+    for _, _, window in classify.held_out_windows(chr22_fasta, 150):
+        sources[window[:20]] = sources[window[-20:]] = window  # the 14-base site leaves one end untouched
+    pairs = {}
+    for rows in task.values():
+        for sequence, label in rows:
+            source = sources.get(sequence[:20]) or sources[sequence[-20:]]
+            differ = np.flatnonzero(np.frombuffer(sequence.encode(), np.uint8) != np.frombuffer(source.encode(), np.uint8))
+            assert len(differ) and differ[-1] - differ[0] < 14, (label, differ)  # edited, in one 14-base site
+            pairs.setdefault(source, {})[label] = sequence
+    assert len(pairs) == 300 and all(set(pair) == {0, 1} for pair in pairs.values())
+    motif = re.compile(classify.CTCF_CORE.replace("N", "[ACGT]"))
+    for pair in pairs.values():
+        at = motif.search(pair[1]).start()
+        assert pair[0][:at] == pair[1][:at] and pair[0][at + 14:] == pair[1][at + 14:]
+        assert sorted(pair[0][at:at + 14]) == sorted(pair[1][at:at + 14])  # same letters, another order
+
+
+def test_motif_task_errors_name_the_held_out_shortfall(chr22_fasta):
+    with pytest.raises(DNAVecError, match="only .* windows of 150 A/C/G/T bases in the validation blocks"):
+        classify.planted_motif_task(chr22_fasta, num_windows=1000, length=150)
 
 
 def test_finetuning_and_probes_beat_chance_on_the_planted_motif(loaded, motif_task, capsys):
