@@ -1,4 +1,4 @@
-"""`dnavec classify` (dnavec_jax/classify.py): reading tables, the three methods on a planted-motif task
+"""`dnavec classify` (dnavec_jax/tools/classify/): reading tables, the three methods on a planted-motif task
 cut from the embedded chr22, repeatability, window pooling and the one-line errors.
 
 The model is the session's trained_workdir: configs/tiny.py (2 layers, hidden 32, k 3..4, 62 k-mer
@@ -7,6 +7,7 @@ tokens a window) after 40 MLM steps.
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 
@@ -14,11 +15,14 @@ import numpy as np
 import pytest
 
 from dnavec_jax import cli
+from dnavec_jax.errors import DNAVecError
 from dnavec_jax.tools import embed, loaded_model
 from dnavec_jax.tools.classify import baseline, command, finetuning, metrics, motif, probes, report, tables
 
-# Fine-tuning settings for the tiny model (hidden 32): a larger learning rate than the default 3e-4.
-TINY_FINETUNE = dict(learning_rate=3e-3, epochs=20, patience=6, batch_size=16)
+# Fine-tuning settings for the tiny model (hidden 32): a larger learning rate than the default 3e-4, and
+# no early stopping: on the planted motif against its shuffled letters it sat at chance for 20 epochs
+# before dev MCC rose (0.35 at epoch 21, 0.64 at epoch 40).
+TINY_FINETUNE = dict(learning_rate=3e-3, epochs=40, patience=40, batch_size=16)
 
 
 @pytest.fixture(scope="module")
@@ -70,36 +74,80 @@ def test_planted_motif_task(motif_task, chr22_fasta):
     assert tables.read_split(paths["dev"], "dev").sequences == [s for s, _ in task["dev"]]
 
 
+def test_motif_windows_come_from_the_demo_models_validation_blocks(chr22_fasta):
+    """The control's DNA is held out from pretraining: every window lies inside one validation block."""
+    from configs import demo
+    from dnavec_jax.data.pipeline import validation_blocks
+
+    prep = demo.get_config().data.prep
+    assert motif.DEMO_HELD_OUT == (prep.validation_fraction, prep.validation_block_size)
+    fraction, block_size = motif.DEMO_HELD_OUT
+    windows = motif.held_out_windows(chr22_fasta, 150)
+    with gzip.open(chr22_fasta, "rt") as handle:
+        text = "".join(line.strip() for line in handle if not line.startswith(">"))
+    held_out = validation_blocks("22:20000001-21000000", len(text), fraction, block_size)
+    assert len(windows) > 300
+    for name, start, window in windows:
+        assert name == "22:20000001-21000000" and window == text[start:start + 150]
+        assert held_out[start // block_size] and start // block_size == (start + 149) // block_size
+
+
+def test_both_motif_classes_are_edited_at_the_same_site(motif_task, chr22_fasta):
+    """Neither class is pretraining text: label 0 carries the site's letters shuffled, label 1 the motif."""
+    task, _ = motif_task
+    sources = {}
+    for _, _, window in motif.held_out_windows(chr22_fasta, 150):
+        sources[window[:20]] = sources[window[-20:]] = window  # the 14-base site leaves one end untouched
+    pairs = {}
+    for rows in task.values():
+        for sequence, label in rows:
+            source = sources.get(sequence[:20]) or sources[sequence[-20:]]
+            differ = np.flatnonzero(np.frombuffer(sequence.encode(), np.uint8) != np.frombuffer(source.encode(), np.uint8))
+            assert len(differ) and differ[-1] - differ[0] < 14, (label, differ)  # edited, in one 14-base site
+            pairs.setdefault(source, {})[label] = sequence
+    assert len(pairs) == 300 and all(set(pair) == {0, 1} for pair in pairs.values())
+    pattern = re.compile(motif.CTCF_CORE.replace("N", "[ACGT]"))
+    for pair in pairs.values():
+        at = pattern.search(pair[1]).start()
+        assert pair[0][:at] == pair[1][:at] and pair[0][at + 14:] == pair[1][at + 14:]
+        assert sorted(pair[0][at:at + 14]) == sorted(pair[1][at:at + 14])  # same letters, another order
+
+
+def test_motif_task_errors_name_the_held_out_shortfall(chr22_fasta):
+    with pytest.raises(DNAVecError, match="only .* windows of 150 A/C/G/T bases in the validation blocks"):
+        motif.planted_motif_task(chr22_fasta, num_windows=1000, length=150)
+
+
 def test_finetuning_and_probes_beat_chance_on_the_planted_motif(loaded, motif_task, capsys):
     """The done-when test. Chance is 0.5 accuracy / 0.0 MCC / 0.5 AUROC on these balanced splits.
 
-    Measured on the 2-core CPU (seed 0): k-mer baseline 0.98 test accuracy, fine-tuning 0.93,
-    token probes 0.90-0.91 (AUROC 0.92-0.94, MCC 0.80-0.82), mean-pooled probes 0.70-0.73 (AUROC
-    0.79-0.84); all probes over 4 tokenizations. Other task and --seed draws gave the token probes
-    0.78-0.97 (AUROC 0.84-0.95). The mean-pooled probes stay lower because a mean over ~148 tokens
-    dilutes the 14-base motif (<10% of them) in 32 dimensions; the token probes score each token and
-    pool with log-sum-exp, so one motif token is enough (docs/classify.md).
-    Fine-tuning is one draw with 90 test rows: over fine-tune seeds 0-3 and two model initialisations
-    (before and after the vocabulary padding of 2026-11-30) its test AUROC ranged 0.85-0.97, accuracy
-    0.86-0.93 and MCC 0.73-0.87, so the AUROC bound sits below that range, not at one draw's value.
+    Both classes carry the same 14 letters at the same place (the motif, or its letters shuffled), in
+    windows pretraining held out, so only the order of the letters tells them apart. Measured on the
+    2-core CPU (seed 0, 2026-12-01): k-mer baseline 0.856 test accuracy (AUROC 0.925); fine-tuning
+    0.800 (MCC 0.600, AUROC 0.855) after 40 epochs; token probes 0.756 (static_tokens, AUROC 0.858)
+    and 0.678 (tokens, AUROC 0.756); mean-pooled probes 0.59-0.66 (AUROC 0.67-0.70), diluted by the
+    mean over ~148 tokens (docs/classify.md). One draw of 90 test rows moves by about ±0.05 in
+    accuracy, so the bounds sit well below these values: the test asserts that each method learns
+    something, not how much.
     """
     paths = motif_task[1]
     task = tables.load_task(paths["train"], paths["dev"], paths["test"])
     settings = finetuning.FinetuneSettings(**TINY_FINETUNE, seed=0)
     results = command.run_methods(task, loaded, seed=0, finetune_settings=settings, log=print)
+    print(report.format_table(results))  # shown when an assertion below fails
     assert list(results) == ["baseline", *(f"probe_{f}" for f in probes.PROBE_FEATURES), "finetune"]
     for name, result in results.items():
         assert set(result["dev"]) == set(result["test"]) == set(metrics.METRICS), name
     finetuned = results["finetune"]["test"]
-    assert finetuned["accuracy"] >= 0.85 and finetuned["mcc"] >= 0.7 and finetuned["auroc"] >= 0.8, finetuned
-    assert results["baseline"]["test"]["accuracy"] >= 0.85
-    for feature in probes.TOKEN_FEATURES:  # far above chance: MCC 0.5 or more
+    assert finetuned["accuracy"] >= 0.7 and finetuned["mcc"] >= 0.4 and finetuned["auroc"] >= 0.75, finetuned
+    assert results["baseline"]["test"]["accuracy"] >= 0.75
+    for feature in probes.TOKEN_FEATURES:  # above chance: MCC 0.2 or more
         probed = results[f"probe_{feature}"]["test"]
-        assert probed["accuracy"] >= 0.75 and probed["mcc"] >= 0.5 and probed["auroc"] >= 0.82, (feature, probed)
+        assert probed["accuracy"] >= 0.6 and probed["mcc"] >= 0.2 and probed["auroc"] >= 0.65, (feature, probed)
     best_probe = max((results[f"probe_{f}"]["test"] for f in probes.TOKEN_FEATURES), key=lambda m: m["auroc"])
-    assert best_probe["auroc"] >= 0.9 and best_probe["accuracy"] >= 0.85, best_probe
+    assert best_probe["auroc"] >= 0.8 and best_probe["accuracy"] >= 0.7, best_probe
     for feature in ("static", "cls", "mean"):  # above chance, diluted by the mean (see the docstring)
-        assert results[f"probe_{feature}"]["test"]["auroc"] > 0.6
+        assert results[f"probe_{feature}"]["test"]["auroc"] > 0.58
     selected = results["finetune"]["selected"]
     assert selected["windows_per_sequence"] == 3 and selected["window_length"] == 64  # 148 tokens: 3 windows
     # Selection batches whole sequences, the reported figures go window by window (predict.Predictor): same math.
