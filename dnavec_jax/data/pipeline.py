@@ -189,10 +189,10 @@ class GenomeWorker:
 
     def chunk_tokens(self, record: GenomeRecord, chunk_index: int, dupe: int) -> ChunkTokens:
         """The chunk's tokens: its contigs (N/IUPAC runs and split cuts), one seeded k per position."""
-        s = self.settings
-        k_min, k_max, min_length = s.k_min, s.k_max, s.min_contig_length
-        chunk_start = chunk_index * s.chunk_length
-        chunk_end = min(chunk_start + s.chunk_length, record.length)
+        prep = self.settings
+        k_min, k_max, min_length = prep.k_min, prep.k_max, prep.min_contig_length
+        chunk_start = chunk_index * prep.chunk_length
+        chunk_end = min(chunk_start + prep.chunk_length, record.length)
         # Margins: min_length on the left decides whether a contig entering the
         # chunk is long enough; max(min_length, k_max) on the right also gives
         # the last tokens their bases.
@@ -201,7 +201,7 @@ class GenomeWorker:
         split = self.split_of(record)
         cuts = split.cuts[(split.cuts > window_start) & (split.cuts < window_end)] - window_start
         codes, runs = contig_runs(self.reader.read(record, window_start, window_end), self.table, cuts)
-        rng = np.random.default_rng(np.random.SeedSequence([s.seed, dupe, record.index, chunk_index]))
+        rng = np.random.default_rng(np.random.SeedSequence([prep.seed, dupe, record.index, chunk_index]))
         # One k per chunk position (plus k_max - k_min for tokens past the end that are computed and dropped).
         ks = self.tokenizer.sample_k(chunk_end - chunk_start + k_max - k_min, rng)
 
@@ -238,17 +238,17 @@ class GenomeWorker:
         return ChunkTokens(piece_ids, piece_positions, split, rng, stats)
 
     def _examples(self, chunk: ChunkTokens) -> ChunkExamples:
-        s = self.settings
+        prep = self.settings
         rng, stats = chunk.rng, chunk.stats
         if not chunk.piece_ids:
             none = np.zeros(0, np.int64)
-            true_ids = np.zeros((0, s.seq_length), np.int64)
+            true_ids = np.zeros((0, prep.seq_length), np.int64)
             return ChunkExamples(true_ids, none, self.masker.mask(true_ids, rng), none, none.astype(bool), none,
                                  stats)
-        layout = layout_examples(chunk.piece_ids, chunk.piece_positions, s.tokens_per_example)
+        layout = layout_examples(chunk.piece_ids, chunk.piece_positions, prep.tokens_per_example)
         num_tokens, start_offset = layout.num_tokens, layout.start_offset
         rows = len(num_tokens)
-        true_ids = np.full((rows, s.seq_length), PAD_ID, dtype=np.int64)
+        true_ids = np.full((rows, prep.seq_length), PAD_ID, dtype=np.int64)
         true_ids[:, 0] = CLS_ID
         true_ids[layout.example_of, layout.column + 1] = layout.flat_ids
         true_ids[np.arange(rows), num_tokens + 1] = SEP_ID
@@ -268,8 +268,8 @@ class GenomeWorker:
         """Writes the job's shard part files; returns their paths, example counts, sizes and stats."""
         from dnavec_jax.data.tfrecord import ExampleEncoder, TFRecordWriter
 
-        s = self.settings
-        encoder = ExampleEncoder(s.seq_length, s.max_predictions)
+        prep = self.settings
+        encoder = ExampleEncoder(prep.seq_length, prep.max_predictions)
         writers = {
             split: TFRecordWriter(str(self.out_dir / part_name(split, job.dupe, job.task)))
             for split in (SPLITS if job.dupe == 0 else ("train",))
@@ -289,7 +289,7 @@ class GenomeWorker:
                         chunk.start_offset[row], job.dupe,
                     ))
                 if on_bases is not None:
-                    on_bases(min(s.chunk_length, record.length - chunk_index * s.chunk_length))
+                    on_bases(min(prep.chunk_length, record.length - chunk_index * prep.chunk_length))
         finally:
             files = {}
             for split, writer in writers.items():

@@ -82,7 +82,8 @@ def make_manager(workdir: str | os.PathLike, keep: int | None = None, async_save
     return ocp.CheckpointManager(checkpoint_dir(workdir).absolute(), options=options, handler_registry=registry)
 
 
-def save(manager: ocp.CheckpointManager, step: int, params: Any, opt_state: Any, meta: dict[str, Any]) -> bool:
+def save(manager: ocp.CheckpointManager, step: int, params: Any, opt_state: Any,
+         resume_record: dict[str, Any]) -> bool:
     """Starts an (async) save of one step; returns once the arrays are copied off the devices.
 
     A write that fails (disk full, unwritable workdir), this save's or the
@@ -92,7 +93,7 @@ def save(manager: ocp.CheckpointManager, step: int, params: Any, opt_state: Any,
     args = ocp.args.Composite(
         params=ocp.args.StandardSave(params),
         opt_state=ocp.args.StandardSave(opt_state),
-        meta=ocp.args.JsonSave(meta),
+        meta=ocp.args.JsonSave(resume_record),  # the item keeps its name: checkpoints already hold it
     )
     try:
         return manager.save(step, args=args, force=True)

@@ -98,14 +98,14 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, preempt_at_step: i
 
 def setup(settings: RunSettings, workdir: Path, tensorboard: bool) -> Run:
     """Checks the data, devices and workdir, then builds the mesh, the (restored) state and compiled steps."""
-    t = settings.train
+    train = settings.train
     # -- everything a user can get wrong, before anything compiles --
     data = batches.resolve_data(settings)
-    check_devices(t, jax.device_count())
+    check_devices(train, jax.device_count())
     config_dict = recorded_config(settings, data)
     manager = None
-    if t.checkpoint_every_steps:
-        manager = checkpointing.make_manager(workdir, keep=t.keep_checkpoints, async_save=t.async_checkpointing)
+    if train.checkpoint_every_steps:
+        manager = checkpointing.make_manager(workdir, keep=train.keep_checkpoints, async_save=train.async_checkpointing)
     latest = manager.latest_step() if manager is not None else None
     saved_config = checkpointing.read_config(workdir)
     if latest is not None and saved_config is not None:
@@ -113,9 +113,9 @@ def setup(settings: RunSettings, workdir: Path, tensorboard: bool) -> Run:
     model = BertForMaskedLM(settings.model)
     prep = config_dict["data"]["prep"]  # as the shards were written
     tokenizer = KmerTokenizer(int(prep["k_min"]), int(prep["k_max"]), prep.get("k_weights"))
-    train_sums, eval_sums = objective.sums_fns(t.mlm_objective, tokenizer)
-    tx, schedule = make_optimizer(t)
-    init_fn = make_init_fn(settings.model, tx, t.seed, t.prng_impl)
+    train_sums, eval_sums = objective.sums_fns(train.mlm_objective, tokenizer)
+    tx, schedule = make_optimizer(train)
+    init_fn = make_init_fn(settings.model, tx, train.seed, train.prng_impl)
     abstract_state = jax.eval_shape(init_fn)
     if latest is not None:
         checkpointing.check_param_shapes(checkpointing.checkpoint_param_shapes(manager, latest),
@@ -124,7 +124,7 @@ def setup(settings: RunSettings, workdir: Path, tensorboard: bool) -> Run:
         checkpointing.write_config(workdir, config_dict)
 
     # -- mesh, shardings, state --
-    mesh = sharding.make_mesh(t.fsdp)
+    mesh = sharding.make_mesh(train.fsdp)
     state_sh = train_state_shardings(abstract_state, mesh)
     abstract_state = sharding.with_shardings(abstract_state, state_sh)
     train_batch_sh, eval_batch_sh = sharding.batch_sharding(mesh, 1), sharding.batch_sharding(mesh, 0)
@@ -140,30 +140,32 @@ def setup(settings: RunSettings, workdir: Path, tensorboard: bool) -> Run:
 
     # -- compile ahead of time --
     # The synthetic source's batches have no padding: then no attention mask is built at all.
-    step_fn = make_train_step(model, tx, schedule, prng_impl=t.prng_impl, accuracy_every=t.log_every_steps,
-                              last_step=t.num_train_steps, padded=data.source != "synthetic", sums_fn=train_sums)
+    step_fn = make_train_step(model, tx, schedule, prng_impl=train.prng_impl, accuracy_every=train.log_every_steps,
+                              last_step=train.num_train_steps, padded=data.source != "synthetic", sums_fn=train_sums)
     train_step = jax.jit(step_fn, in_shardings=(state_sh, train_batch_sh),
                          out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
     train_step = train_step.lower(abstract_state, abstract_batch(
-        (t.grad_accum_steps, t.micro_batch_size), data.seq_length, data.max_predictions, train_batch_sh)).compile()
+        (train.grad_accum_steps, train.micro_batch_size), data.seq_length, data.max_predictions,
+        train_batch_sh)).compile()
     log_memory("train step", train_step)
     eval_step = None
     if data.num_validation_examples > 0:
         eval_step = jax.jit(make_eval_step(model, eval_sums), in_shardings=(state_sh.params, eval_batch_sh),
                             out_shardings=sharding.replicated(mesh))
         eval_step = eval_step.lower(abstract_state.params, abstract_batch(
-            (t.eval_batch_size,), data.seq_length, data.max_predictions, eval_batch_sh)).compile()
+            (train.eval_batch_size,), data.seq_length, data.max_predictions, eval_batch_sh)).compile()
         log_memory("eval step", eval_step)
     else:
         logging.warning("no validation examples: evaluation is skipped")
 
     is_main = jax.process_index() == 0
-    meter = TrainMeter(t.global_batch_size * data.seq_length,
+    meter = TrainMeter(train.global_batch_size * data.seq_length,
                        flops_per_token(settings.model, data.seq_length, data.max_predictions),
                        peak_flops_per_device(jax.devices()[0]), jax.device_count())
     return Run(settings=settings, workdir=workdir, data=data, mesh=mesh, state_shardings=state_sh,
                train_batch_sharding=train_batch_sh, eval_batch_sharding=eval_batch_sh, train_step=train_step,
-               eval_step=eval_step, tokenizer=tokenizer, state=state, step=step, train_batches=batches.train_batches(settings, data, shape, position),
+               eval_step=eval_step, tokenizer=tokenizer, state=state, step=step,
+               train_batches=batches.train_batches(settings, data, shape, position),
                position=position, fingerprint=fingerprint, manager=manager, last_saved=latest, train_time=train_time,
                writer=MetricWriter(workdir, is_main, resume_step=step, tensorboard=tensorboard), meter=meter)
 
@@ -185,27 +187,28 @@ def restore(manager: ocp.CheckpointManager, latest: int, abstract_state: TrainSt
             settings: RunSettings, fingerprint: dict[str, Any], workdir: Path,
             ) -> tuple[TrainState, int, batches.Position, float]:
     """(state, step, data position, training time so far) of the latest checkpoint, on this run's mesh."""
-    params, opt_state, meta = checkpointing.restore_train_state(manager, latest, abstract_state.params,
-                                                                abstract_state.opt_state)
-    step = int(meta["step"])
-    saved_impl = meta.get("prng_impl", "threefry")  # checkpoints before the setting used threefry
+    params, opt_state, resume_record = checkpointing.restore_train_state(
+        manager, latest, abstract_state.params, abstract_state.opt_state)
+    step = int(resume_record["step"])
+    saved_impl = resume_record.get("prng_impl", "threefry")  # checkpoints before the setting used threefry
     if saved_impl != settings.train.prng_impl:
         raise DNAVecError(f"{workdir}: the checkpoint of step {step} was trained with train.prng_impl="
                           f"{saved_impl!r}, this run has {settings.train.prng_impl!r}; set --config.train.prng_impl="
                           f"{saved_impl} to resume it (dropout would otherwise change mid-run)")
+    rng = jax.device_put(np.asarray(resume_record["rng"], np.uint32), state_sh.rng)
     state = TrainState(step=jax.device_put(jnp.asarray(step, jnp.int32), state_sh.step), params=params,
-                       opt_state=opt_state, rng=jax.device_put(np.asarray(meta["rng"], np.uint32), state_sh.rng))
-    position = batches.resume_position(meta.get("data", {}), fingerprint, jax.process_index())
+                       opt_state=opt_state, rng=rng)
+    position = batches.resume_position(resume_record.get("data", {}), fingerprint, jax.process_index())
     logging.info("resumed from %s at step %d, data position (epoch, batch) %s", manager.directory, step, position)
-    return state, step, position, float(meta.get("train_time_s", 0.0))
+    return state, step, position, float(resume_record.get("train_time_s", 0.0))
 
 
 # ---- the loop ----------------------------------------------------------------------------------------
 
 def run_loop(run: Run, preemption: Preemption) -> dict[str, Any]:
     """Trains to num_train_steps (or a preemption); returns {"step", "train", "eval", "preempted"}."""
-    t = run.settings.train
-    total = t.num_train_steps
+    train = run.settings.train
+    total = train.num_train_steps
     resumed_finished = run.step >= total
     last_train: dict[str, float] = {}
     last_eval: dict[str, float] = {}
@@ -217,7 +220,7 @@ def run_loop(run: Run, preemption: Preemption) -> dict[str, Any]:
         run.meter.reset()
         while run.step < total:
             local_batch, next_position = next(run.train_batches)
-            batch = sharding.global_batch(local_batch, run.train_batch_sharding, t.micro_batch_size, example_axis=1)
+            batch = sharding.global_batch(local_batch, run.train_batch_sharding, train.micro_batch_size, example_axis=1)
             run.state, metrics = run.train_step(run.state, batch)
             run.step += 1
             run.position = next_position
@@ -226,11 +229,11 @@ def run_loop(run: Run, preemption: Preemption) -> dict[str, Any]:
             pending = (run.step, metrics)
             progress.update(1)
             preempted = preemption.reached(run.step)
-            boundary = run.step % t.log_every_steps == 0 or run.step == total or preempted
-            checkpoint_now = (t.checkpoint_every_steps and run.step % t.checkpoint_every_steps == 0) \
+            boundary = run.step % train.log_every_steps == 0 or run.step == total or preempted
+            checkpoint_now = (train.checkpoint_every_steps and run.step % train.checkpoint_every_steps == 0) \
                 or run.step == total or preempted
             eval_now = run.eval_step is not None and (
-                (t.eval_every_steps and run.step % t.eval_every_steps == 0) or run.step == total)
+                (train.eval_every_steps and run.step % train.eval_every_steps == 0) or run.step == total)
             if not (boundary or checkpoint_now or eval_now):
                 continue
             record(run, pending)  # blocks on this step: its metrics are checked before any save
@@ -290,12 +293,12 @@ def save(run: Run) -> None:
     positions = [list(run.position)]
     if jax.process_count() > 1:
         positions = multihost_utils.process_allgather(np.asarray(run.position, np.int64)).tolist()
-    meta = {"step": run.step, "rng": np.asarray(jax.device_get(run.state.rng)).tolist(),
-            "prng_impl": run.settings.train.prng_impl,
-            "data": {"positions": positions, "fingerprint": run.fingerprint}, "train_time_s": run.train_time}
+    resume_record = {"step": run.step, "rng": np.asarray(jax.device_get(run.state.rng)).tolist(),
+                     "prng_impl": run.settings.train.prng_impl,
+                     "data": {"positions": positions, "fingerprint": run.fingerprint}, "train_time_s": run.train_time}
     jax.block_until_ready(run.state)
     started = time.perf_counter()
-    checkpointing.save(run.manager, run.step, run.state.params, run.state.opt_state, meta)
+    checkpointing.save(run.manager, run.step, run.state.params, run.state.opt_state, resume_record)
     run.last_saved = run.step
     logging.info("checkpoint of step %d started (%.2fs blocking)", run.step, time.perf_counter() - started)
 
