@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyfaidx
 import tensorflow_datasets as tfds
 
 from dnavec_jax.data import fasta, pipeline
@@ -182,7 +183,6 @@ def _leak(stats: dict[str, int]) -> float | None:
 
 
 def _metadata(settings, sources, records, skipped, stats, shards, tokenizer, workers, seconds) -> dict[str, Any]:
-    import pyfaidx
 
     split_names = pipeline.SPLITS
     leaked = sum(stats[s]["leaked"] for s in split_names)

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pyfaidx
 from tqdm import tqdm
 
 from dnavec_jax.data.settings import parse_chromosome_selection, record_selected
@@ -120,7 +121,6 @@ def _decompress(path: Path, target: Path) -> None:
 
 def open_source(path: str, workdir: Path, file_index: int) -> SourceFile:
     """Validates one FASTA(.gz), decompresses it if needed, and builds its pyfaidx index in workdir."""
-    import pyfaidx
 
     source = Path(path)
     size = _check_exists(source)
@@ -222,7 +222,6 @@ class RecordReader:
 
     def read(self, record: GenomeRecord, start: int, end: int) -> np.ndarray:
         """Raw bytes (uint8, case kept) of record[start:end], 0-based, end exclusive."""
-        import pyfaidx
 
         faidx = self._open.get(record.file_index)
         if faidx is None:

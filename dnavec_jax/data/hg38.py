@@ -15,6 +15,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from tqdm import tqdm
+
 from dnavec_jax.data.fasta import file_digest
 from dnavec_jax.errors import DNAVecError
 
@@ -85,7 +87,6 @@ def download_hg38(output_dir: str | os.PathLike, url: str = HG38_URL, md5sum_url
                 total = int(length) if length else None
             bar = None
             if progress:
-                from tqdm import tqdm
 
                 bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=file_name)
             try:

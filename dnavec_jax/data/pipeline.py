@@ -266,6 +266,8 @@ class GenomeWorker:
 
     def run_job(self, job: Job, on_bases: Callable[[int], None] | None = None) -> dict:
         """Writes the job's shard part files; returns their paths, example counts, sizes and stats."""
+        # tfrecord imports TFDS's protobufs: loaded by the shard writer only, since tf-idf uses this
+        # module's tokenization and never writes a shard.
         from dnavec_jax.data.tfrecord import ExampleEncoder, TFRecordWriter
 
         prep = self.settings

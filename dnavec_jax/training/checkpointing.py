@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import psutil
 
 from dnavec_jax.errors import DNAVecError, read_json_object
 from dnavec_jax.model import BertConfig, init_params
@@ -274,7 +275,6 @@ class WorkdirLock:
         self.held = False
 
     def acquire(self) -> "WorkdirLock":
-        import psutil
 
         me = {"pid": os.getpid(), "host": socket.gethostname(),
               "create_time": psutil.Process().create_time(), "since": time.time()}
@@ -319,7 +319,6 @@ class WorkdirLock:
 
     @staticmethod
     def _is_stale(holder: dict[str, Any]) -> bool:
-        import psutil
 
         if not holder:
             return True  # vanished meanwhile
