@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dnavec_jax.data.builder import prepare_dataset  # noqa: E402
+from dnavec_jax import data  # noqa: E402  (the TFDS builder loads on first use: a one-line error without TFDS)
 from dnavec_jax.data.settings import PrepSettings, parse_k_weights  # noqa: E402
 from dnavec_jax.errors import DNAVecError, run_cli  # noqa: E402
 from dnavec_jax.fields import add_arguments, values_from_args  # noqa: E402
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.num_workers is not None and args.num_workers < 1:
         raise DNAVecError(f"--num_workers must be at least 1, got {args.num_workers}")
     settings = settings_from_args(args)
-    path = prepare_dataset(settings, args.data_dir, num_workers=args.num_workers, progress=not args.quiet)
+    path = data.prepare_dataset(settings, args.data_dir, num_workers=args.num_workers, progress=not args.quiet)
     if args.quiet:
         print(path)
     return 0

@@ -18,10 +18,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv: list[str] | None = None) -> int:
-    import simple_parsing
-    from tensorflow_datasets.scripts.cli import build
+    from dnavec_jax.tf_runtime import import_train_module
 
-    import dnavec_jax.data.builder  # noqa: F401  (registers dna_kmer_mlm with TFDS)
+    simple_parsing = import_train_module("simple_parsing", "tfds build")
+    build = import_train_module("tensorflow_datasets.scripts.cli.build", "tfds build")
+    import_train_module("dnavec_jax.data.builder", "tfds build")  # registers dna_kmer_mlm with TFDS
 
     simple_parsing.parse(build.Args, args=sys.argv[1:] if argv is None else argv).execute()
     return 0

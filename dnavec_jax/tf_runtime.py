@@ -7,7 +7,27 @@ doubled the demo's step time. Call configure_tf before any TensorFlow op runs.
 
 from __future__ import annotations
 
+import importlib
 import os
+from types import ModuleType
+
+from dnavec_jax.errors import DNAVecError
+
+# Data prep and training on prepared shards need the `train` extra (pyproject.toml); nothing else does.
+TRAIN_INSTALL = 'pip install -e ".[train]"'
+TRAIN_MODULES = ("tensorflow", "tensorflow_datasets", "google_crc32c", "simple_parsing")
+
+
+def import_train_module(name: str, purpose: str) -> ModuleType:
+    """importlib.import_module(name), or a one-line DNAVecError naming the train extra where one of its
+    packages is missing (the tools, the exports and synthetic training run without them)."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        if (error.name or "").split(".")[0] not in TRAIN_MODULES:
+            raise
+        raise DNAVecError(f"{purpose} needs {error.name.split('.')[0]}, which is not installed: {TRAIN_INSTALL}") \
+            from None
 
 
 def tf_thread_count(setting: int) -> int:

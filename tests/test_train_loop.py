@@ -14,6 +14,7 @@ import pytest
 from conftest import REPO, set_dotted
 
 from dnavec_jax.errors import DNAVecError
+from dnavec_jax.tf_runtime import TRAIN_INSTALL
 from dnavec_jax.training import checkpointing, loop
 
 pytestmark = pytest.mark.usefixtures("compile_cache")
@@ -199,28 +200,10 @@ def test_cli_errors_are_one_line(tmp_path, compile_cache):
     assert "missing" in errors[0] and "prepare" in errors[0]
 
 
-# Runs a script as its own __main__ with TensorFlow made unimportable (an image with JAX alone, like
-# the GPU benchmark machines').
-_WITHOUT_TF = """
-import importlib.abc, importlib.machinery, runpy, sys
-class Missing(importlib.abc.Loader):
-    def create_module(self, spec):
-        return None
-    def exec_module(self, module):
-        raise ModuleNotFoundError(f"No module named {module.__name__!r}", name=module.__name__)
-class NoTensorFlow(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("tensorflow", "tensorflow_datasets"):
-            return importlib.machinery.ModuleSpec(name, Missing())
-sys.meta_path.insert(0, NoTensorFlow())
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
-
-
 def test_synthetic_training_needs_no_tensorflow(tmp_path, compile_cache):
+    """On the core install (no extras: an image with JAX alone, like the GPU benchmark machines')."""
     synthetic = subprocess.run(
-        [sys.executable, "-c", _WITHOUT_TF, "run_pretrain.py", "--config", "configs/tiny.py", "--workdir",
+        [sys.executable, "tests/core_install.py", "run_pretrain.py", "--config", "configs/tiny.py", "--workdir",
          str(tmp_path / "run"), "--config.train.num_train_steps=4", "--config.train.eval_every_steps=0"],
         cwd=REPO, env=_env(compile_cache), capture_output=True, text=True, timeout=300)
     assert synthetic.returncode == 0, synthetic.stderr[-3000:]
@@ -228,11 +211,12 @@ def test_synthetic_training_needs_no_tensorflow(tmp_path, compile_cache):
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 4 and not (tmp_path / "run" / "tensorboard").exists()
     shards = subprocess.run(
-        [sys.executable, "-c", _WITHOUT_TF, "run_pretrain.py", "--config", "configs/tiny.py", "--workdir",
+        [sys.executable, "tests/core_install.py", "run_pretrain.py", "--config", "configs/tiny.py", "--workdir",
          str(tmp_path / "run2"), "--config.data.source=tfrecord", f"--config.data.data_dir={tmp_path}"],
         cwd=REPO, env=_env(compile_cache), capture_output=True, text=True, timeout=300)
     assert shards.returncode == 2 and "Traceback" not in shards.stderr, shards.stderr[-3000:]
-    assert "error: data.source 'tfrecord' reads TFRecord shards with TensorFlow, which is not installed" in shards.stderr
+    assert ("error: data.source 'tfrecord' reads TFRecord shards with TensorFlow, which is not installed "
+            f"({TRAIN_INSTALL})") in shards.stderr
 
 
 def test_sigterm_saves_a_restorable_checkpoint(tmp_path, compile_cache):

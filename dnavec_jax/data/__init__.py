@@ -24,7 +24,7 @@ def __getattr__(name: str):
     # The builder imports TensorFlow Datasets (and with it TensorFlow): loaded on first use only, so that
     # training on the synthetic source and the tools run where TensorFlow is absent (the GPU image).
     if name in _LAZY:
-        from dnavec_jax.data import builder
+        from dnavec_jax.tf_runtime import import_train_module
 
-        return getattr(builder, name)
+        return getattr(import_train_module("dnavec_jax.data.builder", "data prep"), name)
     raise AttributeError(f"module 'dnavec_jax.data' has no attribute {name!r}")

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from dnavec_jax.errors import DNAVecError
 from dnavec_jax.model import BertForMaskedLM, flops_per_token
-from dnavec_jax.tf_runtime import configure_tf
+from dnavec_jax.tf_runtime import TRAIN_INSTALL, configure_tf
 from dnavec_jax.tokenization import KmerTokenizer
 from dnavec_jax.training import batches, checkpointing, objective, sharding
 from dnavec_jax.training.metrics import MetricWriter, TrainMeter, log_memory, peak_flops_per_device
@@ -81,7 +81,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, preempt_at_step: i
     have_tf = configure_tf(settings.data.tf_threads)
     if not have_tf and settings.data.source != "synthetic":
         raise DNAVecError(f"data.source {settings.data.source!r} reads TFRecord shards with TensorFlow, which is not "
-                          "installed (pip install tensorflow-cpu); data.source='synthetic' needs none")
+                          f"installed ({TRAIN_INSTALL}); data.source='synthetic' needs none")
     is_main = jax.process_index() == 0
     try:
         workdir.mkdir(parents=True, exist_ok=True)
