@@ -152,3 +152,5 @@ def test_eval_sums_and_rows():
     assert columns == {"accuracy_ceiling": objective.tokenizer_ceiling(tokenizer, "vocabulary").accuracy,
                        "loss_floor": objective.tokenizer_ceiling(tokenizer, "vocabulary").loss,
                        "copy_accuracy": 0.1, "copy_accuracy_ceiling": 0.5, "copy_accuracy_given_k": 0.4}
+    assert objective.eval_columns(tokenizer, "vocabulary", None) == {  # train.copy_probe off
+        "accuracy_ceiling": columns["accuracy_ceiling"], "loss_floor": columns["loss_floor"]}

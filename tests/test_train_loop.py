@@ -172,6 +172,20 @@ def test_benchmark_mode_saves_nothing_and_accuracy_comes_from_each_intervals_las
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in train_rows)
 
 
+@pytest.mark.parametrize("copy_probe", [True, False])
+def test_copy_probe_setting_is_one_more_pass_over_the_validation_split(tiny_config, tmp_path, monkeypatch,
+                                                                        copy_probe):
+    passes = []
+    eval_totals = loop._eval_totals
+    monkeypatch.setattr(loop, "_eval_totals", lambda run, batches: passes.append(1) or eval_totals(run, batches))
+    tiny_config.train.update(checkpoint_every_steps=0, num_train_steps=2, eval_every_steps=0, copy_probe=copy_probe)
+    loop.train_and_evaluate(tiny_config, tmp_path)
+    (row,) = rows(tmp_path, "eval")
+    assert len(passes) == (2 if copy_probe else 1)
+    assert ("copy_accuracy" in row) == ("copy_accuracy_ceiling" in row) == copy_probe
+    assert {"loss", "accuracy", "accuracy_ceiling", "loss_floor"} <= set(row)
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_config, tmp_path):
     tiny_config.train.update(learning_rate=1e30, warmup_steps=0, grad_clip_norm=0.0, checkpoint_every_steps=1,
                              num_train_steps=6, schedule="constant")

@@ -304,13 +304,15 @@ def save(run: Run) -> None:
 
 
 def evaluate(run: Run) -> dict[str, float]:
-    """The whole validation split, then the copy probe on the same examples; the row carries what the
-    objective allows next to loss and accuracy (objective.eval_columns)."""
+    """The whole validation split, then (train.copy_probe) the copy probe on the same examples; the row
+    carries what the objective allows next to loss and accuracy (objective.eval_columns)."""
     started = time.perf_counter()
     split = run.settings, run.data
     row = _eval_totals(run, batches.eval_batches(*split))
-    probe = _eval_totals(run, objective.copy_probe_batches(batches.eval_batches(*split), run.tokenizer,
-                                                           run.data.max_predictions))
+    probe = None
+    if run.settings.train.copy_probe:
+        probe = _eval_totals(run, objective.copy_probe_batches(batches.eval_batches(*split), run.tokenizer,
+                                                               run.data.max_predictions))
     row.update(objective.eval_columns(run.tokenizer, run.settings.train.mlm_objective, probe))
     row["eval_time_s"] = time.perf_counter() - started
     run.writer.write(run.step, "eval", row)

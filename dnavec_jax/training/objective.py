@@ -208,14 +208,17 @@ def given_k_columns(totals: dict[str, float]) -> dict[str, float]:
     return {"accuracy_given_k": totals["correct_given_k"] / weight, "loss_given_k": totals["loss_sum_given_k"] / weight}
 
 
-def eval_columns(tokenizer: KmerTokenizer, objective: str, probe: dict[str, float]) -> dict[str, float]:
+def eval_columns(tokenizer: KmerTokenizer, objective: str, probe: dict[str, float] | None) -> dict[str, float]:
     """The columns an eval row carries next to loss and accuracy: the objective's accuracy ceiling and
-    loss floor, and the copy probe's accuracy (`probe`: the eval row of structure.copy_probe_batches)
-    with its ceiling, each in the objective's own terms, and given the true k (ceiling 1)."""
+    loss floor, and the copy probe's accuracy (`probe`: the eval row of copy_probe_batches; None when the
+    probe is off) with its ceiling, each in the objective's own terms, and given the true k (ceiling 1)."""
     limit = tokenizer_ceiling(tokenizer, objective)
-    return {"accuracy_ceiling": limit.accuracy, "loss_floor": limit.loss, "copy_accuracy": probe["accuracy"],
-            "copy_accuracy_ceiling": copy_ceiling(tokenizer, objective).accuracy,
-            "copy_accuracy_given_k": probe["accuracy_given_k"]}
+    columns = {"accuracy_ceiling": limit.accuracy, "loss_floor": limit.loss}
+    if probe is not None:
+        columns.update(copy_accuracy=probe["accuracy"],
+                       copy_accuracy_ceiling=copy_ceiling(tokenizer, objective).accuracy,
+                       copy_accuracy_given_k=probe["accuracy_given_k"])
+    return columns
 
 
 # ---- the copy probe ------------------------------------------------------------------------

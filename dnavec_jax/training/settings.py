@@ -54,6 +54,9 @@ class TrainSettings:
     eval_every_steps: int = setting(5_000, "steps between evaluations of the whole validation split; 0: only at "
                                            "the end")
     eval_batch_size: int = setting(64, "examples per eval step, over all devices")
+    copy_probe: bool = setting(True, "each evaluation also runs the copy probe (a second pass over the validation "
+                                     "split: isolated [MASK]s whose bases show in their neighbours); off: loss, "
+                                     "accuracy and ceilings only, in half the time")
     checkpoint_every_steps: int = setting(2_000, "steps between checkpoints; 0: no checkpoints at all, none saved "
                                                  "or resumed (benchmarks)")
     keep_checkpoints: int = setting(3, "checkpoints kept on disk")
