@@ -190,9 +190,10 @@ def test_cli_end_to_end_and_same_seed_same_numbers(trained_workdir, trained_expo
     assert other["methods"]["finetune"]["selected"]["history"] != first["methods"]["finetune"]["selected"]["history"]
 
 
-def test_training_model_computes_what_the_predictor_and_export_compute(loaded, chr22_fasta):
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_training_model_computes_what_the_predictor_and_export_compute(loaded, chr22_fasta, pooling):
     """SequenceClassifier (fine-tuning, batches of whole sequences with padding windows) = predict.Predictor
-    (window by window: BertForSequenceClassification's pooler and head, then the mean of the window logits)."""
+    (window by window: the pooler on the k-mer mean or [CLS], the head, then the mean of the window logits)."""
     import jax
     import jax.numpy as jnp
 
@@ -204,14 +205,15 @@ def test_training_model_computes_what_the_predictor_and_export_compute(loaded, c
     windows = finetuning._window_ids(loaded, sequences, names, seed=3, tokenization=0)
     assert [len(w) for w in windows] == [5, 4]  # 298 tokens: 5 windows; contigs of 98 and 68 tokens: 2 + 2
     ids, mask = finetuning._pack(windows, rows=4, windows=6, length=64)  # padded rows and window slots
-    model = finetuning.SequenceClassifier(loaded.config, 3)
+    model = finetuning.SequenceClassifier(loaded.config, 3, pooling)
     params = model.init(jax.random.key(0), jnp.asarray(ids), jnp.asarray(mask))["params"]
     params["bert"] = {name: loaded.params[name] for name in params["bert"]}
     params["classifier"] = jax.tree.map(lambda x: np.asarray(x) + 0.3 * np.random.default_rng(1).normal(size=x.shape),
                                         params["classifier"])
     logits = np.asarray(model.apply({"params": params}, ids, mask))[:2]
     classifier = predict.Classifier(loaded, np.asarray(params["classifier"]["kernel"], np.float32),
-                                    np.asarray(params["classifier"]["bias"], np.float32), ("a", "b", "c"), seed=3)
+                                    np.asarray(params["classifier"]["bias"], np.float32), ("a", "b", "c"), seed=3,
+                                    pooling=pooling)
     probs = predict.Predictor(classifier).probabilities(zip(names, sequences), 2)
     np.testing.assert_allclose(probs, jax.nn.softmax(logits), atol=1e-5)
     assert np.ptp(probs, axis=1).min() > 0.05  # the head matters: not a uniform distribution

@@ -101,20 +101,31 @@ def test_seeds_give_mean_and_sd(classified):
     assert "| fine-tune, 2 seeds |" in table and " ± " in table
 
 
-def test_classifier_export_loads_in_transformers_and_agrees(classified, trained_export, chr22_fasta, tmp_path):
-    """AutoModelForSequenceClassification loads the export (nothing missing or unexpected, id2label from the task);
-    its probabilities equal `dnavec predict`'s on one-window sequences, and the mean of its window logits on long
-    ones; the shared files are those of the MLM export."""
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_classifier_export_loads_in_transformers_and_agrees(classified, trained_export, chr22_fasta, tmp_path,
+                                                            pooling):
+    """AutoModelForSequenceClassification loads the export (nothing missing or unexpected, id2label from the task):
+    the export's own mean-pooling class with trust_remote_code (never, without it, a model that reads [CLS]), or
+    BertForSequenceClassification for pooling "cls"; its probabilities equal `dnavec predict`'s on one-window
+    sequences, and the mean of its window logits on long ones; the shared files are those of the MLM export."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     from test_hf_export import chr22_sequence
 
     _, out = classified
     directory = out / "classifier"
+    assert predict.load_classifier(directory).pooling == "mean"  # classify's default
+    if pooling == "cls":
+        classifier = dataclasses.replace(predict.load_classifier(directory), pooling="cls")
+        directory = predict.export_classifier(classifier, tmp_path / "cls", {})
+    else:
+        with pytest.raises(ValueError, match="trust_remote_code"):
+            transformers.AutoModelForSequenceClassification.from_pretrained(str(directory))
+    remote = {"trust_remote_code": True} if pooling == "mean" else {}
     model, info = transformers.AutoModelForSequenceClassification.from_pretrained(
-        str(directory), output_loading_info=True)
+        str(directory), output_loading_info=True, **remote)
     model.eval()
-    assert type(model).__name__ == "BertForSequenceClassification"
+    assert type(model).__name__ == predict.ARCHITECTURES[pooling]
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     assert model.config.id2label == {0: "neg", 1: "pos"} and model.config.label2id == {"neg": 0, "pos": 1}
     for path in sorted(trained_export.rglob("*")):  # one writer: the same tokenizer and module files
@@ -139,8 +150,9 @@ def test_classifier_export_loads_in_transformers_and_agrees(classified, trained_
     params = jax.tree.map(lambda x: (x + rng.normal(0, 0.1, x.shape)).astype(np.float32), classifier.loaded.params)
     loud = dataclasses.replace(classifier, loaded=dataclasses.replace(classifier.loaded, params=params),
                                kernel=rng.normal(0, 0.3, classifier.kernel.shape).astype(np.float32))
+    assert loud.pooling == pooling
     directory = predict.export_classifier(loud, tmp_path / "loud", {})
-    model = transformers.AutoModelForSequenceClassification.from_pretrained(str(directory)).eval()
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(str(directory), **remote).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory), trust_remote_code=True)
     genome = chr22_sequence(chr22_fasta)
     sequences = [genome[200_000 + 997 * i: 200_000 + 997 * i + length]
@@ -163,7 +175,7 @@ def test_classifier_export_loads_in_transformers_and_agrees(classified, trained_
     assert len(predict.window_ids(classifier.loaded, np.frombuffer(sequences[-1].encode(), np.uint8), SEED, 0, "s")) \
         == 17  # 998 k-mers in windows of at most 62
     # The sequences get different log-odds: agreeing means something.
-    assert np.ptp(np.log(ours[:, 1] / ours[:, 0])) > 0.1, ours
+    assert np.ptp(np.log(ours[:, 1] / ours[:, 0])) > 0.05, ours
 
 
 def test_predict_equals_predictions_csv_on_csv_and_fasta(classified, tmp_path, capsys):
@@ -197,11 +209,18 @@ def test_predict_refuses_what_is_not_a_classifier(classified, trained_workdir, t
     info = json.loads((foreign / "dnavec.json").read_text())
     del info["classifier"]
     (foreign / "dnavec.json").write_text(json.dumps(info))
+    mismatched = tmp_path / "mismatched"  # a mean-pooling model class with a [CLS] rule in dnavec.json
+    shutil.copytree(out / "classifier", mismatched)
+    info = json.loads((mismatched / "dnavec.json").read_text())
+    info["classifier"]["pooling"] = "cls"
+    (mismatched / "dnavec.json").write_text(json.dumps(info))
     output = tmp_path / "pred.csv"
     for model, message in ((trained_export, "not a sequence classifier (config.json architectures "
                                             "['BertForMaskedLM']"),
                            (trained_workdir, "a training run directory, not a classifier"),
-                           (foreign, "a BertForSequenceClassification from another tool"),
+                           (foreign, "a DNAVecBertForSequenceClassification from another tool"),
+                           (mismatched, "dnavec.json pooling 'cls' does not match config.json architectures "
+                                        "['DNAVecBertForSequenceClassification']"),
                            (tmp_path / "nothing", "no such directory")):
         assert cli.main(["predict", "--model", str(model), "--input", str(paths["test"]),
                          "--output", str(output)]) == 2

@@ -29,6 +29,11 @@ KMERS_FILE = "dnavec_kmers.py"  # a verbatim copy of tokenization.py
 TOKENIZER_MODULE = "tokenization_dnavec"
 SENTENCE_MODULE = "sentence_dnavec"
 POOLING_DIR = "1_Pooling"
+# A classifier whose pooler reads the mean of the k-mer states: the export's own model class (remote code).
+MODELING_MODULE = "modeling_dnavec"
+MEAN_CLASSIFIER = "DNAVecBertForSequenceClassification"
+MEAN_CLASSIFIER_MODEL_TYPE = "dnavec_bert"  # not "bert": without trust_remote_code, transformers stops
+BERT_MODEL_TYPES = ("bert", MEAN_CLASSIFIER_MODEL_TYPE)
 # Parameters with one row per vocabulary id: padded_vocab_size rows in Flax, vocab_size in the export.
 VOCAB_ROW_PATHS = frozenset({"embeddings/word_embeddings/embedding", "mlm_bias"})
 
@@ -37,8 +42,8 @@ def default_k(tokenizer: KmerTokenizer) -> int:
     """embed's default k, and the exported tokenizer's: the middle of the k range, rounded down.
 
     Measured (docs/outputs.md, scripts/compare_embed_tokenizations.py): with the demo model
-    (k 3..6) a fixed k=4 gave better mean vectors on the planted-motif task than k=3, 5 or 6,
-    than one random-k draw and than 16 draws averaged.
+    (k 3..6), fixed k=4 and k=5 gave the best mean vectors on the planted-motif control (tied
+    within the spread), better than k=3 or 6, one random-k draw or 16 draws averaged.
     """
     return (tokenizer.k_min + tokenizer.k_max) // 2
 
@@ -193,7 +198,7 @@ def model_config_from_hf(hf_config: Mapping[str, Any], base: model_lib.BertConfi
     attention implementation, remat) is taken from it.
     """
     model_type = hf_config.get("model_type")
-    if model_type != "bert":
+    if model_type not in BERT_MODEL_TYPES:
         raise DNAVecError(f"{source}: model_type is {model_type!r}; only BERT (model_type 'bert') can be loaded")
     checks = (
         ("hidden_act", "gelu", "our model uses the exact erf GELU"),
@@ -240,8 +245,9 @@ def model_config_from_hf(hf_config: Mapping[str, Any], base: model_lib.BertConfi
 
 
 class ClassifierHead(NamedTuple):
-    """A fine-tuned sequence-classification head: export_to_hf(classifier=...) writes a
-    BertForSequenceClassification directory instead of BertForMaskedLM (docs/classify.md)."""
+    """A fine-tuned sequence-classification head: export_to_hf(classifier=...) writes a sequence classifier
+    (BertForSequenceClassification, or with info["pooling"] "mean" MEAN_CLASSIFIER) instead of
+    BertForMaskedLM (docs/classify.md)."""
     kernel: np.ndarray  # (hidden, classes), Flax layout; applied to the pooler output, as transformers does
     bias: np.ndarray  # (classes,)
     labels: Sequence[str]  # class id -> label

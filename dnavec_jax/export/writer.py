@@ -31,6 +31,9 @@ from dnavec_jax.export.names import (
     EXPORT_FORMAT,
     EXPORT_VERSION,
     KMERS_FILE,
+    MEAN_CLASSIFIER,
+    MEAN_CLASSIFIER_MODEL_TYPE,
+    MODELING_MODULE,
     POOLING_DIR,
     SENTENCE_MODULE,
     TOKENIZER_MODULE,
@@ -131,7 +134,8 @@ def export_to_hf(params: Mapping, model_config: model_lib.BertConfig, tokenizer:
     state = flax_to_hf_state(params, model_config)
     hf_config = hf_config_dict(model_config)
     if classifier is not None:
-        state, hf_config = classifier_state(state, classifier), classifier_config_dict(hf_config, classifier.labels)
+        state = classifier_state(state, classifier)
+        hf_config = classifier_config_dict(hf_config, classifier.labels, classifier.info.get("pooling", "cls"))
     with files.staged_directory(output_dir, "--output_dir", overwrite) as staging:
         _write_export(staging, state, model_config, tokenizer, step, train_config, hf_config, classifier, evaluation)
     return output_dir
@@ -160,8 +164,11 @@ def _write_shared_files(directory: Path, model_config: model_lib.BertConfig, tok
     _write_json(directory / "special_tokens_map.json", special_tokens_map())
     # The tokenizer code runs where DNAVec is not installed: it imports the very module we tokenize with.
     shutil.copyfile(Path(tokenization.__file__), directory / KMERS_FILE)
-    for name in (f"{TOKENIZER_MODULE}.py", f"{SENTENCE_MODULE}.py"):
-        shutil.copyfile(EXPORT_FILES / name, directory / name)
+    modules = [TOKENIZER_MODULE, SENTENCE_MODULE]
+    if classifier is not None and classifier.info.get("pooling") == "mean":
+        modules.append(MODELING_MODULE)
+    for name in modules:
+        shutil.copyfile(EXPORT_FILES / f"{name}.py", directory / f"{name}.py")
     for name, value in sentence_transformers_files(model_config).items():
         (directory / name).parent.mkdir(exist_ok=True)
         _write_json(directory / name, value)
@@ -189,12 +196,18 @@ def classifier_state(state: Mapping[str, np.ndarray], head: ClassifierHead) -> d
     return out
 
 
-def classifier_config_dict(hf_config: Mapping[str, Any], labels: Sequence[str]) -> dict[str, Any]:
-    """config.json of a BertForSequenceClassification: the encoder's config plus the label maps."""
-    return {**hf_config, "architectures": ["BertForSequenceClassification"],
-            "id2label": {str(i): str(label) for i, label in enumerate(labels)},
-            "label2id": {str(label): i for i, label in enumerate(labels)},
-            "problem_type": "single_label_classification"}
+def classifier_config_dict(hf_config: Mapping[str, Any], labels: Sequence[str], pooling: str) -> dict[str, Any]:
+    """config.json of a sequence classifier: the encoder's config plus the label maps; pooling "mean" names
+    the export's own class (modeling_dnavec.py) under its own model_type, "cls" BertForSequenceClassification."""
+    config = {**hf_config, "architectures": ["BertForSequenceClassification"],
+              "id2label": {str(i): str(label) for i, label in enumerate(labels)},
+              "label2id": {str(label): i for i, label in enumerate(labels)},
+              "problem_type": "single_label_classification"}
+    if pooling == "mean":
+        config.update(architectures=[MEAN_CLASSIFIER], model_type=MEAN_CLASSIFIER_MODEL_TYPE, auto_map={
+            "AutoConfig": f"{MODELING_MODULE}.DNAVecBertConfig",
+            "AutoModelForSequenceClassification": f"{MODELING_MODULE}.{MEAN_CLASSIFIER}"})
+    return config
 
 
 def _write_json(path: Path, value: Any) -> None:

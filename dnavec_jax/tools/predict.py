@@ -5,8 +5,10 @@ The rule, used by `dnavec classify` (predictions/*.csv, the fine-tune rows' fina
   1. the sequence (its first max_length bases if the classifier was trained on those) is tokenized
      with the classifier's seed, embed.record_seed(seed, 0, sequence), and cut into windows as
      `embed` cuts them (loaded_model.sequence_windows);
-  2. each window, [CLS] k-mers [SEP], goes through what transformers' BertForSequenceClassification
-     computes: encoder, pooler tanh(dense([CLS])), classifier dense -> logits;
+  2. each window, [CLS] k-mers [SEP], goes through the encoder, BERT's pooler tanh(dense(.)) on the
+     mean of the window's k-mer token states (pooling "mean", the default; the export's own model class
+     DNAVecBertForSequenceClassification) or on its [CLS] state (pooling "cls": transformers'
+     BertForSequenceClassification), and the classifier dense -> logits;
   3. the sequence's logits are the mean of its windows' logits; its probabilities their softmax.
 A sequence of one window gets exactly the transformers model's output.
 """
@@ -31,6 +33,7 @@ from tqdm import tqdm
 
 from dnavec_jax import export, files
 from dnavec_jax.errors import DNAVecError, read_json_object
+from dnavec_jax.tokenization import NUM_SPECIAL
 from dnavec_jax.tools.classify.tables import read_table
 from dnavec_jax.tools.embed import fasta_records, record_seed
 from dnavec_jax.tools.loaded_model import Encoder, LoadedModel, check_dna, load_model, sequence_windows
@@ -38,7 +41,9 @@ from dnavec_jax.tools.loaded_model import Encoder, LoadedModel, check_dna, load_
 CLASSIFIER_DIR = "classifier"
 CLASSIFIER_FORMAT = "dnavec-classifier"
 CLASSIFIER_VERSION = 1
-ARCHITECTURE = "BertForSequenceClassification"
+# Where the pooler reads: "mean" of the k-mer token states (embed's and the probes' pooling), or "cls".
+POOLINGS = ("mean", "cls")
+ARCHITECTURES = {"cls": "BertForSequenceClassification", "mean": export.MEAN_CLASSIFIER}
 PREDICTION = "prediction"
 WRITES_ONE = "`dnavec classify ... --output_dir OUT` writes one to OUT/classifier"
 
@@ -51,6 +56,17 @@ class Classifier:
     labels: tuple[str, ...]  # class id -> label
     seed: int  # tokenization seed (record_seed(seed, 0, ...))
     max_length: int = 0  # 0: whole sequences, else their first max_length bases
+    pooling: str = "mean"  # POOLINGS: what the pooler reads
+
+
+def pooler_input(hidden, input_ids, input_mask, pooling: str):
+    """(windows, hidden) float32: what the pooler reads, the mean of each window's k-mer token states (not
+    [CLS], [SEP] or [PAD]) or its [CLS] state. The one rule of fine-tuning, predict and (in torch) the export."""
+    hidden = hidden.astype(jnp.float32)
+    if pooling == "cls":
+        return hidden[:, 0]
+    kmers = ((input_mask > 0) & (input_ids >= NUM_SPECIAL)).astype(jnp.float32)[..., None]
+    return (hidden * kmers).sum(1) / jnp.maximum(kmers.sum(1), 1.0)
 
 
 def window_ids(loaded: LoadedModel, raw: np.ndarray, seed: int, tokenization: int, name: str) -> list[np.ndarray]:
@@ -61,11 +77,11 @@ def window_ids(loaded: LoadedModel, raw: np.ndarray, seed: int, tokenization: in
     return [window.ids for window in windows]
 
 
-def _logits_head(pooler: dict, kernel: np.ndarray, bias: np.ndarray):
-    """Encoder head: BertForSequenceClassification's pooler and classifier on each window's [CLS] state."""
+def _logits_head(pooler: dict, kernel: np.ndarray, bias: np.ndarray, pooling: str):
+    """Encoder head: the pooler (on pooler_input) and the classifier dense, per window."""
     def head(hidden, input_ids, input_mask):
-        del input_ids, input_mask
-        pooled = jnp.tanh(nn.Dense(pooler["kernel"].shape[1]).apply({"params": pooler}, hidden[:, 0]))
+        pooled = jnp.tanh(nn.Dense(pooler["kernel"].shape[1]).apply(
+            {"params": pooler}, pooler_input(hidden, input_ids, input_mask, pooling)))
         return pooled @ jnp.asarray(kernel) + jnp.asarray(bias)
 
     return head
@@ -81,7 +97,7 @@ class Predictor:
         self.windows = 0
         self._encoder = Encoder(classifier.loaded, batch_size,
                                 head=_logits_head(pooler, np.asarray(classifier.kernel, np.float32),
-                                                  np.asarray(classifier.bias, np.float32)))
+                                                  np.asarray(classifier.bias, np.float32), classifier.pooling))
 
     def probabilities(self, records: Iterable[tuple[str, str | np.ndarray]], num_records: int,
                       progress: bool = False) -> np.ndarray:
@@ -130,15 +146,19 @@ def load_classifier(path: str | Path) -> Classifier:
         raise DNAVecError(f"{where}: no config.json, not a classifier directory ({WRITES_ONE})")
     config = read_json_object(path / "config.json")
     architectures = config.get("architectures") or []
-    if ARCHITECTURE not in architectures:
+    if not set(ARCHITECTURES.values()) & set(architectures):
         raise DNAVecError(f"{where}: not a sequence classifier (config.json architectures {architectures}; "
                           f"{WRITES_ONE})")
     info = {}
     if (path / export.DNAVEC_FILE).is_file():
         info = read_json_object(path / export.DNAVEC_FILE).get("classifier") or {}
     if info.get("format") != CLASSIFIER_FORMAT:
-        raise DNAVecError(f"{where}: a {ARCHITECTURE} from another tool ({export.DNAVEC_FILE} has no DNAVec "
+        raise DNAVecError(f"{where}: a {architectures[0]} from another tool ({export.DNAVEC_FILE} has no DNAVec "
                           f"classifier entry, so its tokenization and windows are unknown; {WRITES_ONE})")
+    pooling = info.get("pooling", "cls")  # classifiers written before the setting read [CLS]
+    if pooling not in POOLINGS or ARCHITECTURES[pooling] not in architectures:
+        raise DNAVecError(f"{where}: {export.DNAVEC_FILE} pooling {pooling!r} does not match config.json "
+                          f"architectures {architectures} ({WRITES_ONE})")
     id2label = config.get("id2label") or {}
     try:
         labels = tuple(str(id2label[str(i)]) for i in range(len(id2label)))
@@ -161,15 +181,18 @@ def load_classifier(path: str | Path) -> Classifier:
         raise DNAVecError(f"{where}: {export.DNAVEC_FILE} classifier entry lacks {error}") from None
     # The windows it was trained on (a run's seq_length may be shorter than the positions an export reports).
     loaded = dataclasses.replace(loaded, max_tokens=max_tokens)
-    return Classifier(loaded, np.asarray(weight, np.float32).T, np.asarray(bias, np.float32), labels, seed, max_length)
+    return Classifier(loaded, np.asarray(weight, np.float32).T, np.asarray(bias, np.float32), labels, seed, max_length,
+                      pooling)
 
 
 def export_classifier(classifier: Classifier, output_dir: Path, details: dict[str, Any]) -> Path:
-    """Writes `classifier` as a transformers BertForSequenceClassification directory (the export's one writer)."""
+    """Writes `classifier` as a transformers sequence-classification directory (the export's one writer):
+    BertForSequenceClassification for pooling "cls", the export's own mean-pooling class otherwise."""
     loaded = classifier.loaded
     info = {"format": CLASSIFIER_FORMAT, "version": CLASSIFIER_VERSION, "labels": list(classifier.labels),
             "seed": classifier.seed, "max_length": classifier.max_length, "max_tokens": loaded.max_tokens,
-            "rule": "mean of the windows' logits, then softmax (docs/classify.md)", **details}
+            "pooling": classifier.pooling, "rule": "mean of the windows' logits, then softmax (docs/classify.md)",
+            **details}
     head = export.ClassifierHead(classifier.kernel, classifier.bias, list(classifier.labels), info,
                                     card_section(classifier, details))
     return export.export_to_hf(loaded.params, loaded.config, loaded.tokenizer, output_dir, step=loaded.step,
@@ -181,18 +204,25 @@ def card_section(classifier: Classifier, details: dict[str, Any]) -> str:
     test = details.get("test") or {}
     scores = ", ".join(f"{name} {test[name]:.3f}" for name in ("accuracy", "mcc", "auroc") if test.get(name) is not None)
     truncation = (f"only its first {classifier.max_length} bases are used; " if classifier.max_length else "")
+    mean = classifier.pooling == "mean"
+    pooled = ("the mean of its k-mer token states (not `[CLS]`/`[SEP]`/`[PAD]`) goes through BERT's pooler and "
+              "the classifier" if mean else "its `[CLS]` state goes through BERT's pooler and the classifier")
+    remote = ", trust_remote_code=True" if mean else ""
+    remote_note = ("\nThe model class is `modeling_dnavec.py` of this directory (BERT with that mean-pooling head), "
+                   "hence\n`trust_remote_code=True`; without it, loading stops with an error rather than reading "
+                   "`[CLS]`." if mean else "")
     return f"""# DNAVec sequence classifier ({len(classifier.labels)} classes: {labels})
 
-A `BertForSequenceClassification` fine-tuned by `dnavec classify` (DNAVec-JAX) from
+A `{ARCHITECTURES[classifier.pooling]}` fine-tuned by `dnavec classify` (DNAVec-JAX) from
 {details.get("base_model", "a DNAVec model")}{f"; test {scores}" if scores else ""}.
 The labels are `id2label` in `config.json`. The rest of this card describes the
 pretrained encoder it started from.
 
 How it predicts a sequence: {truncation}it is tokenized with random k per position,
 seed {classifier.seed} (`embed.record_seed({classifier.seed}, 0, sequence)`), cut into windows of at most
-{classifier.loaded.max_tokens} k-mers as `dnavec embed` cuts them; each window `[CLS] k-mers [SEP]` gives
-logits; the sequence's logits are the mean over its windows, its probabilities their softmax.
-A sequence of one window gets exactly this model's transformers output.
+{classifier.loaded.max_tokens} k-mers as `dnavec embed` cuts them; in each window `[CLS] k-mers [SEP]`,
+{pooled}, giving logits; the sequence's logits are the mean over its windows, its probabilities their
+softmax. A sequence of one window gets exactly this model's transformers output.{remote_note}
 
 ```bash
 dnavec predict --model path/to/this/directory --input sequences.csv --output predictions.csv
@@ -200,7 +230,7 @@ dnavec predict --model path/to/this/directory --input sequences.csv --output pre
 
 ```python
 from transformers import AutoModelForSequenceClassification
-model = AutoModelForSequenceClassification.from_pretrained("path/to/this/directory").eval()
+model = AutoModelForSequenceClassification.from_pretrained("path/to/this/directory"{remote}).eval()
 logits = model(input_ids=window_ids).logits   # window_ids: (windows, tokens), [CLS] k-mer ids [SEP]
 probabilities = logits.mean(0).softmax(-1)     # one sequence
 ```

@@ -26,7 +26,7 @@ from dnavec_jax.tools.classify.metrics import SELECT_METRIC, better, classificat
 from dnavec_jax.tools.classify.settings import FinetuneSettings
 from dnavec_jax.tools.classify.tables import SPLITS, Task
 from dnavec_jax.tools.loaded_model import check_dna, padded_length
-from dnavec_jax.tools.predict import Classifier, Predictor, window_ids
+from dnavec_jax.tools.predict import Classifier, Predictor, pooler_input, window_ids
 from dnavec_jax.training import optim, sharding, steps
 
 
@@ -41,8 +41,9 @@ def optimizer_settings(settings: FinetuneSettings, total_steps: int) -> ml_colle
 
 
 class SequenceClassifier(nn.Module):
-    """All windows of a sequence -> per window what transformers' BertForSequenceClassification computes
-    (encoder, pooler tanh(dense([CLS])), dropout, dense logits) -> the mean of the windows' logits.
+    """All windows of a sequence -> per window encoder, pooler tanh(dense(.)) on predict.pooler_input (the
+    mean of the k-mer states, or [CLS] as transformers' BertForSequenceClassification), dropout, dense
+    logits -> the mean of the windows' logits.
 
     Inputs (batch, windows, length) int32; windows without k-mers (the empty [CLS] [SEP] slots of
     _pack) are left out of the mean. Parameters: "bert" (BertForMaskedLM's embeddings, encoder and
@@ -53,16 +54,17 @@ class SequenceClassifier(nn.Module):
 
     config: BertConfig
     num_classes: int
+    pooling: str = "mean"  # predict.POOLINGS
 
     @nn.compact
     def __call__(self, input_ids, input_mask, deterministic: bool = True):
         cfg = self.config
         batch, windows, length = input_ids.shape
-        outputs = BertForMaskedLM(cfg, name="bert")(
-            input_ids.reshape(batch * windows, length), input_mask.reshape(batch * windows, length),
-            deterministic=deterministic)
-        pooled = nn.Dropout(cfg.hidden_dropout_rate)(outputs["pooled"].astype(jnp.float32),
-                                                     deterministic=deterministic)
+        ids, mask = input_ids.reshape(batch * windows, length), input_mask.reshape(batch * windows, length)
+        bert = BertForMaskedLM(cfg, name="bert")
+        hidden = bert(ids, mask, deterministic=deterministic)["hidden_states"]
+        pooled = jnp.tanh(bert.pooler(pooler_input(hidden, ids, mask, self.pooling).astype(hidden.dtype)))
+        pooled = nn.Dropout(cfg.hidden_dropout_rate)(pooled.astype(jnp.float32), deterministic=deterministic)
         logits = nn.Dense(self.num_classes, kernel_init=nn.initializers.normal(cfg.initializer_range),
                           param_dtype=jnp.float32, name="classifier")(pooled).reshape(batch, windows, -1)
         tokens = (input_mask > 0) & (input_ids >= NUM_SPECIAL)
@@ -121,7 +123,7 @@ def finetune(loaded, task: Task, settings: FinetuneSettings,
     length = padded_length(max(len(ids) for w in every for ids in w), loaded.window_length)
     num_classes = len(task.classes)
 
-    model = SequenceClassifier(loaded.config, num_classes)
+    model = SequenceClassifier(loaded.config, num_classes, settings.pooling)
     example = jnp.zeros((1, num_windows, length), jnp.int32)
     initial = model.init(jax.random.fold_in(jax.random.key(seed), 0), example, example)["params"]
     pretrained = {name: loaded.params.get(name) for name in initial["bert"]}
@@ -222,7 +224,7 @@ def finetune(loaded, task: Task, settings: FinetuneSettings,
     classifier = Classifier(dataclasses.replace(loaded, params={**loaded.params, **best_params["bert"]}),
                             np.asarray(best_params["classifier"]["kernel"], np.float32),
                             np.asarray(best_params["classifier"]["bias"], np.float32),
-                            tuple(task.classes), seed, task.max_length)
+                            tuple(task.classes), seed, task.max_length, settings.pooling)
     predictor = Predictor(classifier)
     probs = {split: predictor.probabilities(zip(names[split], sequences[split]), len(sequences[split]))
              for split in ("dev", "test")}

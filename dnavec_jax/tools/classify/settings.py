@@ -80,6 +80,10 @@ class FinetuneSettings:
     weight_decay: float = setting(0.01, "fine-tuning AdamW weight decay")
     warmup_fraction: float = setting(0.1, "fine-tuning linear warmup over this fraction of the steps, then linear "
                                           "decay")
+    pooling: str = setting("mean", "what the classification head's pooler reads: mean (the mean of the k-mer "
+                                   "token states, as embed and the probes pool; exported with its own model "
+                                   "class) or cls (the [CLS] state: a plain BertForSequenceClassification)",
+                           choices=("mean", "cls"))
     grad_clip_norm: float = setting(1.0, "global gradient norm clip", flag=False)
     retokenize: bool = setting(True, "fine-tune on one tokenization (default: a fresh random tokenization each "
                                      "epoch)", flag_name="no_retokenize", switch=True)
