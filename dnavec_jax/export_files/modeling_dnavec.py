@@ -6,7 +6,6 @@ stops with an error instead of building a BertForSequenceClassification that rea
 names are BertForSequenceClassification's. Needs torch and transformers only.
 """
 
-import torch
 from torch import nn
 from transformers import BertConfig, BertModel, BertPreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
@@ -50,5 +49,3 @@ class DNAVecBertForSequenceClassification(BertPreTrainedModel):
             loss = nn.functional.cross_entropy(logits.view(-1, self.num_labels).float(), labels.view(-1))
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
-
-__all__ = ["DNAVecBertConfig", "DNAVecBertForSequenceClassification", "torch"]
