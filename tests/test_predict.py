@@ -115,6 +115,9 @@ def test_classifier_export_loads_in_transformers_and_agrees(classified, trained_
     _, out = classified
     directory = out / "classifier"
     assert predict.load_classifier(directory).pooling == "mean"  # classify's default
+    card = (directory / "README.md").read_text()
+    assert card.count("pipeline_tag: text-classification") == 1 and "pipeline_tag: feature-extraction" not in card
+    assert "trust_remote_code=True).eval()" in card
     if pooling == "cls":
         classifier = dataclasses.replace(predict.load_classifier(directory), pooling="cls")
         directory = predict.export_classifier(classifier, tmp_path / "cls", {})

@@ -6,6 +6,7 @@ A classifier export puts its own section first (classifier_card). docs/export.md
 from __future__ import annotations
 
 import json
+import re
 import string
 from collections.abc import Mapping
 from pathlib import Path
@@ -89,6 +90,6 @@ def model_card(model_config: model_lib.BertConfig, tokenizer: KmerTokenizer, ste
 
 def classifier_card(card: str, head: ClassifierHead) -> str:
     """The encoder's model card with the classifier's section first (after the YAML front matter)."""
-    card = card.replace("pipeline_tag: fill-mask", "pipeline_tag: text-classification", 1)
+    card = re.sub(r"^pipeline_tag: .*$", "pipeline_tag: text-classification", card, count=1, flags=re.MULTILINE)
     end = card.find("\n---\n", 4) + 5 if card.startswith("---\n") else 0
     return card[:end] + ("\n" if end else "") + head.card.rstrip() + "\n\n" + card[end:].lstrip("\n")
