@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from dnavec_jax import cli
+from dnavec_jax import cli, export
 from dnavec_jax.tools import predict
 from dnavec_jax.tools.classify import metrics, motif, report
 
@@ -128,7 +128,7 @@ def test_classifier_export_loads_in_transformers_and_agrees(classified, trained_
     model, info = transformers.AutoModelForSequenceClassification.from_pretrained(
         str(directory), output_loading_info=True, **remote)
     model.eval()
-    assert type(model).__name__ == predict.ARCHITECTURES[pooling]
+    assert type(model).__name__ == export.CLASSIFIER_ARCHITECTURES[pooling]
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     assert model.config.id2label == {0: "neg", 1: "pos"} and model.config.label2id == {"neg": 0, "pos": 1}
     for path in sorted(trained_export.rglob("*")):  # one writer: the same tokenizer and module files

@@ -13,8 +13,9 @@ from dnavec_jax.export.loader import (
                                       tokenizer_from_train_config,
 )
 from dnavec_jax.export.names import (
+                                      CLASSIFIER_ARCHITECTURES,
                                       DNAVEC_FILE,
-                                      MEAN_CLASSIFIER,
+                                      LEGACY_POOLING,
                                       WEIGHTS_NAME,
                                       ClassifierHead,
                                       default_k,
@@ -27,8 +28,8 @@ from dnavec_jax.export.names import (
 from dnavec_jax.export.writer import export_after_training, export_checkpoint, export_to_hf
 
 __all__ = [
-    "DNAVEC_FILE", "MEAN_CLASSIFIER", "WEIGHTS_NAME", "ClassifierHead", "HFImport", "default_k",
-    "export_after_training", "export_checkpoint", "export_to_hf", "flax_to_hf_state", "hf_config_dict", "hf_state_to_flax",
-    "kmer_tokenizer_from_export", "load_hf_pretrained", "model_config_from_hf", "name_table", "read_hf_state",
-    "tokenizer_from_train_config",
+    "CLASSIFIER_ARCHITECTURES", "DNAVEC_FILE", "LEGACY_POOLING", "WEIGHTS_NAME", "ClassifierHead", "HFImport",
+    "default_k", "export_after_training", "export_checkpoint", "export_to_hf", "flax_to_hf_state", "hf_config_dict",
+    "hf_state_to_flax", "kmer_tokenizer_from_export", "load_hf_pretrained", "model_config_from_hf", "name_table",
+    "read_hf_state", "tokenizer_from_train_config",
 ]

@@ -33,6 +33,9 @@ POOLING_DIR = "1_Pooling"
 MODELING_MODULE = "modeling_dnavec"
 MEAN_CLASSIFIER = "DNAVecBertForSequenceClassification"
 MEAN_CLASSIFIER_MODEL_TYPE = "dnavec_bert"  # not "bert": without trust_remote_code, transformers stops
+# The classifier's model class by what its pooler reads ("cls": transformers' own).
+CLASSIFIER_ARCHITECTURES = {"mean": MEAN_CLASSIFIER, "cls": "BertForSequenceClassification"}
+LEGACY_POOLING = "cls"  # of a classifier whose dnavec.json names none (written before the pooling setting)
 BERT_MODEL_TYPES = ("bert", MEAN_CLASSIFIER_MODEL_TYPE)
 # Parameters with one row per vocabulary id: padded_vocab_size rows in Flax, vocab_size in the export.
 VOCAB_ROW_PATHS = frozenset({"embeddings/word_embeddings/embedding", "mlm_bias"})
@@ -253,3 +256,8 @@ class ClassifierHead(NamedTuple):
     labels: Sequence[str]  # class id -> label
     info: Mapping[str, Any]  # dnavec.json "classifier": what `dnavec predict` needs to predict as classify did
     card: str = ""  # a model-card section put before the encoder's card
+
+    @property
+    def pooling(self) -> str:
+        """What the pooler reads (a CLASSIFIER_ARCHITECTURES key)."""
+        return self.info.get("pooling", LEGACY_POOLING)

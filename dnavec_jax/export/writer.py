@@ -27,6 +27,7 @@ from dnavec_jax.errors import DNAVecError
 from dnavec_jax.export.card import EXPORT_FILES, classifier_card, model_card
 from dnavec_jax.export.loader import tokenizer_from_train_config
 from dnavec_jax.export.names import (
+    CLASSIFIER_ARCHITECTURES,
     DNAVEC_FILE,
     EXPORT_FORMAT,
     EXPORT_VERSION,
@@ -135,7 +136,7 @@ def export_to_hf(params: Mapping, model_config: model_lib.BertConfig, tokenizer:
     hf_config = hf_config_dict(model_config)
     if classifier is not None:
         state = classifier_state(state, classifier)
-        hf_config = classifier_config_dict(hf_config, classifier.labels, classifier.info.get("pooling", "cls"))
+        hf_config = classifier_config_dict(hf_config, classifier.labels, classifier.pooling)
     with files.staged_directory(output_dir, "--output_dir", overwrite) as staging:
         _write_export(staging, state, model_config, tokenizer, step, train_config, hf_config, classifier, evaluation)
     return output_dir
@@ -165,7 +166,7 @@ def _write_shared_files(directory: Path, model_config: model_lib.BertConfig, tok
     # The tokenizer code runs where DNAVec is not installed: it imports the very module we tokenize with.
     shutil.copyfile(Path(tokenization.__file__), directory / KMERS_FILE)
     modules = [TOKENIZER_MODULE, SENTENCE_MODULE]
-    if classifier is not None and classifier.info.get("pooling") == "mean":
+    if classifier is not None and classifier.pooling == "mean":
         modules.append(MODELING_MODULE)
     for name in modules:
         shutil.copyfile(EXPORT_FILES / f"{name}.py", directory / f"{name}.py")
@@ -199,12 +200,12 @@ def classifier_state(state: Mapping[str, np.ndarray], head: ClassifierHead) -> d
 def classifier_config_dict(hf_config: Mapping[str, Any], labels: Sequence[str], pooling: str) -> dict[str, Any]:
     """config.json of a sequence classifier: the encoder's config plus the label maps; pooling "mean" names
     the export's own class (modeling_dnavec.py) under its own model_type, "cls" BertForSequenceClassification."""
-    config = {**hf_config, "architectures": ["BertForSequenceClassification"],
+    config = {**hf_config, "architectures": [CLASSIFIER_ARCHITECTURES[pooling]],
               "id2label": {str(i): str(label) for i, label in enumerate(labels)},
               "label2id": {str(label): i for i, label in enumerate(labels)},
               "problem_type": "single_label_classification"}
     if pooling == "mean":
-        config.update(architectures=[MEAN_CLASSIFIER], model_type=MEAN_CLASSIFIER_MODEL_TYPE, auto_map={
+        config.update(model_type=MEAN_CLASSIFIER_MODEL_TYPE, auto_map={
             "AutoConfig": f"{MODELING_MODULE}.DNAVecBertConfig",
             "AutoModelForSequenceClassification": f"{MODELING_MODULE}.{MEAN_CLASSIFIER}"})
     return config

@@ -25,8 +25,8 @@ from dnavec_jax import files
 from dnavec_jax.data import fasta
 from dnavec_jax.errors import DNAVecError
 from dnavec_jax.export import default_k
-from dnavec_jax.tokenization import NUM_SPECIAL, record_seed
-from dnavec_jax.tools.loaded_model import Encoder, LoadedModel, check_dna, load_model, sequence_windows
+from dnavec_jax.tokenization import record_seed
+from dnavec_jax.tools.loaded_model import Encoder, LoadedModel, check_dna, kmer_tokens, load_model, sequence_windows
 
 # The last Encoder built, reused while the same LoadedModel object and settings come back
 # (classification embeds train, dev and test with one model: one compilation per shape).
@@ -34,7 +34,7 @@ _ENCODER_CACHE: list = []
 
 
 def _pool_head(hidden, input_ids, input_mask):
-    real = ((input_mask > 0) & (input_ids >= NUM_SPECIAL)).astype(jnp.float32)
+    real = kmer_tokens(input_ids, input_mask).astype(jnp.float32)
     return {"cls": hidden[:, 0], "sum": jnp.einsum("bl,blh->bh", real, hidden)}
 
 

@@ -23,7 +23,15 @@ import numpy as np
 from dnavec_jax import export  # Orbax loads only for run directories
 from dnavec_jax.errors import DNAVecError
 from dnavec_jax.model import BertConfig, BertForMaskedLM
-from dnavec_jax.tokenization import CLS_ID, PAD_ID, SEP_ID, KmerTokenizer, non_dna_positions, sequence_to_raw
+from dnavec_jax.tokenization import (
+    CLS_ID,
+    NUM_SPECIAL,
+    PAD_ID,
+    SEP_ID,
+    KmerTokenizer,
+    non_dna_positions,
+    sequence_to_raw,
+)
 from dnavec_jax.training import checkpointing
 
 MIN_LENGTH = 8  # shortest padded input: [CLS] + up to 6 k-mers + [SEP]
@@ -203,6 +211,11 @@ def pack_windows(windows_ids: Sequence[np.ndarray], length: int) -> tuple[np.nda
 
 
 # ---- the encoder ----------------------------------------------------------------
+
+def kmer_tokens(input_ids, input_mask):
+    """Boolean, input_ids' shape: the real k-mer tokens (not [CLS], [SEP], [MASK] or padding), what is pooled."""
+    return (input_mask > 0) & (input_ids >= NUM_SPECIAL)
+
 
 def last_hidden(hidden, input_ids, input_mask):
     """The default Encoder head: the float32 last-layer hidden states."""

@@ -33,17 +33,14 @@ from tqdm import tqdm
 
 from dnavec_jax import export, files
 from dnavec_jax.errors import DNAVecError, read_json_object
-from dnavec_jax.tokenization import NUM_SPECIAL
+from dnavec_jax.tools.classify.settings import POOLINGS
 from dnavec_jax.tools.classify.tables import read_table
 from dnavec_jax.tools.embed import fasta_records, record_seed
-from dnavec_jax.tools.loaded_model import Encoder, LoadedModel, check_dna, load_model, sequence_windows
+from dnavec_jax.tools.loaded_model import Encoder, LoadedModel, check_dna, kmer_tokens, load_model, sequence_windows
 
 CLASSIFIER_DIR = "classifier"
 CLASSIFIER_FORMAT = "dnavec-classifier"
 CLASSIFIER_VERSION = 1
-# Where the pooler reads: "mean" of the k-mer token states (embed's and the probes' pooling), or "cls".
-POOLINGS = ("mean", "cls")
-ARCHITECTURES = {"cls": "BertForSequenceClassification", "mean": export.MEAN_CLASSIFIER}
 PREDICTION = "prediction"
 WRITES_ONE = "`dnavec classify ... --output_dir OUT` writes one to OUT/classifier"
 
@@ -56,7 +53,7 @@ class Classifier:
     labels: tuple[str, ...]  # class id -> label
     seed: int  # tokenization seed (record_seed(seed, 0, ...))
     max_length: int = 0  # 0: whole sequences, else their first max_length bases
-    pooling: str = "mean"  # POOLINGS: what the pooler reads
+    pooling: str = "mean"  # classify.settings.POOLINGS: what the pooler reads
 
 
 def pooler_input(hidden, input_ids, input_mask, pooling: str):
@@ -65,7 +62,7 @@ def pooler_input(hidden, input_ids, input_mask, pooling: str):
     hidden = hidden.astype(jnp.float32)
     if pooling == "cls":
         return hidden[:, 0]
-    kmers = ((input_mask > 0) & (input_ids >= NUM_SPECIAL)).astype(jnp.float32)[..., None]
+    kmers = kmer_tokens(input_ids, input_mask).astype(jnp.float32)[..., None]
     return (hidden * kmers).sum(1) / jnp.maximum(kmers.sum(1), 1.0)
 
 
@@ -146,7 +143,7 @@ def load_classifier(path: str | Path) -> Classifier:
         raise DNAVecError(f"{where}: no config.json, not a classifier directory ({WRITES_ONE})")
     config = read_json_object(path / "config.json")
     architectures = config.get("architectures") or []
-    if not set(ARCHITECTURES.values()) & set(architectures):
+    if not set(export.CLASSIFIER_ARCHITECTURES.values()) & set(architectures):
         raise DNAVecError(f"{where}: not a sequence classifier (config.json architectures {architectures}; "
                           f"{WRITES_ONE})")
     info = {}
@@ -155,8 +152,8 @@ def load_classifier(path: str | Path) -> Classifier:
     if info.get("format") != CLASSIFIER_FORMAT:
         raise DNAVecError(f"{where}: a {architectures[0]} from another tool ({export.DNAVEC_FILE} has no DNAVec "
                           f"classifier entry, so its tokenization and windows are unknown; {WRITES_ONE})")
-    pooling = info.get("pooling", "cls")  # classifiers written before the setting read [CLS]
-    if pooling not in POOLINGS or ARCHITECTURES[pooling] not in architectures:
+    pooling = info.get("pooling", export.LEGACY_POOLING)
+    if pooling not in POOLINGS or export.CLASSIFIER_ARCHITECTURES[pooling] not in architectures:
         raise DNAVecError(f"{where}: {export.DNAVEC_FILE} pooling {pooling!r} does not match config.json "
                           f"architectures {architectures} ({WRITES_ONE})")
     id2label = config.get("id2label") or {}
@@ -208,12 +205,13 @@ def card_section(classifier: Classifier, details: dict[str, Any]) -> str:
     pooled = ("the mean of its k-mer token states (not `[CLS]`/`[SEP]`/`[PAD]`) goes through BERT's pooler and "
               "the classifier" if mean else "its `[CLS]` state goes through BERT's pooler and the classifier")
     remote = ", trust_remote_code=True" if mean else ""
+    architecture = export.CLASSIFIER_ARCHITECTURES[classifier.pooling]
     remote_note = ("\nThe model class is `modeling_dnavec.py` of this directory (BERT with that mean-pooling head), "
                    "hence\n`trust_remote_code=True`; without it, loading stops with an error rather than reading "
                    "`[CLS]`." if mean else "")
     return f"""# DNAVec sequence classifier ({len(classifier.labels)} classes: {labels})
 
-A `{ARCHITECTURES[classifier.pooling]}` fine-tuned by `dnavec classify` (DNAVec-JAX) from
+A `{architecture}` fine-tuned by `dnavec classify` (DNAVec-JAX) from
 {details.get("base_model", "a DNAVec model")}{f"; test {scores}" if scores else ""}.
 The labels are `id2label` in `config.json`. The rest of this card describes the
 pretrained encoder it started from.

@@ -21,11 +21,11 @@ from tqdm import tqdm
 
 from dnavec_jax.errors import DNAVecError
 from dnavec_jax.model import BertConfig, BertForMaskedLM, init_params
-from dnavec_jax.tokenization import CLS_ID, NUM_SPECIAL, SEP_ID
+from dnavec_jax.tokenization import CLS_ID, SEP_ID
 from dnavec_jax.tools.classify.metrics import SELECT_METRIC, better, classification_metrics
 from dnavec_jax.tools.classify.settings import FinetuneSettings
 from dnavec_jax.tools.classify.tables import SPLITS, Task
-from dnavec_jax.tools.loaded_model import check_dna, padded_length
+from dnavec_jax.tools.loaded_model import check_dna, kmer_tokens, padded_length
 from dnavec_jax.tools.predict import Classifier, Predictor, pooler_input, window_ids
 from dnavec_jax.training import optim, sharding, steps
 
@@ -54,7 +54,7 @@ class SequenceClassifier(nn.Module):
 
     config: BertConfig
     num_classes: int
-    pooling: str = "mean"  # predict.POOLINGS
+    pooling: str = "mean"  # settings.POOLINGS
 
     @nn.compact
     def __call__(self, input_ids, input_mask, deterministic: bool = True):
@@ -67,8 +67,7 @@ class SequenceClassifier(nn.Module):
         pooled = nn.Dropout(cfg.hidden_dropout_rate)(pooled.astype(jnp.float32), deterministic=deterministic)
         logits = nn.Dense(self.num_classes, kernel_init=nn.initializers.normal(cfg.initializer_range),
                           param_dtype=jnp.float32, name="classifier")(pooled).reshape(batch, windows, -1)
-        tokens = (input_mask > 0) & (input_ids >= NUM_SPECIAL)
-        real = tokens.any(-1).astype(jnp.float32)  # windows that hold k-mers
+        real = kmer_tokens(input_ids, input_mask).any(-1).astype(jnp.float32)  # windows that hold k-mers
         return jnp.einsum("bw,bwc->bc", real, logits) / jnp.maximum(real.sum(-1, keepdims=True), 1.0)
 
 

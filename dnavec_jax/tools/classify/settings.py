@@ -12,6 +12,9 @@ import dataclasses
 from dnavec_jax.errors import DNAVecError
 from dnavec_jax.fields import setting
 
+# Where fine-tuning's pooler reads: the mean of the k-mer token states (embed's and the probes' pooling), or [CLS].
+POOLINGS = ("mean", "cls")
+
 METHODS = ("baseline", "probe", "finetune")
 PROBE_FEATURES = ("static", "cls", "mean", "static_tokens", "tokens")
 TOKEN_FEATURES = ("static_tokens", "tokens")  # probed per token (token_probe), the others pooled first (run_probe)
@@ -83,7 +86,7 @@ class FinetuneSettings:
     pooling: str = setting("mean", "what the classification head's pooler reads: mean (the mean of the k-mer "
                                    "token states, as embed and the probes pool; exported with its own model "
                                    "class) or cls (the [CLS] state: a plain BertForSequenceClassification)",
-                           choices=("mean", "cls"))
+                           choices=POOLINGS)
     grad_clip_norm: float = setting(1.0, "global gradient norm clip", flag=False)
     retokenize: bool = setting(True, "fine-tune on one tokenization (default: a fresh random tokenization each "
                                      "epoch)", flag_name="no_retokenize", switch=True)
