@@ -14,6 +14,7 @@ from dnavec_jax.export import export_after_training
 from dnavec_jax.tf_runtime import configure_tf
 from dnavec_jax.training.distributed import maybe_initialize_distributed
 from dnavec_jax.training.loop import train_and_evaluate
+from dnavec_jax.training.settings import RunSettings
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, config.json, metrics.jsonl and TensorBoard.")
@@ -25,12 +26,13 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    configure_tf(int(FLAGS.config.data.tf_threads))  # before anything initialises TensorFlow or JAX
 
     def run() -> None:
-        maybe_initialize_distributed(FLAGS.config)
-        result = train_and_evaluate(FLAGS.config, FLAGS.workdir)
-        export_after_training(FLAGS.config, FLAGS.workdir, result)
+        settings = RunSettings.from_config(FLAGS.config)  # the one parse: everything below takes `settings`
+        configure_tf(settings.data.tf_threads)  # before anything initialises TensorFlow or JAX
+        maybe_initialize_distributed(settings.distributed)
+        result = train_and_evaluate(settings, FLAGS.workdir)
+        export_after_training(settings.export.hf_dir, FLAGS.workdir, result)
 
     sys.exit(run_cli(run))
 

@@ -46,7 +46,7 @@ def main() -> None:
 
     config = load_config(args.config)
     model_config = settings.model_config_from(config)
-    tx, _ = optim.make_optimizer(config.train)
+    tx, _ = optim.make_optimizer(settings.RunSettings.from_config(config).train.optimizer)
     init_fn = steps.make_init_fn(model_config, tx, 0)
     mesh = sharding.make_mesh(False)
     abstract = jax.eval_shape(init_fn)

@@ -44,7 +44,7 @@ def main() -> None:
     config.train.prng_impl = args.prng_impl
     model_config = settings.model_config_from(config)
     model = BertForMaskedLM(model_config)
-    tx, schedule = optim.make_optimizer(config.train)
+    tx, schedule = optim.make_optimizer(settings.RunSettings.from_config(config).train.optimizer)
     init_fn = steps.make_init_fn(model_config, tx, 0, args.prng_impl)
     prep = config.data.prep
     step = steps.make_train_step(model, tx, schedule, prng_impl=args.prng_impl, accuracy_every=100, padded=False)

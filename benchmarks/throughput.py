@@ -45,7 +45,7 @@ def measure(config, steps: int, interval: int) -> dict:
         config.train.update(num_train_steps=steps + interval, warmup_steps=0, log_every_steps=interval,
                             eval_every_steps=0, checkpoint_every_steps=0, async_checkpointing=False)
     with tempfile.TemporaryDirectory() as workdir:
-        loop.train_and_evaluate(config, workdir)
+        loop.train_and_evaluate(settings.RunSettings.from_config(config), workdir)
         rows = [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
     timed = [r for r in rows if r["split"] == "train"][1:]
     step_time = sum(r["step_time_s"] for r in timed) / len(timed)

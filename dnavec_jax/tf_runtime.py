@@ -2,12 +2,15 @@
 
 TensorFlow (tf.data, TFDS) must never take GPU/TPU memory from JAX, and with its
 default thread pools it competes with XLA's CPU threads: on a 2-core machine that
-doubled the demo's step time. Call configure_tf before any TensorFlow op runs.
+doubled the demo's step time. The package imports TensorFlow only through
+tensorflow(), the one place that hides accelerators from it; entry points call
+configure_tf once, before any TensorFlow op runs, to size its thread pools.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 from types import ModuleType
 
@@ -30,6 +33,24 @@ def import_train_module(name: str, purpose: str) -> ModuleType:
             from None
 
 
+def tensorflow_installed() -> bool:
+    """Whether TensorFlow can be imported (without importing it)."""
+    return importlib.util.find_spec("tensorflow") is not None
+
+
+_HIDDEN: list[bool] = []  # set once accelerators are hidden from this process's TensorFlow
+
+
+def tensorflow(purpose: str = "reading the prepared shards") -> ModuleType:
+    """The tensorflow module, with GPUs and TPUs hidden from it (once per process); a one-line DNAVecError
+    naming the train extra where it is not installed. Every TensorFlow use in the package goes through here."""
+    tf = import_train_module("tensorflow", purpose)
+    if not _HIDDEN:
+        hide_accelerators_from_tf(tf)
+        _HIDDEN.append(True)
+    return tf
+
+
 def tf_thread_count(setting: int) -> int:
     """TensorFlow threads for the input pipeline: the setting, or (0) a quarter of the cores, 1 to 8."""
     return int(setting) if setting > 0 else max(1, min(8, (os.cpu_count() or 1) // 4))
@@ -46,13 +67,11 @@ def hide_accelerators_from_tf(tf) -> None:
 
 def configure_tf(threads: int = 0) -> bool:
     """Hides accelerators from TensorFlow and sizes its thread pools; False where TensorFlow is not installed
-    (the synthetic source and metrics.jsonl need none: an accelerator image with JAX alone can benchmark)."""
-    try:
-        import tensorflow as tf  # optional at run time: imported only to configure it
-    except ImportError:
+    (the synthetic source and metrics.jsonl need none: an accelerator image with JAX alone can benchmark).
+    Entry points call it once, first."""
+    if not tensorflow_installed():
         return False
-
-    hide_accelerators_from_tf(tf)
+    tf = tensorflow()
     count = tf_thread_count(threads)
     try:
         tf.config.threading.set_intra_op_parallelism_threads(count)

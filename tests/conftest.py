@@ -40,6 +40,25 @@ def load_config_file(name: str):
     return importlib.import_module(f"configs.{name}").get_config()
 
 
+def train_and_evaluate(config, workdir, **kwargs):
+    """What run_pretrain.py does with a config: RunSettings built once, TensorFlow configured, then the loop."""
+    from dnavec_jax.tf_runtime import configure_tf
+    from dnavec_jax.training import loop
+    from dnavec_jax.training.settings import RunSettings
+
+    settings = RunSettings.from_config(config)
+    configure_tf(settings.data.tf_threads)
+    return loop.train_and_evaluate(settings, workdir, **kwargs)
+
+
+def optimizer_of(config):
+    """optim.make_optimizer(...) of a config's train section."""
+    from dnavec_jax.training import optim
+    from dnavec_jax.training.settings import RunSettings
+
+    return optim.make_optimizer(RunSettings.from_config(config).train.optimizer)
+
+
 def set_dotted(config, overrides: dict):
     """Applies {"train.learning_rate": 1e-3, ...} to a ConfigDict (what --config.X=V flags do); returns it."""
     for key, value in overrides.items():
@@ -135,15 +154,13 @@ def trained_workdir(tmp_path_factory, compile_cache, tiny_dataset) -> Path:
     A stand-in for a demo run: real data, real checkpoints, a metrics.jsonl whose
     last eval row covers the whole validation split.
     """
-    from dnavec_jax.training import loop
-
     config = load_config_file("tiny")
     config.data.update(source="tfrecord", data_dir=str(tiny_dataset), shuffle_buffer=256)
     config.data.prep.update(**TINY_PREP)
     config.train.update(num_train_steps=40, warmup_steps=5, log_every_steps=10, eval_every_steps=0,
                         checkpoint_every_steps=20, async_checkpointing=False)
     workdir = tmp_path_factory.mktemp("trained") / "run"
-    loop.train_and_evaluate(config, workdir)
+    train_and_evaluate(config, workdir)
     return workdir
 
 

@@ -11,11 +11,11 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, optimizer_of, train_and_evaluate
 
 from dnavec_jax.errors import DNAVecError
 from dnavec_jax.model import BertConfig
-from dnavec_jax.training import checkpointing, loop, optim, settings, steps
+from dnavec_jax.training import checkpointing, settings, steps
 
 pytestmark = pytest.mark.usefixtures("compile_cache")
 
@@ -28,7 +28,7 @@ def fsdp_run(tmp_path_factory, compile_cache):
     config = load_config_file("tiny")
     config.train.update(fsdp=True, num_train_steps=4, eval_every_steps=0)
     workdir = tmp_path_factory.mktemp("fsdp_run")
-    result = loop.train_and_evaluate(config, workdir)
+    result = train_and_evaluate(config, workdir)
     assert result["step"] == 4
     return workdir, config
 
@@ -70,13 +70,13 @@ CHILD = r"""
 import json, sys
 import jax, numpy as np
 sys.path.insert(0, "tests")
-from conftest import load_config_file
-from dnavec_jax.training import checkpointing, loop, optim, settings, sharding, steps
+from conftest import load_config_file, optimizer_of, train_and_evaluate
+from dnavec_jax.training import checkpointing, settings, sharding, steps
 workdir = sys.argv[1]
 config = load_config_file("tiny")
 config.train.update(fsdp=True, num_train_steps=5, eval_every_steps=0)
 model_config = settings.model_config_from(config)
-tx, _ = optim.make_optimizer(config.train)
+tx, _ = optimizer_of(config)
 abstract = jax.eval_shape(steps.make_init_fn(model_config, tx, 0))
 mesh = sharding.make_mesh(True)
 shardings = steps.train_state_shardings(abstract, mesh)
@@ -91,7 +91,7 @@ out = {"devices": jax.device_count(), "step": meta["step"], "kernel_spec": str(k
        "mu_shard_shape": list(mu.addressable_shards[0].data.shape),
        "sums": {jax.tree_util.keystr(p): float(np.asarray(x, np.float64).sum())
                 for p, x in jax.tree_util.tree_leaves_with_path(params)}}
-result = loop.train_and_evaluate(config, workdir)  # resume on 2 devices: one more step
+result = train_and_evaluate(config, workdir)  # resume on 2 devices: one more step
 out["resumed_to"] = result["step"]
 print("RESULT " + json.dumps(out))
 """
@@ -123,7 +123,7 @@ def test_restore_checks_the_shardings(fsdp_run):
     from dnavec_jax.training import sharding
 
     model_config = settings.model_config_from(config)
-    tx, _ = optim.make_optimizer(config.train)
+    tx, _ = optimizer_of(config)
     abstract = jax.eval_shape(steps.make_init_fn(model_config, tx, 0))
     mesh = sharding.make_mesh(False, jax.devices()[:2])  # replicated over 2 devices this time
     target = sharding.with_shardings(abstract, steps.train_state_shardings(abstract, mesh))

@@ -11,11 +11,10 @@ import importlib.util
 import json
 
 import pytest
-from conftest import REPO, load_config_file
+from conftest import REPO, load_config_file, train_and_evaluate
 
 from dnavec_jax.data import PrepSettings
 from dnavec_jax.tools import loaded_model, structure
-from dnavec_jax.training import loop
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("compile_cache")]
 
@@ -38,7 +37,7 @@ def test_demo_loss_falls_below_the_unigram_baseline(tmp_path):
     config = load_config_file("demo")
     config.data.data_dir = str(tmp_path / "data")
     config.train.update(num_train_steps=300, eval_every_steps=0, checkpoint_every_steps=300, log_every_steps=50)
-    result = loop.train_and_evaluate(config, tmp_path / "run")
+    result = train_and_evaluate(config, tmp_path / "run")
 
     baseline = unigram_baseline(config.data.data_dir)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

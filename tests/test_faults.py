@@ -24,10 +24,10 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import REPO, TINY_PREP, load_config_file, set_dotted
+from conftest import REPO, TINY_PREP, load_config_file, set_dotted, train_and_evaluate
 
 from dnavec_jax.errors import DNAVecError
-from dnavec_jax.training import batches, checkpointing, loop
+from dnavec_jax.training import batches, checkpointing
 
 pytestmark = pytest.mark.usefixtures("compile_cache")
 
@@ -123,7 +123,7 @@ def tfrecord_overrides(tiny_dataset) -> dict:
 def uninterrupted(tmp_path_factory, compile_cache, tfrecord_overrides) -> list[dict]:
     """metrics.jsonl rows of steps 1..BASELINE_STEPS of a run never interrupted before them."""
     workdir = tmp_path_factory.mktemp("uninterrupted")
-    loop.train_and_evaluate(config_with(tfrecord_overrides), workdir, preempt_at_step=BASELINE_STEPS)
+    train_and_evaluate(config_with(tfrecord_overrides), workdir, preempt_at_step=BASELINE_STEPS)
     baseline = rows(workdir)
     assert [r["step"] for r in baseline] == list(range(1, BASELINE_STEPS + 1))
     return baseline
@@ -166,7 +166,7 @@ def test_sigterm_saves_and_resume_reproduces_the_uninterrupted_losses(
 
     # Resume to the end of the baseline (checkpoint frequency aside, the same config): every row equals
     # the uninterrupted run's, bit for bit.
-    resumed = loop.train_and_evaluate(config_with(tfrecord_overrides), workdir, preempt_at_step=BASELINE_STEPS)
+    resumed = train_and_evaluate(config_with(tfrecord_overrides), workdir, preempt_at_step=BASELINE_STEPS)
     assert resumed["step"] == BASELINE_STEPS
     after = rows(workdir)
     assert [r["step"] for r in after] == list(range(1, BASELINE_STEPS + 1))
@@ -242,7 +242,7 @@ def test_sigkill_during_a_save_resumes_from_the_last_complete_checkpoint(killed_
     assert max(killed_rows) >= good + 1  # steps the killed run trained past its last complete checkpoint
 
     stop = max(killed_rows) + 2
-    result = loop.train_and_evaluate(config_with(SYNTHETIC), workdir, preempt_at_step=stop)
+    result = train_and_evaluate(config_with(SYNTHETIC), workdir, preempt_at_step=stop)
     assert result["step"] == stop
     names = checkpoint_names(workdir)
     assert not any(TMP_SUFFIX in name for name in names), names  # the partial save was cleaned up
@@ -259,7 +259,7 @@ def test_a_partial_checkpoint_is_never_loaded(tmp_path, tiny_config):
     """Deterministic companion of the SIGKILL test: an Orbax tmp directory with a higher step
     (here a damaged copy of a real checkpoint) is ignored by readers and removed by the next run."""
     tiny_config.train.update(num_train_steps=4, checkpoint_every_steps=2, eval_every_steps=0)
-    loop.train_and_evaluate(tiny_config, tmp_path)
+    train_and_evaluate(tiny_config, tmp_path)
     checkpoints = tmp_path / "checkpoints"
     partial = checkpoints / f"6{TMP_SUFFIX}"
     shutil.copytree(checkpoints / "4", partial)
@@ -270,7 +270,7 @@ def test_a_partial_checkpoint_is_never_loaded(tmp_path, tiny_config):
     assert checkpointing.load_for_inference(tmp_path)[3] == 4
     assert checkpointing.make_manager(tmp_path, read_only=True).all_steps() == [2, 4]
     tiny_config.train.num_train_steps = 6
-    result = loop.train_and_evaluate(tiny_config, tmp_path)
+    result = train_and_evaluate(tiny_config, tmp_path)
     assert result["step"] == 6 and [r["step"] for r in rows(tmp_path, "train")] == list(range(1, 7))
     assert checkpoint_names(tmp_path) == ["2", "4", "6"]
 
@@ -313,7 +313,7 @@ def test_sigkill_during_data_prep_then_rerun_gives_the_identical_dataset(tmp_pat
     config = config_with({"data.source": "tfrecord", "data.data_dir": str(data_dir)})
     monkeypatch.setattr(jax, "jit", lambda *a, **k: pytest.fail("compiled before the data was checked"))
     with pytest.raises(DNAVecError, match="holds no complete prepared dataset"):
-        loop.train_and_evaluate(config, tmp_path / "run")
+        train_and_evaluate(config, tmp_path / "run")
     monkeypatch.undo()
 
     # The same command again: a complete dataset, byte for byte the one a clean prep writes, and the
@@ -424,7 +424,7 @@ def test_training_stops_on_a_truncated_shard_with_a_one_line_error(damaged_copy,
     damage(files[2], "truncated")
     tiny_tfrecord_config.data.data_dir = str(damaged_copy.path)
     with pytest.raises(DNAVecError) as error:
-        loop.train_and_evaluate(tiny_tfrecord_config, tmp_path / "run")
+        train_and_evaluate(tiny_tfrecord_config, tmp_path / "run")
     message = str(error.value)
     # Caught before compiling by the size recorded at prep time (the reader's own check,
     # "truncated (the file ends inside the record at byte B)", is tested above).
@@ -449,7 +449,7 @@ def test_a_shard_cut_at_a_record_boundary_is_caught_by_its_recorded_size(damaged
         load_prepared(damaged_copy.path)
     tiny_tfrecord_config.data.data_dir = str(damaged_copy.path)
     with pytest.raises(DNAVecError, match=expected):
-        loop.train_and_evaluate(tiny_tfrecord_config, tmp_path / "run")
+        train_and_evaluate(tiny_tfrecord_config, tmp_path / "run")
 
 
 # ---- disk full / unwritable workdir at save time ------------------------------------
@@ -481,7 +481,7 @@ def test_failed_checkpoint_write_is_one_clear_line_and_the_last_good_one_restore
                              async_checkpointing=async_save)
     fail_meta_writes(monkeypatch, failing_step, error)
     with pytest.raises(DNAVecError) as raised:
-        loop.train_and_evaluate(tiny_config, tmp_path)
+        train_and_evaluate(tiny_config, tmp_path)
     message = str(raised.value)
     good = failing_step - 2
     assert "\n" not in message
@@ -493,7 +493,7 @@ def test_failed_checkpoint_write_is_one_clear_line_and_the_last_good_one_restore
     assert checkpointing.load_for_inference(tmp_path)[3] == good
     # Space freed: the same command resumes from the last complete step and removes the partial save.
     monkeypatch.undo()
-    result = loop.train_and_evaluate(tiny_config, tmp_path)
+    result = train_and_evaluate(tiny_config, tmp_path)
     assert result["step"] == 8 and checkpoint_names(tmp_path) == ["4", "6", "8"]
     assert [r["step"] for r in rows(tmp_path, "train")] == list(range(1, 9))
 
@@ -525,7 +525,7 @@ def test_a_really_full_disk_is_one_clear_line(tiny_config, tiny_filesystem):
     workdir = tiny_filesystem.parent
     tiny_config.train.update(num_train_steps=8, checkpoint_every_steps=2, eval_every_steps=0)
     with pytest.raises(DNAVecError) as raised:
-        loop.train_and_evaluate(tiny_config, workdir)
+        train_and_evaluate(tiny_config, workdir)
     message = str(raised.value)
     assert "\n" not in message and "(No space left on device); last complete checkpoint: step 2 (kept)" in message
     assert checkpointing.load_for_inference(workdir)[3] == 2
@@ -536,7 +536,7 @@ def test_unwritable_workdir_is_one_clear_line(tiny_config, tmp_path, monkeypatch
     blocker.write_text("")
     monkeypatch.setattr(jax, "jit", lambda *a, **k: pytest.fail("compiled before the workdir was checked"))
     with pytest.raises(DNAVecError, match=rf"^{re.escape(str(blocker / 'run'))}: cannot create the workdir \(.+\)$"):
-        loop.train_and_evaluate(tiny_config, blocker / "run")
+        train_and_evaluate(tiny_config, blocker / "run")
 
 
 # ---- no pickle on any load path ----------------------------------------------------------

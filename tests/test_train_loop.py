@@ -11,7 +11,7 @@ import time
 
 import jax
 import pytest
-from conftest import REPO, set_dotted
+from conftest import REPO, set_dotted, train_and_evaluate
 
 from dnavec_jax.errors import DNAVecError
 from dnavec_jax.tf_runtime import TRAIN_INSTALL
@@ -39,11 +39,11 @@ def resume_runs(tmp_path_factory, compile_cache, tiny_dataset):
     config.data.prep.update(**TINY_PREP)
     config.train.update(num_train_steps=7, checkpoint_every_steps=100, eval_every_steps=4)
     base = tmp_path_factory.mktemp("resume")
-    full = loop.train_and_evaluate(config, base / "full")
-    part = loop.train_and_evaluate(config, base / "part", preempt_at_step=3)
+    full = train_and_evaluate(config, base / "full")
+    part = train_and_evaluate(config, base / "part", preempt_at_step=3)
     after_interrupt = rows(base / "part")
-    resumed = loop.train_and_evaluate(config, base / "part")
-    again = loop.train_and_evaluate(config, base / "part")  # finished: evaluates the final checkpoint again
+    resumed = train_and_evaluate(config, base / "part")
+    again = train_and_evaluate(config, base / "part")  # finished: evaluates the final checkpoint again
     return base, full, part, resumed, again, after_interrupt
 
 
@@ -119,7 +119,7 @@ def no_compiling(monkeypatch):
 def test_user_errors_come_before_compiling(tiny_config, tmp_path, no_compiling, overrides, message):
     set_dotted(tiny_config, overrides)
     with pytest.raises(DNAVecError, match=message):
-        loop.train_and_evaluate(tiny_config, tmp_path / "run")
+        train_and_evaluate(tiny_config, tmp_path / "run")
     assert not (tmp_path / "run" / "lock").exists()
 
 
@@ -138,18 +138,18 @@ def test_data_errors_come_before_compiling(tiny_tfrecord_config, tmp_path, no_co
             target = target[part]
         target[name] = str(tmp_path / "empty") if value == "EMPTY" else value
     with pytest.raises(DNAVecError, match=message):
-        loop.train_and_evaluate(tiny_tfrecord_config, tmp_path / "run")
+        train_and_evaluate(tiny_tfrecord_config, tmp_path / "run")
 
 
 def test_incompatible_workdir_and_lock(resume_runs, tiny_config, no_compiling):
     base = resume_runs[0]
     tiny_config.model.update(hidden_size=64, intermediate_size=128)
     with pytest.raises(DNAVecError, match=r"incompatible config \(model.hidden_size 32 there, 64 now"):
-        loop.train_and_evaluate(tiny_config, base / "full")
+        train_and_evaluate(tiny_config, base / "full")
     tiny_config.model.update(hidden_size=32, intermediate_size=64)
     with checkpointing.WorkdirLock(base / "full"):
         with pytest.raises(DNAVecError, match="in use by another run"):
-            loop.train_and_evaluate(tiny_config, base / "full")
+            train_and_evaluate(tiny_config, base / "full")
 
 
 def test_resume_refuses_another_prng_implementation(resume_runs, tiny_config, no_compiling):
@@ -158,13 +158,13 @@ def test_resume_refuses_another_prng_implementation(resume_runs, tiny_config, no
     tiny_config.train.prng_impl = "rbg"
     with pytest.raises(DNAVecError, match=r"step 7 was trained with train.prng_impl='threefry', this run has "
                                           r"'rbg'; set --config.train.prng_impl=threefry to resume it"):
-        loop.train_and_evaluate(tiny_config, base / "full")
+        train_and_evaluate(tiny_config, base / "full")
 
 
 def test_benchmark_mode_saves_nothing_and_accuracy_comes_from_each_intervals_last_step(tiny_config, tmp_path):
     tiny_config.train.update(checkpoint_every_steps=0, num_train_steps=5, log_every_steps=2, eval_every_steps=0,
                              prng_impl="unsafe_rbg")
-    result = loop.train_and_evaluate(tiny_config, tmp_path)
+    result = train_and_evaluate(tiny_config, tmp_path)
     assert result["step"] == 5 and not checkpointing.complete_steps(checkpointing.checkpoint_dir(tmp_path))
     train_rows = rows(tmp_path, "train")
     assert [r["step"] for r in train_rows] == [2, 4, 5]
@@ -179,7 +179,7 @@ def test_copy_probe_setting_is_one_more_pass_over_the_validation_split(tiny_conf
     eval_totals = loop._eval_totals
     monkeypatch.setattr(loop, "_eval_totals", lambda run, batches: passes.append(1) or eval_totals(run, batches))
     tiny_config.train.update(checkpoint_every_steps=0, num_train_steps=2, eval_every_steps=0, copy_probe=copy_probe)
-    loop.train_and_evaluate(tiny_config, tmp_path)
+    train_and_evaluate(tiny_config, tmp_path)
     (row,) = rows(tmp_path, "eval")
     assert len(passes) == (2 if copy_probe else 1)
     assert ("copy_accuracy" in row) == ("copy_accuracy_ceiling" in row) == copy_probe
@@ -190,7 +190,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_config, t
     tiny_config.train.update(learning_rate=1e30, warmup_steps=0, grad_clip_norm=0.0, checkpoint_every_steps=1,
                              num_train_steps=6, schedule="constant")
     with pytest.raises(DNAVecError, match=r"step (\d): the loss or gradient is not finite") as error:
-        loop.train_and_evaluate(tiny_config, tmp_path)
+        train_and_evaluate(tiny_config, tmp_path)
     bad = int(error.value.args[0].split(":")[0].split()[1])
     assert f"last good checkpoint: {bad - 1}" in str(error.value)
     assert checkpointing.make_manager(tmp_path, read_only=True).latest_step() == bad - 1

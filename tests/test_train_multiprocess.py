@@ -9,9 +9,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, load_config_file
+from conftest import REPO, load_config_file, train_and_evaluate
 
-from dnavec_jax.training import checkpointing, loop
+from dnavec_jax.training import checkpointing
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("compile_cache")]
 
@@ -32,7 +32,7 @@ def losses(workdir):
 def test_two_processes_match_one_process(tmp_path, compile_cache):
     config = load_config_file("tiny")
     config.train.num_train_steps = STEPS
-    loop.train_and_evaluate(config, tmp_path / "one")
+    train_and_evaluate(config, tmp_path / "one")
 
     port = free_port()
     env = {**os.environ, **compile_cache, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu",

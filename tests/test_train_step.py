@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import jaxpr_equations, load_config_file
+from conftest import jaxpr_equations, load_config_file, optimizer_of
 
 from dnavec_jax.model import BertForMaskedLM
 from dnavec_jax.training import batches, metrics, objective, optim, settings, sharding, steps
@@ -22,7 +22,7 @@ SEQ, PRED = 64, 10
 def make_parts(config):
     model_config = settings.model_config_from(config)
     model = BertForMaskedLM(model_config)
-    tx, schedule = optim.make_optimizer(config.train)
+    tx, schedule = optimizer_of(config)
     init_fn = steps.make_init_fn(model_config, tx, int(config.train.seed))
     return model_config, model, tx, schedule, init_fn
 

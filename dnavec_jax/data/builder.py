@@ -17,7 +17,6 @@ import io
 import logging
 import platform
 import shutil
-import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -40,7 +39,7 @@ from dnavec_jax.data.prepared import (  # noqa: F401  (re-exported)
 )
 from dnavec_jax.data.settings import PrepSettings
 from dnavec_jax.errors import DNAVecError
-from dnavec_jax.tf_runtime import hide_accelerators_from_tf
+from dnavec_jax.tf_runtime import tensorflow
 
 DATASET_VERSION = "1.0.0"
 _WORK_DIR = "_work"  # decompressed FASTA and .fai indexes, deleted before the dataset is complete
@@ -273,7 +272,7 @@ def prepare_dataset(settings: PrepSettings, data_dir, num_workers: int | None = 
         if progress:
             print(f"reusing the prepared dataset {version_dir}")
         return version_dir
-    _hide_accelerators_from_tensorflow()
+    tensorflow("data prep")  # imported through the one place that keeps it off accelerators
     started = time.time()
     try:
         # TFDS's own chatter ("Using custom data configuration ...", "Downloading and preparing dataset
@@ -304,13 +303,6 @@ def _quiet_tfds():
             yield
     finally:
         absl_logger.setLevel(level)
-
-
-def _hide_accelerators_from_tensorflow() -> None:
-    """TFDS may load TensorFlow; keep it off GPUs next to JAX (only if TF is already imported)."""
-    tf = sys.modules.get("tensorflow")
-    if tf is not None:
-        hide_accelerators_from_tf(tf)
 
 
 def _stale_partial_datasets(config_dir: Path, started: float) -> list[Path]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from dnavec_jax.tf_runtime import tensorflow
+
 SEQUENCE_FEATURES = ("input_ids", "input_mask", "segment_ids")
 PREDICTION_FEATURES = ("masked_lm_positions", "masked_lm_ids", "masked_lm_weights")
 TRACE_FEATURES = ("record_index", "start_offset", "dupe_index")
@@ -31,12 +33,7 @@ def feature_shapes(seq_length: int, max_predictions: int) -> dict[str, tuple[tup
 
 def tf_feature_spec(seq_length: int, max_predictions: int) -> dict:
     """{name: tf.io.FixedLenFeature} for tf.io.parse_example over the prepared shards."""
-    import tensorflow as tf
-
-    try:  # TensorFlow only parses records here: keep it off the GPUs JAX uses
-        tf.config.set_visible_devices([], "GPU")
-    except (RuntimeError, ValueError):
-        pass  # devices already initialised (then whoever did it decided)
+    tf = tensorflow()
     return {
         name: tf.io.FixedLenFeature(shape, tf.float32 if dtype == np.float32 else tf.int64)
         for name, (shape, dtype) in feature_shapes(seq_length, max_predictions).items()

@@ -60,9 +60,7 @@ def model_card(model_config: model_lib.BertConfig, tokenizer: KmerTokenizer, ste
         k_rule = f"k drawn uniformly from {k_range}"
     else:
         k_rule = f"k drawn from {k_range} with probabilities {[round(float(p), 4) for p in tokenizer.k_probs]}"
-    data = (train_config or {}).get("data")
-    if hasattr(data, "to_dict"):  # an ml_collections ConfigDict
-        data = data.to_dict()
+    data = (train_config or {}).get("data")  # config.json's, a plain dict
     data_text = (
         "Training data settings (from the training config):\n\n```json\n"
         + json.dumps(data, indent=2, default=str) + "\n```\n"

@@ -228,10 +228,10 @@ def export_checkpoint(workdir: str | os.PathLike, output_dir: str | os.PathLike,
     return path, int(loaded_step)
 
 
-def export_after_training(config, workdir: str | os.PathLike, result: Mapping[str, Any]) -> Path | None:
+def export_after_training(hf_dir: str, workdir: str | os.PathLike, result: Mapping[str, Any]) -> Path | None:
     """run_pretrain.py's last step: a completed one-process run exports its final checkpoint to
-    config.export.hf_dir (relative to the workdir; "" disables). Returns the export directory, if any."""
-    export_dir = str(config.export.hf_dir)
+    hf_dir (the run's export.hf_dir, relative to the workdir; "" disables). Returns the export directory, if any."""
+    export_dir = str(hf_dir)
     if not export_dir or result["preempted"]:
         return None
     if jax.process_count() > 1:

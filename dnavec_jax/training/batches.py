@@ -8,7 +8,7 @@ buffers; a position is (epoch, batches consumed), and a resume rebuilds epoch e
 and skips the consumed records unparsed, so it sees exactly the batches the
 uninterrupted run would have. Evaluation covers the whole split on every process
 (padded with weight-0 examples). A damaged shard is a one-line DNAVecError.
-TensorFlow is imported inside the shard readers only: the synthetic source runs without it.
+TensorFlow is imported (tf_runtime.tensorflow) inside the shard readers only: the synthetic source runs without it.
 """
 
 from __future__ import annotations
@@ -27,14 +27,15 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from dnavec_jax import data as data_lib
-from dnavec_jax.data.features import tf_feature_spec
+from dnavec_jax.data.features import BERT_FEATURES, tf_feature_spec
 from dnavec_jax.errors import DNAVecError
+from dnavec_jax.tf_runtime import tensorflow
 from dnavec_jax.model import BertConfig
 from dnavec_jax.tokenization import CLS_ID, MASK_ID, NUM_SPECIAL, SEP_ID
 from dnavec_jax.training.checkpointing import DATA_SHAPE_FIELDS
 from dnavec_jax.training.settings import RunSettings
 
-FEATURES = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids", "masked_lm_weights")
+FEATURES = BERT_FEATURES  # what a batch holds (the shards also hold trace features: record_index, ...)
 Batch = dict[str, np.ndarray]
 Position = tuple[int, int]  # (epoch, batches consumed in that epoch) of one process
 PREPARE_HINT = ("prepare it with `python data_prep/prepare_data.py --data_dir DIR` (docs/data.md) or set "
@@ -66,10 +67,10 @@ def zeros_batch(rows: int, seq_length: int, max_predictions: int) -> Batch:
 
 
 def _parse_fn(seq_length: int, max_predictions: int):
-    import tensorflow as tf  # lazy: see the module docstring
+    tf = tensorflow()
 
     spec = {name: feature for name, feature in tf_feature_spec(seq_length, max_predictions).items()
-            if name in FEATURES}  # the shards also hold trace features (record_index, ...)
+            if name in FEATURES}
 
     def parse(serialized):
         parsed = tf.io.parse_example(serialized, spec)
@@ -96,7 +97,7 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 def _epoch_dataset(files: Sequence[str], epoch: int, seed: int, shape: BatchShape, shuffle_buffer: int,
                    skip_batches: int, compression: str | None):
-    import tensorflow as tf  # lazy: see the module docstring
+    tf = tensorflow()
 
     order = np.random.default_rng([seed, epoch]).permutation(len(files))
     ds = tf.data.Dataset.from_tensor_slices([files[i] for i in order])
@@ -147,7 +148,7 @@ def tfrecord_train_batches(files: Sequence[str], shape: BatchShape, seed: int, s
 
 def _checked(iterator, files: Sequence[str], compression: str | None, parse, split: str) -> Iterator:
     """Passes a tf.data numpy iterator through; a shard TensorFlow cannot read becomes a DNAVecError."""
-    import tensorflow as tf  # lazy: see the module docstring
+    tf = tensorflow()
 
     while True:
         try:
@@ -172,7 +173,7 @@ def find_damaged_shard(files: Sequence[str], compression: str | None = None, par
     Checks the record framing and checksums of every file, then (with `parse`)
     that every record parses as an example of the dataset.
     """
-    import tensorflow as tf  # lazy: see the module docstring
+    tf = tensorflow()
 
     for with_parse in (False, True) if parse is not None else (False,):
         for path in files:
@@ -189,7 +190,7 @@ def find_damaged_shard(files: Sequence[str], compression: str | None = None, par
 
 def describe_read_error(error) -> str:
     """A short description of a TensorFlow read error of one TFRecord file."""
-    import tensorflow as tf  # lazy: see the module docstring
+    tf = tensorflow()
 
     message = str(getattr(error, "message", error)).split(", value:")[0]  # not the record's bytes
     noise = (r"\{\{function_node [^}]*\}\}|\[Op:[^\]]*\]( name: ?)?|\[\[\{\{node [^}]*\}\}\]\]|"
@@ -274,7 +275,7 @@ def tfrecord_eval_batches(files: Sequence[str], local_batch: int, seq_length: in
                           process_index: int, process_count: int, num_batches: int,
                           compression: str | None = None) -> Iterator[Batch]:
     """The whole split, this process's every P-th example, in file order, padded to num_batches batches."""
-    import tensorflow as tf  # lazy: see the module docstring
+    tf = tensorflow()
 
     ds = tf.data.TFRecordDataset([str(f) for f in files], compression_type=compression or "")
     ds = ds.shard(process_count, process_index).batch(local_batch)

@@ -11,15 +11,14 @@ import jax
 from absl import logging
 
 from dnavec_jax.errors import DNAVecError
-from dnavec_jax.training.settings import RunSettings
+from dnavec_jax.training.settings import DistributedSettings
 
 CLUSTER_HINTS = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES")
 
 
-def maybe_initialize_distributed(config) -> None:
-    """Initialises jax.distributed per config.distributed: "auto" does so when a coordinator address is set
-    or a cluster of more than one process is detected (Slurm, Open MPI, a TPU pod)."""
-    settings = RunSettings.from_config(config).distributed
+def maybe_initialize_distributed(settings: DistributedSettings) -> None:
+    """Initialises jax.distributed per the run's distributed settings: "auto" does so when a coordinator
+    address is set or a cluster of more than one process is detected (Slurm, Open MPI, a TPU pod)."""
     explicit = bool(settings.coordinator_address)
     detected = any("," in os.environ.get(name, "") or os.environ.get(name, "1") not in ("", "1")
                    for name in CLUSTER_HINTS if name in os.environ)

@@ -1,6 +1,7 @@
 """The training run: setup() checks everything, builds the mesh, state and compiled steps; run_loop() trains.
 
-train_and_evaluate(config, workdir) is what run_pretrain.py calls. Every user
+train_and_evaluate(settings, workdir) is what run_pretrain.py calls, with the RunSettings it built
+once from the config and after tf_runtime.configure_tf. Every user
 mistake is a one-line DNAVecError before anything compiles; metrics are fetched
 one step late; checkpoints are saved every checkpoint_every_steps, at the end and
 on SIGTERM, and a run resumes bit for bit (docs/training.md).
@@ -27,7 +28,7 @@ from tqdm import tqdm
 
 from dnavec_jax.errors import DNAVecError
 from dnavec_jax.model import BertForMaskedLM, flops_per_token
-from dnavec_jax.tf_runtime import TRAIN_INSTALL, configure_tf
+from dnavec_jax.tf_runtime import TRAIN_INSTALL, tensorflow_installed
 from dnavec_jax.tokenization import KmerTokenizer
 from dnavec_jax.training import batches, checkpointing, objective, sharding
 from dnavec_jax.training.metrics import MetricWriter, TrainMeter, log_memory, peak_flops_per_device
@@ -70,15 +71,15 @@ class Run:
     meter: TrainMeter
 
 
-def train_and_evaluate(config, workdir: str | os.PathLike, *, preempt_at_step: int | None = None) -> dict[str, Any]:
+def train_and_evaluate(settings: RunSettings, workdir: str | os.PathLike, *, preempt_at_step: int | None = None
+                       ) -> dict[str, Any]:
     """Trains (or resumes) in `workdir`; returns the last train and eval metric rows.
 
     preempt_at_step (tests): behave as if SIGTERM arrived during that step.
     """
-    settings = RunSettings.from_config(config)
     workdir = Path(workdir)
     quiet_library_logs()
-    have_tf = configure_tf(settings.data.tf_threads)
+    have_tf = tensorflow_installed()
     if not have_tf and settings.data.source != "synthetic":
         raise DNAVecError(f"data.source {settings.data.source!r} reads TFRecord shards with TensorFlow, which is not "
                           f"installed ({TRAIN_INSTALL}); data.source='synthetic' needs none")
@@ -114,7 +115,7 @@ def setup(settings: RunSettings, workdir: Path, tensorboard: bool) -> Run:
     prep = config_dict["data"]["prep"]  # as the shards were written
     tokenizer = KmerTokenizer(int(prep["k_min"]), int(prep["k_max"]), prep.get("k_weights"))
     train_sums, eval_sums = objective.sums_fns(train.mlm_objective, tokenizer)
-    tx, schedule = make_optimizer(train)
+    tx, schedule = make_optimizer(train.optimizer)
     init_fn = make_init_fn(settings.model, tx, train.seed, train.prng_impl)
     abstract_state = jax.eval_shape(init_fn)
     if latest is not None:

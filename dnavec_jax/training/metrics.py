@@ -16,6 +16,7 @@ import jax
 from absl import logging
 
 from dnavec_jax.errors import DNAVecError
+from dnavec_jax.tf_runtime import tensorflow
 
 
 def log_memory(name: str, compiled) -> None:
@@ -97,7 +98,7 @@ class MetricWriter:
         if not tensorboard:
             logging.warning("TensorFlow is not installed: metrics go to %s only, no TensorBoard files", self.path)
             return
-        import tensorflow as tf
+        tf = tensorflow("TensorBoard files")
         from tensorflow.core.framework import summary_pb2
 
         self._tb = tf.summary.create_file_writer(str(workdir / "tensorboard"))
@@ -116,8 +117,7 @@ class MetricWriter:
                               "or make the workdir writable, then run the same command again to resume") from None
         if self._tb is None:
             return
-        import tensorflow as tf
-
+        tf = tensorflow("TensorBoard files")
         # tf.summary.write with the "scalars" plugin tag: what tf.summary.scalar writes, without
         # needing the tensorboard package at training time (only to view the files).
         with self._tb.as_default(step=int(step)):

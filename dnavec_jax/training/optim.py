@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
 import optax
 
-from dnavec_jax.training.settings import TrainSettings
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSettings:
+    """What make_optimizer reads: pretraining provides it (TrainSettings.optimizer), so does fine-tuning
+    (classify's FinetuneSettings, through finetuning.optimizer_settings). The defaults here are the ones
+    both use; TrainSettings shows them as its own defaults."""
+
+    learning_rate: float
+    num_train_steps: int
+    warmup_steps: int
+    schedule: str = "linear"  # training.settings.SCHEDULES
+    end_learning_rate_factor: float = 0.0
+    weight_decay: float = 0.01
+    adam_b1: float = 0.9
+    adam_b2: float = 0.999
+    adam_eps: float = 1e-6
+    grad_clip_norm: float = 1.0
 
 
-def learning_rate_schedule(train: TrainSettings) -> optax.Schedule:
+def learning_rate_schedule(train: OptimizerSettings) -> optax.Schedule:
     """Linear warmup from 0 to learning_rate, then linear/cosine decay to end_learning_rate_factor * lr."""
     peak, end = float(train.learning_rate), float(train.learning_rate) * float(train.end_learning_rate_factor)
     decay_steps = max(1, int(train.num_train_steps) - int(train.warmup_steps))
@@ -33,7 +50,7 @@ def weight_decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
-def make_optimizer(train: TrainSettings) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(train: OptimizerSettings) -> tuple[optax.GradientTransformation, optax.Schedule]:
     schedule = learning_rate_schedule(train)
     clip = float(train.grad_clip_norm) if train.grad_clip_norm > 0 else float("inf")  # same state tree either way
     tx = optax.chain(

@@ -17,6 +17,7 @@ from dnavec_jax.errors import DNAVecError
 from dnavec_jax.fields import from_mapping, setting
 from dnavec_jax.model import BertConfig
 from dnavec_jax.training.objective import OBJECTIVES
+from dnavec_jax.training.optim import OptimizerSettings
 
 SCHEDULES = ("linear", "cosine", "constant")
 SOURCES = ("tfrecord", "synthetic")
@@ -34,13 +35,15 @@ class TrainSettings:
     num_train_steps: int = setting(80_000, "optimizer updates")
     learning_rate: float = setting(4e-4, "peak learning rate")
     warmup_steps: int = setting(10_000, "linear warmup from 0 (12.5% of the steps; the paper states none)")
-    schedule: str = setting("linear", "decay after the warmup", choices=SCHEDULES)
-    end_learning_rate_factor: float = setting(0.0, "final learning rate = factor * peak")
-    weight_decay: float = setting(0.01, "AdamW decay, on matrices only (not biases, LayerNorm or the pooler)")
-    adam_b1: float = setting(0.9, "Adam beta1")
-    adam_b2: float = setting(0.999, "Adam beta2")
-    adam_eps: float = setting(1e-6, "Adam epsilon")
-    grad_clip_norm: float = setting(1.0, "global-norm gradient clipping; 0 disables")
+    schedule: str = setting(OptimizerSettings.schedule, "decay after the warmup", choices=SCHEDULES)
+    end_learning_rate_factor: float = setting(OptimizerSettings.end_learning_rate_factor,
+                                              "final learning rate = factor * peak")
+    weight_decay: float = setting(OptimizerSettings.weight_decay,
+                                  "AdamW decay, on matrices only (not biases, LayerNorm or the pooler)")
+    adam_b1: float = setting(OptimizerSettings.adam_b1, "Adam beta1")
+    adam_b2: float = setting(OptimizerSettings.adam_b2, "Adam beta2")
+    adam_eps: float = setting(OptimizerSettings.adam_eps, "Adam epsilon")
+    grad_clip_norm: float = setting(OptimizerSettings.grad_clip_norm, "global-norm gradient clipping; 0 disables")
     mlm_objective: str = setting("vocabulary", "vocabulary: cross-entropy over the whole vocabulary (the paper's); "
                                                "length_aware: over the k-mers of the target's length, so the k "
                                                "hidden at a [MASK] is not part of the loss", choices=OBJECTIVES)
@@ -85,6 +88,11 @@ class TrainSettings:
     def micro_batch_size(self) -> int:
         """Global examples per microbatch."""
         return self.global_batch_size // self.grad_accum_steps
+
+    @property
+    def optimizer(self) -> OptimizerSettings:
+        """The optimizer's part of these settings (what optim.make_optimizer takes)."""
+        return OptimizerSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(OptimizerSettings)})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from flax import linen as nn
@@ -30,14 +29,14 @@ from dnavec_jax.tools.predict import Classifier, Predictor, pooler_input, window
 from dnavec_jax.training import optim, sharding, steps
 
 
-def optimizer_settings(settings: FinetuneSettings, total_steps: int) -> ml_collections.ConfigDict:
-    """The fields optim.make_optimizer reads, for fine-tuning."""
-    return ml_collections.ConfigDict(dict(
-        learning_rate=float(settings.learning_rate), end_learning_rate_factor=0.0, schedule="linear",
-        num_train_steps=int(total_steps), warmup_steps=int(round(settings.warmup_fraction * total_steps)),
-        grad_clip_norm=float(settings.grad_clip_norm), weight_decay=float(settings.weight_decay),
-        adam_b1=0.9, adam_b2=0.999, adam_eps=1e-6,
-    ))
+def optimizer_settings(settings: FinetuneSettings, total_steps: int) -> optim.OptimizerSettings:
+    """Pretraining's optimizer for fine-tuning: linear warmup over warmup_fraction of the steps, linear decay
+    to 0; Adam's betas and epsilon are pretraining's defaults."""
+    return optim.OptimizerSettings(
+        learning_rate=float(settings.learning_rate), num_train_steps=int(total_steps),
+        warmup_steps=int(round(settings.warmup_fraction * total_steps)), schedule="linear",
+        end_learning_rate_factor=0.0, weight_decay=float(settings.weight_decay),
+        grad_clip_norm=float(settings.grad_clip_norm))
 
 
 class SequenceClassifier(nn.Module):
