@@ -3,10 +3,12 @@ predict).
 
 Each subcommand registers itself in build_parser() with a `handler(args) -> int | None`
 and imports its module inside the handler, so `dnavec --help` stays fast and one
-tool's dependencies never load for another. The classify and tfidf flags are generated
-(fields.add_arguments) from the settings dataclasses, whose field metadata holds each
-default and help text once. User mistakes raise DNAVecError and
-print as `error: ...` with exit status 2 (errors.run_cli).
+tool's dependencies never load for another. Every tool's flags are generated
+(fields.add_arguments) from its settings dataclass (tools/settings.py,
+tools/classify/settings.py), whose field metadata holds each default and help text
+once; the handler builds that dataclass once (fields.from_args) and passes it to the
+tool. User mistakes raise DNAVecError and print as `error: ...` with exit status 2
+(errors.run_cli).
 
 Usage: dnavec export-hf --workdir DIR --output_dir OUT [--step N] [--overwrite]
    or: python -m dnavec_jax.cli export-hf ...
@@ -18,15 +20,22 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from dnavec_jax.data.settings import PrepSettings
 from dnavec_jax.errors import run_cli
-from dnavec_jax.fields import add_arguments
+from dnavec_jax.fields import add_arguments, from_args
 from dnavec_jax.tools.classify.settings import (
     PROBE_FLAGS,
     PROBE_PREFIX,
     ClassifySettings,
     FinetuneSettings,
     TokenProbeSettings,
+)
+from dnavec_jax.tools.settings import (
+    AttentionSettings,
+    EmbedSettings,
+    NeighborsSettings,
+    PredictSettings,
+    TfidfSettings,
+    VectorsSettings,
 )
 
 
@@ -56,12 +65,6 @@ def _add_export_hf(subparsers) -> None:
     parser.set_defaults(handler=_export_hf)
 
 
-def _add_model_argument(parser) -> None:
-    parser.add_argument("--model", required=True,
-                        help="a training run directory (latest checkpoint) or an exported Hugging Face directory")
-    parser.add_argument("--step", type=int, default=None, help="checkpoint step of a run directory (default: latest)")
-
-
 # ---- vectors / neighbors (dnavec_jax/tools/vectors.py) ----
 def _add_vectors(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -73,13 +76,7 @@ def _add_vectors(subparsers) -> None:
             "for gensim KeyedVectors.load_word2vec_format) and vectors.json (docs/outputs.md)."
         ),
     )
-    _add_model_argument(parser)
-    parser.add_argument("--output_dir", required=True, help="directory to create (must be absent or empty)")
-    parser.add_argument("--kind", choices=("both", "input", "contextual"), default="both",
-                        help="which vectors to write (default both)")
-    parser.add_argument("--batch_size", type=int, default=512, help="tokens per jitted batch (contextual)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
-    parser.set_defaults(handler=lambda args: _call("vectors", "run_vectors", args))
+    _add_settings(parser, VectorsSettings, "vectors", "run_vectors")
 
 
 def _add_neighbors(subparsers) -> None:
@@ -91,13 +88,7 @@ def _add_neighbors(subparsers) -> None:
             "output directory, which skips recomputing the vectors."
         ),
     )
-    _add_model_argument(parser)
-    parser.add_argument("--kmer", required=True, help="A/C/G/T k-mer with k in the model's range")
-    parser.add_argument("--top", type=int, default=10, help="how many neighbours to print")
-    parser.add_argument("--kind", choices=("input", "contextual"), default="input",
-                        help="input word embeddings (default) or contextual vectors of lone k-mers")
-    parser.add_argument("--batch_size", type=int, default=512, help="tokens per jitted batch (contextual)")
-    parser.set_defaults(handler=lambda args: _call("vectors", "run_neighbors", args))
+    _add_settings(parser, NeighborsSettings, "vectors", "run_neighbors")
 
 
 # ---- embed (dnavec_jax/embed.py) ----
@@ -111,36 +102,10 @@ def _add_embed(subparsers) -> None:
             "and --k (with --k random: --seed and --num_tokenizations) (docs/outputs.md)."
         ),
     )
-    _add_model_argument(parser)
-    parser.add_argument("--fasta", required=True, help="FASTA(.gz) file; every record is embedded")
-    parser.add_argument("--output", required=True, help="output .npz")
-    parser.add_argument("--k", default="default",
-                        help="tokenization: an integer k (every k-mer), 'random' (one random k per position, as "
-                             "in training) or 'default': the middle k of the model's range, rounded down, which "
-                             "embedded best in docs/outputs.md")
-    parser.add_argument("--seed", type=int, default=0, help="tokenization seed (--k random)")
-    parser.add_argument("--num_tokenizations", type=int, default=1,
-                        help="average over this many seeded tokenizations per record (--k random)")
-    parser.add_argument("--per_token", action="store_true",
-                        help="also store every token's vector (flat arrays + per-record offsets)")
-    parser.add_argument("--batch_size", type=int, default=64, help="windows per jitted batch")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
-    parser.set_defaults(handler=lambda args: _call("embed", "run_embed", args))
+    _add_settings(parser, EmbedSettings, "embed", "run_embed")
 
 
 # ---- tfidf (dnavec_jax/tools/tfidf.py) ----
-# Data prep's settings (defaults from PrepSettings), with help in tf-idf's terms.
-TFIDF_PREP_FLAGS = ("chromosomes", "k_min", "k_max", "seq_length", "seed", "min_contig_length")
-TFIDF_PREP_HELP = {
-    "chromosomes": "records to use, as in data prep: '%(default)s' (default), 'all' or a comma list",
-    "k_min": None,
-    "k_max": None,
-    "seq_length": "example length of data prep: a document holds up to seq_length-2 k-mer tokens",
-    "seed": "tokenization seed (as data prep's) and word-cloud layout",
-    "min_contig_length": "shorter A/C/G/T runs are skipped, as in data prep",
-}
-
-
 def _add_tfidf(subparsers) -> None:
     parser = subparsers.add_parser(
         "tfidf", help="k-mer tf-idf over a genome: top-N CSV and word cloud",
@@ -151,14 +116,7 @@ def _add_tfidf(subparsers) -> None:
             "tfidf_scores.npy, tfidf_wordcloud.png and tfidf_summary.json."
         ),
     )
-    parser.add_argument("--fasta", required=True, action="append",
-                        help="FASTA(.gz) file; repeat for several files")
-    parser.add_argument("--output_dir", required=True)
-    add_arguments(parser, PrepSettings, names=TFIDF_PREP_FLAGS, helps=TFIDF_PREP_HELP, show_default=False,
-                  parse_defaults=True)
-    parser.add_argument("--top", type=int, default=100, help="k-mers in the CSV and the word cloud")
-    parser.add_argument("--overwrite", action="store_true", help="replace earlier outputs in --output_dir")
-    parser.set_defaults(handler=lambda args: _call("tfidf", "run_tfidf", args))
+    _add_settings(parser, TfidfSettings, "tfidf", "run_tfidf")
 
 
 # ---- attention (dnavec_jax/tools/attention.py) ----
@@ -173,22 +131,7 @@ def _add_attention(subparsers) -> None:
             "and with --html_record bertviz head/model views."
         ),
     )
-    _add_model_argument(parser)
-    parser.add_argument("--fasta", required=True, action="append", help="FASTA(.gz) file; repeat for several files")
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--chromosomes", default="all", help="records to draw windows from: 'all' (default), "
-                        "'chr1-22' or a comma list")
-    parser.add_argument("--num_sequences", type=int, default=256, help="windows drawn at random (seeded)")
-    parser.add_argument("--seed", type=int, default=0, help="window choice and tokenization seed")
-    parser.add_argument("--batch_size", type=int, default=8, help="windows per forward pass")
-    parser.add_argument("--top_tfidf", type=int, default=100, help="N of the top-N tf-idf k-mer category")
-    parser.add_argument("--tfidf_csv", default=None,
-                        help="tfidf_top.csv of `dnavec tfidf` (default: compute tf-idf on --fasta)")
-    parser.add_argument("--html_record", default=None,
-                        help="FASTA record whose first window is rendered as bertviz HTML (needs torch, bertviz)")
-    parser.add_argument("--html_tokens", type=int, default=64, help="k-mers of that window shown in the HTML")
-    parser.add_argument("--overwrite", action="store_true", help="replace earlier outputs in --output_dir")
-    parser.set_defaults(handler=lambda args: _call("attention", "run_attention", args))
+    _add_settings(parser, AttentionSettings, "attention", "run_attention")
 
 
 # ---- classify (dnavec_jax/tools/classify/) ----
@@ -207,21 +150,22 @@ def _add_classify(subparsers) -> None:
             "that `dnavec predict` uses (docs/classify.md)."
         ),
     )
-    _add_model_argument(parser)
-    for split in ("train", "dev", "test"):
-        parser.add_argument(f"--{split}", required=True,
-                            help=f"{split} CSV/TSV with a header naming a 'sequence' and a 'label' column")
-    parser.add_argument("--output_dir", required=True,
-                        help="directory for results.json, predictions/ and classifier/ (created if missing)")
     # Generated from the settings dataclasses (defaults and help there), in this --help order.
-    add_arguments(parser, ClassifySettings, skip=("random_init_control",), show_default=False, parse_defaults=True)
+    add_arguments(parser, ClassifySettings, skip=("random_init_control", "overwrite"), show_default=False,
+                  parse_defaults=True)
     add_arguments(parser, TokenProbeSettings, names=PROBE_FLAGS, prefix=PROBE_PREFIX, show_default=False,
                   parse_defaults=True)
     add_arguments(parser, FinetuneSettings, show_default=False, parse_defaults=True)
-    add_arguments(parser, ClassifySettings, names=("random_init_control",), show_default=False, parse_defaults=True)
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing OUTPUT_DIR/results.json, predictions/ and classifier/")
-    parser.set_defaults(handler=lambda args: _call("classify.command", "run_classify", args))
+    add_arguments(parser, ClassifySettings, names=("random_init_control", "overwrite"), show_default=False,
+                  parse_defaults=True)
+    parser.set_defaults(handler=lambda args: _call("classify.command", "run_classify", classify_settings(args)))
+
+
+def classify_settings(args: argparse.Namespace) -> ClassifySettings:
+    """The one ClassifySettings of a `dnavec classify` command line, with its two fits' settings."""
+    return from_args(ClassifySettings, args,
+                     token_probe=from_args(TokenProbeSettings, args, prefix=PROBE_PREFIX),
+                     finetune=from_args(FinetuneSettings, args, seed=args.seed))
 
 
 # ---- predict (dnavec_jax/tools/predict.py) ----
@@ -235,20 +179,21 @@ def _add_predict(subparsers) -> None:
             "(docs/classify.md)."
         ),
     )
-    parser.add_argument("--model", required=True, help="a classifier directory (OUT/classifier of dnavec classify)")
-    parser.add_argument("--input", required=True,
-                        help="CSV/TSV with a header naming a 'sequence' column (others kept), or FASTA(.gz)")
-    parser.add_argument("--output", required=True, help="output CSV")
-    parser.add_argument("--batch_size", type=int, default=64, help="windows per jitted batch")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
-    parser.set_defaults(handler=lambda args: _call("predict", "run_predict", args))
+    _add_settings(parser, PredictSettings, "predict", "run_predict")
 
 
-def _call(module_name: str, function: str, args: argparse.Namespace):
+def _add_settings(parser, settings_class, module_name: str, function: str) -> None:
+    """The flags of `settings_class` (in its field order), and a handler that builds it once and calls
+    dnavec_jax.tools.<module_name>.<function> with it."""
+    add_arguments(parser, settings_class, show_default=False, parse_defaults=True)
+    parser.set_defaults(handler=lambda args: _call(module_name, function, from_args(settings_class, args)))
+
+
+def _call(module_name: str, function: str, settings):
     """Imports the tool's module only when its subcommand runs."""
     import importlib
 
-    return getattr(importlib.import_module(f"dnavec_jax.tools.{module_name}"), function)(args)
+    return getattr(importlib.import_module(f"dnavec_jax.tools.{module_name}"), function)(settings)
 
 
 def build_parser() -> argparse.ArgumentParser:

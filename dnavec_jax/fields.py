@@ -1,10 +1,11 @@
 """Settings dataclasses: each default and its help written once, as field metadata.
 
 `setting(default, help)` declares a field; `add_arguments` turns a dataclass's
-fields into argparse flags (same names, or a prefix, a rename, a bare switch),
-`values_from_args` reads them back, and `from_mapping` builds the dataclass from
-a plain dict (a config section) with one-line errors. docs/training.md and the
-tools' --help show the same texts.
+fields into argparse flags (same names, or a prefix, a rename, a bare switch, a
+required or repeated flag), `values_from_args` reads them back, `from_args` builds
+the dataclass from them (the one place an argparse Namespace becomes settings), and
+`from_mapping` builds it from a plain dict (a config section) with one-line errors.
+docs/training.md and the tools' --help show the same texts.
 """
 
 from __future__ import annotations
@@ -19,17 +20,23 @@ from dnavec_jax.errors import DNAVecError
 
 
 def setting(default: Any, help: str, *, choices: Sequence[Any] | None = None, flag: bool = True,
-            flag_name: str | None = None, switch: bool = False) -> Any:
+            flag_name: str | None = None, switch: bool = False, required: bool = False, repeated: bool = False,
+            parse: Callable[[str], Any] | None = None) -> Any:
     """A dataclass field with its help text (and allowed values); flag=False keeps it off the command line.
 
     flag_name: the flag's name when it is not the field's (before add_arguments' prefix). switch: a bool
     set by a bare flag (store_true for a False default, store_false for a True one, e.g. --no_retokenize)
-    instead of `--NAME {true,false}`.
+    instead of `--NAME {true,false}`. required: the flag must be given (the default serves Python callers
+    and tests only). repeated: a tuple field, one item per use of the flag (`--fasta A --fasta B`).
+    parse: the flag's parser where the default's type does not say it (an int setting that defaults to None).
     """
     if switch and not isinstance(default, bool):
         raise TypeError("switch=True needs a bool default")
+    if repeated and not isinstance(default, tuple):
+        raise TypeError("repeated=True needs a tuple default")
     metadata = {"help": help, "choices": tuple(choices) if choices is not None else None, "flag": flag,
-                "flag_name": flag_name, "switch": switch}
+                "flag_name": flag_name, "switch": switch, "required": required, "repeated": repeated,
+                "parse": parse}
     if isinstance(default, (list, dict, set)):
         raise TypeError("mutable defaults: use a tuple")
     return dataclasses.field(default=default, metadata=metadata)
@@ -120,10 +127,17 @@ def add_arguments(parser: argparse.ArgumentParser, cls, *, names: Sequence[str] 
             text = f"{text} (default: {default})"
         kwargs: dict[str, Any] = {"dest": prefix + field.name, "default": default if parse_defaults else None,
                                   "help": text}
+        if field.metadata.get("required"):
+            kwargs.update(required=True, default=None)
         if field.metadata.get("switch"):
             kwargs["action"] = "store_false" if field.default else "store_true"
+        elif field.metadata.get("repeated"):
+            kwargs["action"] = "append"
+            kwargs["default"] = None  # argparse appends to a default list: none, so the user's uses alone count
         elif types and field.name in types:
             kwargs["type"] = types[field.name]
+        elif field.metadata.get("parse"):
+            kwargs["type"] = field.metadata["parse"]
         elif isinstance(field.default, bool):
             kwargs["type"] = _parse_bool
             kwargs["metavar"] = "{true,false}"
@@ -139,6 +153,17 @@ def values_from_args(cls, args: argparse.Namespace, *, names: Sequence[str] | No
     """The fields of `cls` set on the command line (flags added by add_arguments with the same prefix)."""
     return {f.name: getattr(args, prefix + f.name) for f in flag_fields(cls, names, skip)
             if getattr(args, prefix + f.name, None) is not None}
+
+
+def from_args(cls, args: argparse.Namespace, *, prefix: str = "", **values: Any):
+    """cls built from the flags add_arguments made for it (every flag field; those not on the command line keep
+    their defaults), plus `values` for the fields that are not flags (nested settings): what an entry point does
+    once, so that nothing below it reads the Namespace. Repeated flags become tuples."""
+    given = values_from_args(cls, args, prefix=prefix)
+    for field in flag_fields(cls):
+        if field.metadata.get("repeated") and field.name in given:
+            given[field.name] = tuple(given[field.name])
+    return cls(**given, **values)
 
 
 def _parse_bool(text: str) -> bool:

@@ -18,6 +18,7 @@ from dnavec_jax import cli
 from dnavec_jax.errors import DNAVecError
 from dnavec_jax.tools import embed, loaded_model
 from dnavec_jax.tools.classify import baseline, command, finetuning, metrics, motif, probes, report, tables
+from dnavec_jax.tools.classify.settings import ClassifySettings
 
 # Fine-tuning settings for the tiny model (hidden 32): a larger learning rate than the default 3e-4, and
 # no early stopping: on the planted motif against its shuffled letters it sat at chance for 20 epochs
@@ -133,7 +134,7 @@ def test_finetuning_and_probes_beat_chance_on_the_planted_motif(loaded, motif_ta
     paths = motif_task[1]
     task = tables.load_task(paths["train"], paths["dev"], paths["test"])
     settings = finetuning.FinetuneSettings(**TINY_FINETUNE, seed=0)
-    results = command.run_methods(task, loaded, seed=0, finetune_settings=settings, log=print)
+    results = command.run_methods(task, loaded, ClassifySettings(seed=0, finetune=settings), log=print)
     print(report.format_table(results))  # shown when an assertion below fails
     assert list(results) == ["baseline", *(f"probe_{f}" for f in probes.PROBE_FEATURES), "finetune"]
     for name, result in results.items():
@@ -150,7 +151,7 @@ def test_finetuning_and_probes_beat_chance_on_the_planted_motif(loaded, motif_ta
         assert results[f"probe_{feature}"]["test"]["auroc"] > 0.58
     selected = results["finetune"]["selected"]
     assert selected["windows_per_sequence"] == 3 and selected["window_length"] == 64  # 148 tokens: 3 windows
-    # Selection batches whole sequences, the reported figures go window by window (predict.Predictor): same math.
+    # Selection batches whole sequences, the reported figures go window by window (classifier.Predictor): same math.
     assert selected["history"][selected["epoch"] - 1]["dev_mcc"] == pytest.approx(results["finetune"]["dev"]["mcc"])
     table = report.format_table(results)
     print(table)
@@ -192,12 +193,12 @@ def test_cli_end_to_end_and_same_seed_same_numbers(trained_workdir, trained_expo
 
 @pytest.mark.parametrize("pooling", ["mean", "cls"])
 def test_training_model_computes_what_the_predictor_and_export_compute(loaded, chr22_fasta, pooling):
-    """SequenceClassifier (fine-tuning, batches of whole sequences with padding windows) = predict.Predictor
+    """SequenceClassifier (fine-tuning, batches of whole sequences with padding windows) = classifier.Predictor
     (window by window: the pooler on the k-mer mean or [CLS], the head, then the mean of the window logits)."""
     import jax
     import jax.numpy as jnp
 
-    from dnavec_jax.tools import predict
+    from dnavec_jax.tools.classify import classifier as classifier_lib
 
     sequences = [_chr22(chr22_fasta)[3000:3300], _chr22(chr22_fasta)[8000:8100] + "N" * 20
                  + _chr22(chr22_fasta)[9000:9070]]
@@ -211,10 +212,10 @@ def test_training_model_computes_what_the_predictor_and_export_compute(loaded, c
     params["classifier"] = jax.tree.map(lambda x: np.asarray(x) + 0.3 * np.random.default_rng(1).normal(size=x.shape),
                                         params["classifier"])
     logits = np.asarray(model.apply({"params": params}, ids, mask))[:2]
-    classifier = predict.Classifier(loaded, np.asarray(params["classifier"]["kernel"], np.float32),
+    classifier = classifier_lib.Classifier(loaded, np.asarray(params["classifier"]["kernel"], np.float32),
                                     np.asarray(params["classifier"]["bias"], np.float32), ("a", "b", "c"), seed=3,
                                     pooling=pooling)
-    probs = predict.Predictor(classifier).probabilities(zip(names, sequences), 2)
+    probs = classifier_lib.Predictor(classifier).probabilities(zip(names, sequences), 2)
     np.testing.assert_allclose(probs, jax.nn.softmax(logits), atol=1e-5)
     assert np.ptp(probs, axis=1).min() > 0.05  # the head matters: not a uniform distribution
 
@@ -289,8 +290,9 @@ def test_random_init_control_is_the_untrained_model(loaded, chr22_fasta, tmp_pat
     paths = motif.write_task(motif.planted_motif_task(chr22_fasta, num_windows=20, length=150, seed=2),
                                 tmp_path / "task")
     task = tables.load_task(paths["train"], paths["dev"], paths["test"])
-    results = command.run_methods(task, loaded, methods=["probe"], probe=["mean", "tokens"], seed=3,
-                                   random_init_control=True, token_probe_settings=probes.TokenProbeSettings(epochs=2))
+    results = command.run_methods(task, loaded, ClassifySettings(
+        methods=("probe",), probe_features=("mean", "tokens"), seed=3, random_init_control=True,
+        token_probe=probes.TokenProbeSettings(epochs=2)))
     assert list(results) == ["probe_mean", "probe_tokens", "random_init_probe_mean", "random_init_probe_tokens"]
     assert "| probe: tokens + linear, log-sum-exp over tokens, random init |" in report.format_table(results)
 
@@ -322,7 +324,7 @@ def test_tsv_kmer_text_string_labels_multiclass_and_max_length(tmp_path):
     assert task.classes == ["at_rich", "even", "gc_rich"]
     assert len(task.splits["train"].sequences[0]) == 60 and len(task.sequences("train")[0]) == 50
     assert task.splits["dev"].lines[0] == 2
-    results = command.run_methods(task, None, methods=["baseline"], baseline_k=(2, 3), tfidf=True)
+    results = command.run_methods(task, None, ClassifySettings(methods=("baseline",), baseline_k="2-3", tfidf=True))
     test = results["baseline"]["test"]
     assert test["accuracy"] >= 0.8 and test["auroc"] >= 0.9, test  # chance: 1/3, AUROC 0.5 (one-vs-rest)
     assert results["baseline"]["selected"]["tfidf"] and results["baseline"]["selected"]["k_max"] == 3

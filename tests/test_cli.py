@@ -9,7 +9,8 @@ import pytest
 
 from dnavec_jax import cli
 from dnavec_jax.data.settings import PrepSettings
-from dnavec_jax.fields import add_arguments, setting, values_from_args
+from dnavec_jax.errors import DNAVecError
+from dnavec_jax.fields import add_arguments, flag_fields, setting, values_from_args
 from dnavec_jax.tools.classify.settings import (
     PROBE_FLAGS,
     PROBE_PREFIX,
@@ -17,10 +18,18 @@ from dnavec_jax.tools.classify.settings import (
     FinetuneSettings,
     TokenProbeSettings,
 )
+from dnavec_jax.tools.settings import (
+    TFIDF_PREP_FLAGS,
+    AttentionSettings,
+    EmbedSettings,
+    NeighborsSettings,
+    PredictSettings,
+    TfidfSettings,
+    VectorsSettings,
+)
 
 CLASSIFY = ["classify", "--model", "m", "--train", "a.csv", "--dev", "b.csv", "--test", "c.csv", "--output_dir", "o"]
-# The classify flags written by hand in cli.py: required or shared ones, no dataclass default to repeat.
-CLASSIFY_HAND_WRITTEN = {"model", "step", "train", "dev", "test", "output_dir", "overwrite"}
+CLASSIFY_IO = dict(model="m", train="a.csv", dev="b.csv", test="c.csv", output_dir="o")
 
 
 def _parse(argv):
@@ -33,40 +42,80 @@ def _flag_dests(command: str) -> set[str]:
 
 
 def test_classify_flag_defaults_are_the_dataclass_defaults():
-    args = _parse(CLASSIFY)
-    run_names = [f.name for f in dataclasses.fields(ClassifySettings)]
-    assert ClassifySettings(**values_from_args(ClassifySettings, args)) == ClassifySettings()
-    assert {name: getattr(args, name) for name in run_names} == dataclasses.asdict(ClassifySettings())
-    probe = TokenProbeSettings(**values_from_args(TokenProbeSettings, args, names=PROBE_FLAGS, prefix=PROBE_PREFIX))
-    assert probe == TokenProbeSettings()
-    for name in PROBE_FLAGS:
-        assert getattr(args, PROBE_PREFIX + name) == getattr(TokenProbeSettings(), name)
-    finetune = FinetuneSettings(**values_from_args(FinetuneSettings, args), seed=args.seed)
-    assert finetune == FinetuneSettings()
+    settings = cli.classify_settings(_parse(CLASSIFY))
+    assert settings == ClassifySettings(**CLASSIFY_IO)  # the nested fits' settings included
+    assert settings.token_probe == TokenProbeSettings() and settings.finetune == FinetuneSettings()
 
 
 def test_classify_flags_set_the_settings():
-    args = _parse([*CLASSIFY, "--no_retokenize", "--probe_epochs", "7", "--learning_rate", "0.5", "--tfidf",
-                   "--random_init_control", "--seed", "3"])
-    finetune = FinetuneSettings(**values_from_args(FinetuneSettings, args), seed=args.seed)
-    assert (finetune.retokenize, finetune.learning_rate, finetune.seed) == (False, 0.5, 3)
-    probe = TokenProbeSettings(**values_from_args(TokenProbeSettings, args, names=PROBE_FLAGS, prefix=PROBE_PREFIX))
-    assert probe.epochs == 7
-    assert args.tfidf and args.random_init_control
+    settings = cli.classify_settings(_parse([
+        *CLASSIFY, "--no_retokenize", "--probe_epochs", "7", "--learning_rate", "0.5", "--tfidf",
+        "--random_init_control", "--seed", "3", "--methods", "probe, baseline,probe", "--step", "12"]))
+    assert (settings.finetune.retokenize, settings.finetune.learning_rate, settings.finetune.seed) == (False, 0.5, 3)
+    assert settings.token_probe.epochs == 7
+    assert settings.tfidf and settings.random_init_control and settings.step == 12
+    assert settings.methods == ("probe", "baseline")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--methods", "probe,nope"], r"--methods 'probe,nope': expected a comma list of baseline, probe, finetune"),
+    (["--probe_features", ""], r"--probe_features '': expected a comma list"),
+    (["--seeds", "0"], r"--seeds must be at least 1, got 0"),
+    (["--baseline_k", "9-3"], r"--baseline_k '9-3'"),
+    (["--probe_epochs", "0"], r"--probe_epochs must be at least 1"),
+    (["--batch_size", "0"], r"--batch_size must be at least 1"),
+])
+def test_classify_settings_are_checked_once_built(flags, message):
+    with pytest.raises(DNAVecError, match=message):
+        cli.classify_settings(_parse([*CLASSIFY, *flags]))
 
 
 def test_every_optional_classify_flag_comes_from_a_dataclass():
-    generated = ({f.name for f in dataclasses.fields(ClassifySettings)}
+    generated = ({f.name for f in dataclasses.fields(ClassifySettings) if f.metadata["flag"]}
                  | {PROBE_PREFIX + name for name in PROBE_FLAGS}
                  | {f.name for f in dataclasses.fields(FinetuneSettings) if f.metadata["flag"]})
-    assert _flag_dests("classify") == generated | CLASSIFY_HAND_WRITTEN
+    assert _flag_dests("classify") == generated
+
+
+TOOLS = [
+    (["vectors", "--model", "m", "--output_dir", "o"], VectorsSettings),
+    (["neighbors", "--model", "m", "--kmer", "ACGT"], NeighborsSettings),
+    (["embed", "--model", "m", "--fasta", "f.fa", "--output", "x.npz"], EmbedSettings),
+    (["tfidf", "--fasta", "a.fa", "--fasta", "b.fa", "--output_dir", "o"], TfidfSettings),
+    (["attention", "--model", "m", "--fasta", "a.fa", "--output_dir", "o"], AttentionSettings),
+    (["predict", "--model", "c", "--input", "i.csv", "--output", "p.csv"], PredictSettings),
+]
+
+
+@pytest.mark.parametrize("argv, settings_class", TOOLS, ids=[argv[0] for argv, _ in TOOLS])
+def test_tool_flags_are_their_settings_dataclass(argv, settings_class, monkeypatch):
+    """Every flag of a tool is a field of its settings dataclass, with the dataclass's default, and the handler
+    hands the tool that dataclass, built once (no argparse Namespace below the command line)."""
+    assert _flag_dests(argv[0]) == {f.name for f in flag_fields(settings_class)}
+    repeated = {f.name for f in flag_fields(settings_class) if f.metadata["repeated"]}
+    given: dict = {}
+    for flag, value in zip(argv[1::2], argv[2::2]):
+        name = flag[2:]
+        given[name] = (*given.get(name, ()), value) if name in repeated else value
+    calls = []
+    monkeypatch.setattr(cli, "_call", lambda module, function, settings: calls.append((module, function, settings)))
+    args = _parse(argv)
+    assert cli.run_cli(lambda: args.handler(args)) == 0
+    (module, function, settings), = calls
+    assert settings == settings_class(**given)
+    assert function.startswith("run_") and isinstance(settings, settings_class)
+
+
+def test_tool_settings_errors_are_one_line(capsys):
+    assert cli.main(["neighbors", "--model", "m", "--kmer", "ACG", "--top", "0"]) == 2
+    assert capsys.readouterr().err == "error: --top must be at least 1, got 0\n"
 
 
 def test_tfidf_flag_defaults_are_data_prep_defaults():
     args = _parse(["tfidf", "--fasta", "x.fa", "--output_dir", "o"])
-    for name in cli.TFIDF_PREP_FLAGS:
+    for name in TFIDF_PREP_FLAGS:
         assert getattr(args, name) == getattr(PrepSettings(), name), name
-    assert _flag_dests("tfidf") == {*cli.TFIDF_PREP_FLAGS, "fasta", "output_dir", "top", "overwrite"}
+    assert _flag_dests("tfidf") == {*TFIDF_PREP_FLAGS, "fasta", "output_dir", "top", "overwrite"}
 
 
 @dataclasses.dataclass(frozen=True)

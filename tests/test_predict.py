@@ -1,4 +1,4 @@
-"""What `dnavec classify` leaves behind and `dnavec predict` (dnavec_jax/predict.py): predictions/*.csv, the
+"""What `dnavec classify` leaves behind and `dnavec predict` (dnavec_jax/tools/predict.py): predictions/*.csv, the
 classifier export (loaded by transformers), predict on CSV and FASTA(.gz), windows, --seeds, bad input.
 
 One classify run (module fixture) on a small planted-motif task with the session's tiny model
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from dnavec_jax import cli, export
-from dnavec_jax.tools import predict
+from dnavec_jax.tools.classify import classifier as classifier_lib
 from dnavec_jax.tools.classify import metrics, motif, report
 
 SEED = 5
@@ -114,13 +114,13 @@ def test_classifier_export_loads_in_transformers_and_agrees(classified, trained_
 
     _, out = classified
     directory = out / "classifier"
-    assert predict.load_classifier(directory).pooling == "mean"  # classify's default
+    assert classifier_lib.load_classifier(directory).pooling == "mean"  # classify's default
     card = (directory / "README.md").read_text()
     assert card.count("pipeline_tag: text-classification") == 1 and "pipeline_tag: feature-extraction" not in card
     assert "trust_remote_code=True).eval()" in card
     if pooling == "cls":
-        classifier = dataclasses.replace(predict.load_classifier(directory), pooling="cls")
-        directory = predict.export_classifier(classifier, tmp_path / "cls", {})
+        classifier = dataclasses.replace(classifier_lib.load_classifier(directory), pooling="cls")
+        directory = classifier_lib.export_classifier(classifier, tmp_path / "cls", {})
     else:
         with pytest.raises(ValueError, match="trust_remote_code"):
             transformers.AutoModelForSequenceClassification.from_pretrained(str(directory))
@@ -148,13 +148,13 @@ def test_classifier_export_loads_in_transformers_and_agrees(classified, trained_
 
     # Two epochs of the tiny model leave nearly equal probabilities: noise on every weight and a large head,
     # written by the same export, make them differ, so that agreeing to 1e-5 means something.
-    classifier = predict.load_classifier(directory)
+    classifier = classifier_lib.load_classifier(directory)
     rng = np.random.default_rng(0)
     params = jax.tree.map(lambda x: (x + rng.normal(0, 0.1, x.shape)).astype(np.float32), classifier.loaded.params)
     loud = dataclasses.replace(classifier, loaded=dataclasses.replace(classifier.loaded, params=params),
                                kernel=rng.normal(0, 0.3, classifier.kernel.shape).astype(np.float32))
     assert loud.pooling == pooling
-    directory = predict.export_classifier(loud, tmp_path / "loud", {})
+    directory = classifier_lib.export_classifier(loud, tmp_path / "loud", {})
     model = transformers.AutoModelForSequenceClassification.from_pretrained(str(directory), **remote).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory), trust_remote_code=True)
     genome = chr22_sequence(chr22_fasta)
@@ -166,7 +166,7 @@ def test_classifier_export_loads_in_transformers_and_agrees(classified, trained_
                      "--output", str(tmp_path / "p.csv")]) == 0
     ours = np.array([[float(row["prob_neg"]), float(row["prob_pos"])] for row in _rows(tmp_path / "p.csv")])
     for sequence, probs in zip(sequences, ours):
-        windows = predict.window_ids(classifier.loaded, np.frombuffer(sequence.encode(), np.uint8), SEED, 0, "s")
+        windows = classifier_lib.window_ids(classifier.loaded, np.frombuffer(sequence.encode(), np.uint8), SEED, 0, "s")
         assert (len(windows) == 1) == (len(sequence) <= 64)
         if len(windows) == 1:  # the export's own tokenizer gives predict's tokenization
             assert tokenizer(sequence)["input_ids"] == [2, *windows[0].tolist(), 3]
@@ -175,7 +175,7 @@ def test_classifier_export_loads_in_transformers_and_agrees(classified, trained_
         theirs = logits.mean(0).softmax(-1).numpy()
         np.testing.assert_allclose(probs, theirs, atol=1e-5)
         assert np.log(probs[1] / probs[0]) == pytest.approx(np.log(theirs[1] / theirs[0]), abs=1e-4)
-    assert len(predict.window_ids(classifier.loaded, np.frombuffer(sequences[-1].encode(), np.uint8), SEED, 0, "s")) \
+    assert len(classifier_lib.window_ids(classifier.loaded, np.frombuffer(sequences[-1].encode(), np.uint8), SEED, 0, "s")) \
         == 17  # 998 k-mers in windows of at most 62
     # The sequences get different log-odds: agreeing means something.
     assert np.ptp(np.log(ours[:, 1] / ours[:, 0])) > 0.05, ours

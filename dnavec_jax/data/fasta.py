@@ -13,7 +13,7 @@ import hashlib
 import os
 import shutil
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -271,3 +271,22 @@ def contig_runs(raw: np.ndarray, table: np.ndarray, cuts: Sequence[int] = ()) ->
     """Base codes of a window and its contigs: maximal valid runs, also cut at `cuts` (window offsets)."""
     codes = table[raw]
     return codes, split_runs(acgt_runs(codes), np.asarray(cuts, dtype=np.int64))
+
+
+def fasta_records(path: str, work_dir: Path) -> tuple[list[tuple[str, int]], Iterator[tuple[str, np.ndarray]]]:
+    """(name, length) of every record of a FASTA(.gz) file and an iterator over (label, raw letters), one at a time."""
+    source = open_source(path, work_dir, 0)
+    index = read_index(source)
+    if not index:
+        raise DNAVecError(f"{path}: no FASTA record")
+
+    def read() -> Iterator[tuple[str, np.ndarray]]:
+        reader = RecordReader([source])
+        try:
+            for position, (name, length) in enumerate(index):
+                raw = reader.read(GenomeRecord(position, name, length, 0), 0, length)
+                yield f"{path}: record {name!r}", raw
+        finally:
+            reader.close()
+
+    return index, read()

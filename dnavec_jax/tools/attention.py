@@ -10,7 +10,6 @@ the categories, the outputs, the bertviz views (torch and bertviz, loaded lazily
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import functools
@@ -35,6 +34,7 @@ from dnavec_jax.data.settings import PrepSettings
 from dnavec_jax.errors import DNAVecError
 from dnavec_jax.tokenization import CLS_ID, PAD_ID, SEP_ID, KmerTokenizer
 from dnavec_jax.tools import loaded_model, tfidf
+from dnavec_jax.tools.settings import AttentionSettings
 
 SHARES_CSV = "attention_shares.csv"
 SUMMARY_JSON = "attention_summary.json"
@@ -331,64 +331,61 @@ def write_bertviz(model_path: Path, loaded, doc: np.ndarray, html_tokens: int, o
 
 
 # ---- the `dnavec attention` command ------------------------------------------------------
-def prep_settings(loaded, args: argparse.Namespace) -> PrepSettings:
+def prep_settings(loaded, settings: AttentionSettings) -> PrepSettings:
     """Data-prep settings that tokenize the FASTA as the model's training data was."""
     tokenizer = loaded.tokenizer
     max_tokens = loaded.max_tokens
     return PrepSettings.from_dict({
-        "fasta": tuple(str(Path(path).absolute()) for path in args.fasta), "chromosomes": args.chromosomes,
+        "fasta": tuple(str(Path(path).absolute()) for path in settings.fasta), "chromosomes": settings.chromosomes,
         "k_min": tokenizer.k_min, "k_max": tokenizer.k_max,
         "k_weights": None if tokenizer.k_probs is None else tuple(float(p) for p in tokenizer.k_probs),
-        "seq_length": max_tokens + 2, "seed": args.seed, "min_contig_length": max(tokenizer.k_min, 64),
+        "seq_length": max_tokens + 2, "seed": settings.seed, "min_contig_length": max(tokenizer.k_min, 64),
         "max_predictions": min(PrepSettings.max_predictions, max_tokens),
         "mask_span": min(PrepSettings.mask_span, max_tokens),
         "chunk_bases": max(PrepSettings.chunk_bases, max_tokens),
     })
 
 
-def run_attention(args: argparse.Namespace) -> int:
-    for name in ("num_sequences", "batch_size", "top_tfidf", "html_tokens"):
-        if getattr(args, name) < 1:
-            raise DNAVecError(f"--{name} must be at least 1, got {getattr(args, name)}")
-    if args.html_record:
+def run_attention(settings: AttentionSettings) -> int:
+    if settings.html_record:
         require_viz()
-    fasta.check_fasta_paths(args.fasta)
+    fasta.check_fasta_paths(settings.fasta)
     started = time.perf_counter()
-    loaded = loaded_model.load_model(args.model, step=args.step)
+    loaded = loaded_model.load_model(settings.model, step=settings.step)
     k_min = loaded.tokenizer.k_min
     names = [SHARES_CSV, SUMMARY_JSON] + [heatmap_name(c) for c in categories(k_min)]
-    if args.html_record:
+    if settings.html_record:
         names += [HEAD_VIEW_HTML, MODEL_VIEW_HTML]
-    output_dir = files.check_outputs_in_dir(args.output_dir, "--output_dir", names, args.overwrite)
-    settings = prep_settings(loaded, args)
-    html_doc = first_document(settings, args.html_record) if args.html_record else None  # a bad name fails early
+    output_dir = files.check_outputs_in_dir(settings.output_dir, "--output_dir", names, settings.overwrite)
+    prep = prep_settings(loaded, settings)
+    html_doc = first_document(prep, settings.html_record) if settings.html_record else None  # a bad name fails early
 
     progress = sys.stderr.isatty()  # bars on a terminal only, as the other tools
-    top_ids, top_source = top_tfidf_ids(loaded.tokenizer, args.top_tfidf, args.tfidf_csv, settings, progress)
-    docs = sample_documents(settings, args.num_sequences, args.seed, progress)
+    top_ids, top_source = top_tfidf_ids(loaded.tokenizer, settings.top_tfidf, settings.tfidf_csv, prep, progress)
+    docs = sample_documents(prep, settings.num_sequences, settings.seed, progress)
     counter = ShareCounter(loaded.config, loaded.params, loaded.tokenizer, top_ids)
-    for begin in tqdm(range(0, len(docs), args.batch_size), desc="attention", unit="batch", disable=not progress):
-        rows = [row[row != PAD_ID] for row in docs[begin : begin + args.batch_size]]
-        rows += [np.zeros(0, np.int32)] * (args.batch_size - len(rows))  # fixed batch shape: one compile
+    for begin in tqdm(range(0, len(docs), settings.batch_size), desc="attention", unit="batch", disable=not progress):
+        rows = [row[row != PAD_ID] for row in docs[begin : begin + settings.batch_size]]
+        rows += [np.zeros(0, np.int32)] * (settings.batch_size - len(rows))  # fixed batch shape: one compile
         input_ids, input_mask = loaded_model.pack_windows(rows, loaded.window_length)
-        input_mask[len(docs[begin : begin + args.batch_size]):] = 0  # filler rows: no real token, no weight
+        input_mask[len(docs[begin : begin + settings.batch_size]):] = 0  # filler rows: no real token, no weight
         counter.add(input_ids, input_mask)
     shares = counter.result()
     written = write_shares(shares, output_dir, k_min)
 
     html_ids = None
     if html_doc is not None:
-        html_ids = write_bertviz(Path(args.model), loaded, html_doc, args.html_tokens, output_dir, args.html_record)
+        html_ids = write_bertviz(Path(settings.model), loaded, html_doc, settings.html_tokens, output_dir, settings.html_record)
         written += [HEAD_VIEW_HTML, MODEL_VIEW_HTML]
     seconds = time.perf_counter() - started
     summary = {
-        "model": loaded.source, "fasta": list(settings.fasta), "chromosomes": settings.chromosomes,
-        "seed": args.seed, "window_tokens": loaded.max_tokens, "num_sequences": shares.num_sequences,
+        "model": loaded.source, "fasta": list(prep.fasta), "chromosomes": prep.chromosomes,
+        "seed": settings.seed, "window_tokens": loaded.max_tokens, "num_sequences": shares.num_sequences,
         "num_queries": shares.num_queries, "layers": loaded.config.num_layers, "heads": loaded.config.num_heads,
         "categories": list(shares.categories), "uniform_share": dict(zip(shares.categories, shares.uniform.tolist())),
         "mean_share": dict(zip(shares.categories, shares.share.mean(axis=(0, 1)).tolist())),
         "top_tfidf": {"n": len(top_ids), "source": top_source, "kmers": loaded.tokenizer.decode_ids(top_ids)},
-        "html_record": args.html_record,
+        "html_record": settings.html_record,
         "html_tokens": None if html_ids is None else loaded.tokenizer.decode_ids(html_ids),
         "seconds": round(seconds, 3),
     }

@@ -10,7 +10,6 @@ command. docs/outputs.md ("Sequence embeddings") has the choices, the .npz array
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ from dnavec_jax.errors import DNAVecError
 from dnavec_jax.export import default_k
 from dnavec_jax.tokenization import record_seed
 from dnavec_jax.tools.loaded_model import Encoder, LoadedModel, check_dna, kmer_tokens, load_model, sequence_windows
+from dnavec_jax.tools.settings import EmbedSettings
 
 # The last Encoder built, reused while the same LoadedModel object and settings come back
 # (classification embeds train, dev and test with one model: one compilation per shape).
@@ -173,57 +173,38 @@ def embed_sequences(loaded: LoadedModel, sequences: Sequence[str | bytes], seed:
                   batch_size=batch_size, per_token=per_token, progress=progress, k=_resolve_k(k, loaded))
 
 
-# ---- FASTA and the command line -------------------------------------------------
-
-def fasta_records(path: str, work_dir: Path) -> tuple[list[tuple[str, int]], Iterator[tuple[str, np.ndarray]]]:
-    """(name, length) of every record of a FASTA(.gz) file and an iterator over (label, raw letters), one at a time."""
-    source = fasta.open_source(path, work_dir, 0)
-    index = fasta.read_index(source)
-    if not index:
-        raise DNAVecError(f"{path}: no FASTA record")
-
-    def read() -> Iterator[tuple[str, np.ndarray]]:
-        reader = fasta.RecordReader([source])
-        try:
-            for position, (name, length) in enumerate(index):
-                raw = reader.read(fasta.GenomeRecord(position, name, length, 0), 0, length)
-                yield f"{path}: record {name!r}", raw
-        finally:
-            reader.close()
-
-    return index, read()
-
+# ---- the command line -------------------------------------------------
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray], overwrite: bool) -> None:
     files.check_output_file(path, "--output", overwrite)  # again: it may have appeared since
     files.write_atomic(path, lambda handle: np.savez(handle, **arrays))
 
 
-def run_embed(args: argparse.Namespace) -> int:
+def run_embed(settings: EmbedSettings) -> int:
     """`dnavec embed`."""
-    output = files.check_output_file(args.output, "--output", args.overwrite, suffix=".npz")
-    k = parse_k(args.k)
-    _check_settings(args.seed, args.num_tokenizations, args.batch_size, k)
-    fasta.check_fasta_paths([args.fasta])  # fail before loading the model
-    loaded = load_model(args.model, step=args.step)
+    output = files.check_output_file(settings.output, "--output", settings.overwrite, suffix=".npz")
+    k = parse_k(settings.k)
+    _check_settings(settings.seed, settings.num_tokenizations, settings.batch_size, k)
+    fasta.check_fasta_paths([settings.fasta])  # fail before loading the model
+    loaded = load_model(settings.model, step=settings.step)
     k = _resolve_k(k, loaded)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="dnavec_embed_") as work_dir:
-        index, records = fasta_records(args.fasta, Path(work_dir))
-        result = _embed(loaded, records, len(index), seed=args.seed, num_tokenizations=args.num_tokenizations,
-                        batch_size=args.batch_size, per_token=args.per_token, progress=sys.stderr.isatty(), k=k)
+        index, records = fasta.fasta_records(settings.fasta, Path(work_dir))
+        result = _embed(loaded, records, len(index), seed=settings.seed, num_tokenizations=settings.num_tokenizations,
+                        batch_size=settings.batch_size, per_token=settings.per_token, progress=sys.stderr.isatty(), k=k)
     seconds = time.perf_counter() - started
     names = [name for name, _ in index]
     arrays = {
         "ids": np.array(names, dtype=str), "lengths": np.array([length for _, length in index], np.int64),
         **result,
-        "model": np.array(loaded.source), "k": np.array(k or 0), "seed": np.array(args.seed),
-        "num_tokenizations": np.array(args.num_tokenizations), "max_tokens": np.array(loaded.max_tokens),
+        "model": np.array(loaded.source), "k": np.array(k or 0), "seed": np.array(settings.seed),
+        "num_tokenizations": np.array(settings.num_tokenizations), "max_tokens": np.array(loaded.max_tokens),
     }
-    _write_npz(output, arrays, args.overwrite)
-    tokens = int(result["num_tokens"].sum()) * args.num_tokenizations
-    windows = int(result["num_windows"].sum()) * args.num_tokenizations
-    print(f"embedded {len(names):,} records ({tokens:,} tokens in {windows:,} windows, {args.num_tokenizations} "
+    _write_npz(output, arrays, settings.overwrite)
+    tokens = int(result["num_tokens"].sum()) * settings.num_tokenizations
+    windows = int(result["num_windows"].sum()) * settings.num_tokenizations
+    print(f"embedded {len(names):,} records ({tokens:,} tokens in {windows:,} windows, {settings.num_tokenizations} "
           f"tokenization(s)) with {loaded.source} in {seconds:.1f}s: {len(names) / seconds:,.1f} sequences/s, "
           f"{tokens / seconds:,.0f} tokens/s (compilation included) -> {output}")
     return 0

@@ -10,7 +10,6 @@ why this score, the outputs and the measured throughput.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import io
@@ -32,6 +31,7 @@ from dnavec_jax.data import fasta, pipeline
 from dnavec_jax.data.settings import PrepSettings
 from dnavec_jax.errors import DNAVecError
 from dnavec_jax.tokenization import NUM_SPECIAL, PAD_ID, KmerTokenizer
+from dnavec_jax.tools.settings import TfidfSettings
 
 TOP_CSV = "tfidf_top.csv"
 SCORES_NPY = "tfidf_scores.npy"
@@ -293,31 +293,29 @@ def write_outputs(result: TfidfResult, output_dir: Path, top: int, seed: int, su
 
 
 # ---- the `dnavec tfidf` command ------------------------------------------------------
-def settings_from_args(args: argparse.Namespace) -> PrepSettings:
+def prep_settings(settings: TfidfSettings) -> PrepSettings:
     """Data-prep settings for the tokenization (defaults: data prep's; validated, errors one line)."""
     return PrepSettings.from_dict({
-        "fasta": tuple(os.path.abspath(path) for path in args.fasta), "chromosomes": args.chromosomes,
-        "k_min": args.k_min, "k_max": args.k_max, "seq_length": args.seq_length, "seed": args.seed,
-        "min_contig_length": args.min_contig_length,
+        "fasta": tuple(os.path.abspath(path) for path in settings.fasta), "chromosomes": settings.chromosomes,
+        "k_min": settings.k_min, "k_max": settings.k_max, "seq_length": settings.seq_length, "seed": settings.seed,
+        "min_contig_length": settings.min_contig_length,
         # Not used by tf-idf, but validated against seq_length.
-        "max_predictions": min(PrepSettings.max_predictions, max(1, args.seq_length - 2)),
-        "mask_span": min(PrepSettings.mask_span, max(1, args.seq_length - 2)),
+        "max_predictions": min(PrepSettings.max_predictions, max(1, settings.seq_length - 2)),
+        "mask_span": min(PrepSettings.mask_span, max(1, settings.seq_length - 2)),
     })
 
 
-def run_tfidf(args: argparse.Namespace) -> int:
-    if args.top < 1:
-        raise DNAVecError(f"--top must be at least 1, got {args.top}")
-    settings = settings_from_args(args)
-    fasta.check_fasta_paths(settings.fasta)  # before creating anything
-    output_dir = files.check_outputs_in_dir(args.output_dir, "--output_dir", OUTPUT_FILES, args.overwrite)
-    result = genome_tfidf(settings.fasta, settings, progress=sys.stderr.isatty())
+def run_tfidf(settings: TfidfSettings) -> int:
+    prep = prep_settings(settings)
+    fasta.check_fasta_paths(prep.fasta)  # before creating anything
+    output_dir = files.check_outputs_in_dir(settings.output_dir, "--output_dir", OUTPUT_FILES, settings.overwrite)
+    result = genome_tfidf(prep.fasta, prep, progress=sys.stderr.isatty())
     summary = {
         "formulas": {"tf": "count / tokens in document", "idf": "ln((1 + n) / (1 + df)) + 1",
                      "tfidf": "tf * idf, L2-normalised per document",
                      "score": "mean over documents of the normalised tf-idf"},
-        "document": f"one data-prep example: up to seq_length - 2 = {settings.tokens_per_example} k-mer tokens",
-        "settings": {key: settings.to_dict()[key] for key in
+        "document": f"one data-prep example: up to seq_length - 2 = {prep.tokens_per_example} k-mer tokens",
+        "settings": {key: prep.to_dict()[key] for key in
                      ("fasta", "chromosomes", "k_min", "k_max", "seq_length", "seed", "min_contig_length",
                       "soft_masked", "validation_fraction", "validation_block_size", "chunk_bases")},
         "records": result.records,
@@ -328,9 +326,9 @@ def run_tfidf(args: argparse.Namespace) -> int:
         "bases": result.bases,
         "seconds": round(result.seconds, 3),
         "bases_per_second": result.bases_per_second,
-        "top": args.top,
+        "top": settings.top,
     }
-    rows = write_outputs(result, output_dir, args.top, args.seed, summary)
+    rows = write_outputs(result, output_dir, settings.top, settings.seed, summary)
     best = ", ".join(f"{row['kmer']} ({row['score']:.4g})" for row in rows[:5])
     print(f"tf-idf of {len(result.records)} record(s): {result.num_documents:,} documents, "
           f"{result.num_tokens:,} tokens, {int((result.df > 0).sum()):,} distinct k-mers; top: {best}")

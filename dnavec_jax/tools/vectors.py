@@ -8,7 +8,6 @@ One row per vocabulary id (special tokens included): `input`, the word-embedding
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -23,6 +22,7 @@ from dnavec_jax import files
 from dnavec_jax.errors import DNAVecError
 from dnavec_jax.tokenization import CLS_ID, NUM_SPECIAL, SEP_ID, KmerTokenizer
 from dnavec_jax.tools.loaded_model import Encoder, LoadedModel, load_model
+from dnavec_jax.tools.settings import NeighborsSettings, VectorsSettings
 
 KINDS = ("input", "contextual")
 NPY_FILES = {"input": "input_embeddings.npy", "contextual": "contextual_vectors.npy"}
@@ -190,14 +190,14 @@ def _tokenizer_of_vocab(vocab: Sequence[str]) -> KmerTokenizer:
 
 # ---- command line -----------------------------------------------------------------
 
-def run_vectors(args: argparse.Namespace) -> int:
+def run_vectors(settings: VectorsSettings) -> int:
     """`dnavec vectors`."""
-    kinds = KINDS if args.kind == "both" else (args.kind,)
+    kinds = settings.kinds
     # Fail before loading the model.
-    output_dir = files.check_output_dir(args.output_dir, "--output_dir", args.overwrite)
+    output_dir = files.check_output_dir(settings.output_dir, "--output_dir", settings.overwrite)
     started = time.perf_counter()
-    loaded = load_model(args.model, step=args.step)
-    info = write_vectors(loaded, output_dir, kinds=kinds, batch_size=args.batch_size, overwrite=args.overwrite,
+    loaded = load_model(settings.model, step=settings.step)
+    info = write_vectors(loaded, output_dir, kinds=kinds, batch_size=settings.batch_size, overwrite=settings.overwrite,
                          progress=sys.stderr.isatty())
     written = ", ".join(f"{NPY_FILES[kind]} + {W2V_FILES[kind]}" for kind in kinds)
     print(f"wrote {info['vocab_size']:,} x {info['hidden_size']} {' and '.join(kinds)} vectors of {loaded.source} "
@@ -205,26 +205,24 @@ def run_vectors(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_neighbors(args: argparse.Namespace) -> int:
+def run_neighbors(settings: NeighborsSettings) -> int:
     """`dnavec neighbors`."""
-    if args.top < 1:
-        raise DNAVecError(f"--top must be at least 1, got {args.top}")
-    if is_vectors_dir(args.model):
-        if args.step is not None:
-            raise DNAVecError(f"--model {args.model}: --step applies to a training run directory, "
+    if is_vectors_dir(settings.model):
+        if settings.step is not None:
+            raise DNAVecError(f"--model {settings.model}: --step applies to a training run directory, "
                               "this is a `dnavec vectors` directory")
-        vectors, vocab, tokenizer = load_vectors(args.model, args.kind)
-        source = f"vectors {args.model}"
+        vectors, vocab, tokenizer = load_vectors(settings.model, settings.kind)
+        source = f"vectors {settings.model}"
     else:
-        loaded = load_model(args.model, step=args.step)
+        loaded = load_model(settings.model, step=settings.step)
         tokenizer, vocab, source = loaded.tokenizer, loaded.tokenizer.vocab, loaded.source
-        kmer_id(tokenizer, args.kmer)  # a bad --kmer fails before any computing
-        vectors = compute_vectors(loaded, args.kind, batch_size=args.batch_size, progress=sys.stderr.isatty())
-    query = kmer_id(tokenizer, args.kmer)
+        kmer_id(tokenizer, settings.kmer)  # a bad --kmer fails before any computing
+        vectors = compute_vectors(loaded, settings.kind, batch_size=settings.batch_size, progress=sys.stderr.isatty())
+    query = kmer_id(tokenizer, settings.kmer)
     kmer = vocab[query]
     self_score = float(cosine_to(vectors[query][None], 0)[0])
-    neighbours = nearest(vectors, vocab, kmer, top=args.top)
-    print(f"nearest k-mers to {kmer} (k={len(kmer)}, id {query}) by cosine similarity of the {args.kind} "
+    neighbours = nearest(vectors, vocab, kmer, top=settings.top)
+    print(f"nearest k-mers to {kmer} (k={len(kmer)}, id {query}) by cosine similarity of the {settings.kind} "
           f"vectors of {source}")
     print(f"self-similarity {self_score:.6f}")
     width = max(len("kmer"), tokenizer.k_max)

@@ -4,7 +4,6 @@ logistic regression whose C is chosen on dev MCC; no pretraining (docs/classify.
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -16,26 +15,11 @@ from sklearn.feature_extraction.text import TfidfTransformer
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import normalize
 
-from dnavec_jax.errors import DNAVecError
 from dnavec_jax.tokenization import BASE_CODES, KmerTokenizer, acgt_runs
 from dnavec_jax.tools.classify.metrics import SELECT_METRIC, better, classification_metrics
 from dnavec_jax.tools.classify.tables import SPLITS, Task
 
 C_GRID = tuple(10.0**exponent for exponent in range(-3, 5))  # 1e-3 .. 1e4
-
-
-def parse_k_range(text: str) -> tuple[int, int]:
-    """'6' -> (6, 6); '3-6' or '3..6' -> (3, 6)."""
-    match = re.fullmatch(r"\s*(\d+)\s*(?:(?:-|\.\.)\s*(\d+)\s*)?", text or "")
-    if not match:
-        raise DNAVecError(f"--baseline_k {text!r}: expected K or K_MIN-K_MAX, e.g. 6 or 3-6")
-    k_min = int(match.group(1))
-    k_max = int(match.group(2) or k_min)
-    try:
-        KmerTokenizer(k_min, k_max)
-    except ValueError as error:
-        raise DNAVecError(f"--baseline_k {text!r}: {error}") from None
-    return k_min, k_max
 
 
 def kmer_counts(sequences: Sequence[str], k_min: int, k_max: int):

@@ -4,17 +4,14 @@ prints the table and writes the outputs (docs/classify.md).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from dnavec_jax import files
-from dnavec_jax.errors import DNAVecError
-from dnavec_jax.fields import values_from_args
-from dnavec_jax.tools.classify.baseline import C_GRID, parse_k_range, run_baseline
+from dnavec_jax.tools.classify.baseline import C_GRID, run_baseline
 from dnavec_jax.tools.classify.finetuning import finetune, random_init_model
 from dnavec_jax.tools.classify.metrics import SELECT_METRIC
 from dnavec_jax.tools.classify.probes import probe_features, run_probe, token_probe
@@ -29,45 +26,26 @@ from dnavec_jax.tools.classify.report import (
     prediction_blocks,
     write_outputs,
 )
-from dnavec_jax.tools.classify.settings import (
-    METHODS,
-    PROBE_FEATURES,
-    PROBE_FLAGS,
-    PROBE_PREFIX,
-    TOKEN_FEATURES,
-    ClassifySettings,
-    FinetuneSettings,
-    TokenProbeSettings,
-)
-from dnavec_jax.tools.classify.tables import SPLITS, Task, load_task
+from dnavec_jax.tools.classify.settings import TOKEN_FEATURES, ClassifySettings
+from dnavec_jax.tools.classify.tables import SPLITS, Task, check_free_columns, load_task, prediction_columns
 from dnavec_jax.tools.loaded_model import load_model
-from dnavec_jax.tools.predict import check_free_columns, prediction_columns
 
-RUN = ClassifySettings()  # the defaults
+def run_methods(task: Task, loaded, settings: ClassifySettings, log: Callable[[str], None] | None = None,
+                progress: bool = False) -> dict[str, dict[str, Any]]:
+    """{row name: {"dev", "test", "selected", "time_s", "probs"[, "classifier"]}} for each of settings.methods.
+    "probs" and "classifier" are for the predictions and the export, not for results.json (PRIVATE).
 
-
-def run_methods(task: Task, loaded, *, methods: Sequence[str] = METHODS, seed: int = RUN.seed, seeds: int = RUN.seeds,
-                baseline_k: tuple[int, int] | None = None, tfidf: bool = RUN.tfidf,
-                probe: Sequence[str] = PROBE_FEATURES, probe_tokenizations: int = RUN.probe_tokenizations,
-                embed_batch_size: int = RUN.embed_batch_size,
-                token_probe_settings: TokenProbeSettings | None = None,
-                finetune_settings: FinetuneSettings | None = None, random_init_control: bool = RUN.random_init_control,
-                log: Callable[[str], None] | None = None, progress: bool = False) -> dict[str, dict[str, Any]]:
-    """{row name: {"dev", "test", "selected", "time_s", "probs"[, "classifier"]}} for each method (see the module
-    docstring). "probs" and "classifier" are for the predictions and the export, not for results.json (PRIVATE).
-
-    seeds: the probe and fine-tune rows run with seeds seed, seed + 1, ..., and are combined (combine_seeds);
-    finetune_settings.seed is replaced by each. random_init_control: the probe and finetune rows again, on the
+    The probe and fine-tune rows run with each of settings.run_seeds and are combined (combine_seeds);
+    settings.finetune.seed is replaced by each. random_init_control: the probe and finetune rows again, on the
     same architecture with freshly initialised weights (key: the run's seed; row names prefixed RANDOM_INIT);
     the difference is what pretraining adds.
     """
     log = log or (lambda message: None)
-    if seeds < 1:
-        raise DNAVecError(f"--seeds must be at least 1, got {seeds}")
-    run_seeds = [seed + i for i in range(seeds)]
+    run_seeds = settings.run_seeds
     results: dict[str, dict[str, Any]] = {}
     labels = {split: task.labels(split) for split in SPLITS}
-    prefixes = [""] + ([RANDOM_INIT] if random_init_control and set(methods) & {"probe", "finetune"} else [])
+    prefixes = [""] + ([RANDOM_INIT] if settings.random_init_control
+                       and set(settings.methods) & {"probe", "finetune"} else [])
 
     def timed(name, run_seed, function, *args):
         started = time.perf_counter()
@@ -80,25 +58,24 @@ def run_methods(task: Task, loaded, *, methods: Sequence[str] = METHODS, seed: i
 
     def run_probes(prefix, model, run_seed):
         started = time.perf_counter()
-        features = probe_features(model, task, run_seed, embed_batch_size, probe, probe_tokenizations, progress)
+        features = probe_features(model, task, run_seed, settings.embed_batch_size, settings.probe_features,
+                                  settings.probe_tokenizations, progress)
         feature_time = round(time.perf_counter() - started, 2)
         rows = {}
-        for name in probe:
+        for name in settings.probe_features:
             if name in TOKEN_FEATURES:
-                fit = (token_probe, features[name], labels, len(task.classes),
-                       token_probe_settings or TokenProbeSettings(), run_seed)
+                fit = (token_probe, features[name], labels, len(task.classes), settings.token_probe, run_seed)
             else:
                 fit = (run_probe, features[name], task, run_seed)
             rows[f"{prefix}probe_{name}"] = timed(f"{prefix}probe_{name}", run_seed, *fit)
             rows[f"{prefix}probe_{name}"]["selected"]["features_time_s"] = feature_time
         return rows
 
-    for method in methods:
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}")
+    for method in settings.methods:
         if method == "baseline":
-            k_range = baseline_k or (loaded.tokenizer.k_min, loaded.tokenizer.k_max)
-            results["baseline"] = timed("baseline", seed, run_baseline, task, k_range, tfidf, seed)
+            k_range = settings.baseline_k_range or (loaded.tokenizer.k_min, loaded.tokenizer.k_max)
+            results["baseline"] = timed("baseline", settings.seed, run_baseline, task, k_range, settings.tfidf,
+                                        settings.seed)
             continue
         for prefix in prefixes:
             runs: dict[str, list[dict[str, Any]]] = {}
@@ -107,9 +84,9 @@ def run_methods(task: Task, loaded, *, methods: Sequence[str] = METHODS, seed: i
                 if method == "probe":
                     rows = run_probes(prefix, model, run_seed)
                 else:
-                    settings = dataclasses.replace(finetune_settings or FinetuneSettings(), seed=run_seed)
+                    finetune_settings = dataclasses.replace(settings.finetune, seed=run_seed)
                     rows = {f"{prefix}finetune": timed(f"{prefix}finetune", run_seed, finetune, model, task,
-                                                       settings, log, progress)}
+                                                       finetune_settings, log, progress)}
                 for name, row in rows.items():
                     runs.setdefault(name, []).append(row)
             for name, rows in runs.items():
@@ -117,74 +94,41 @@ def run_methods(task: Task, loaded, *, methods: Sequence[str] = METHODS, seed: i
     return results
 
 
-def parse_list(text: str, allowed: Sequence[str], flag: str) -> list[str]:
-    items = [item.strip() for item in (text or "").split(",") if item.strip()]
-    unknown = [item for item in items if item not in allowed]
-    if not items or unknown:
-        raise DNAVecError(f"{flag} {text!r}: expected a comma list of {', '.join(allowed)}")
-    return list(dict.fromkeys(items))
-
-
-def run_classify(args: argparse.Namespace) -> int:
+def run_classify(settings: ClassifySettings) -> int:
     """`dnavec classify`."""
-    methods = parse_list(args.methods, METHODS, "--methods")
-    probe = parse_list(args.probe_features, PROBE_FEATURES, "--probe_features")
-    baseline_k = parse_k_range(args.baseline_k) if args.baseline_k else None
-    if args.seed < 0:
-        raise DNAVecError(f"--seed must be non-negative, got {args.seed}")
-    if args.seeds < 1:
-        raise DNAVecError(f"--seeds must be at least 1, got {args.seeds}")
-    if args.probe_tokenizations < 1:
-        raise DNAVecError(f"--probe_tokenizations must be at least 1, got {args.probe_tokenizations}")
-    if args.embed_batch_size < 1:
-        raise DNAVecError(f"--embed_batch_size must be positive, got {args.embed_batch_size}")
-    settings = FinetuneSettings(**values_from_args(FinetuneSettings, args), seed=args.seed)
-    settings.check()
-    probe_settings = TokenProbeSettings(**values_from_args(TokenProbeSettings, args, names=PROBE_FLAGS,
-                                                           prefix=PROBE_PREFIX))
-    probe_settings.check()
-    output_dir = files.check_outputs_in_dir(args.output_dir, "--output_dir", OUTPUT_NAMES, args.overwrite,
+    output_dir = files.check_outputs_in_dir(settings.output_dir, "--output_dir", OUTPUT_NAMES, settings.overwrite,
                                             create=False)
-    task = load_task(args.train, args.dev, args.test, args.max_length)
+    task = load_task(settings.train, settings.dev, settings.test, settings.max_length)
     for split in ("dev", "test"):  # fail before any work, not when the tables are written
         check_free_columns(task.splits[split].header, prediction_columns(task.classes),
                            f"--{split} {task.splits[split].path}")
     loaded = None
-    if "probe" in methods or "finetune" in methods or baseline_k is None:
-        loaded = load_model(args.model, step=args.step)
+    if "probe" in settings.methods or "finetune" in settings.methods or settings.baseline_k_range is None:
+        loaded = load_model(settings.model, step=settings.step)
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
     started = time.perf_counter()
-    results = run_methods(task, loaded, methods=methods, seed=args.seed, seeds=args.seeds, baseline_k=baseline_k,
-                          tfidf=args.tfidf, probe=probe, probe_tokenizations=args.probe_tokenizations,
-                          embed_batch_size=args.embed_batch_size, token_probe_settings=probe_settings,
-                          finetune_settings=settings, random_init_control=args.random_init_control, log=log,
-                          progress=sys.stderr.isatty())
+    results = run_methods(task, loaded, settings, log=log, progress=sys.stderr.isatty())
     report = {
-        "model": loaded.source if loaded is not None else str(args.model),
+        "model": loaded.source if loaded is not None else str(settings.model),
         "task": task.summary(),
-        "settings": {"methods": methods, "seed": args.seed, "seeds": args.seeds, "select_metric": SELECT_METRIC,
-                     "C_grid": list(C_GRID), "probe_features": probe,
-                     "probe_tokenizations": args.probe_tokenizations, "tfidf": bool(args.tfidf),
-                     "token_probe": dataclasses.asdict(probe_settings),
-                     "random_init_control": bool(args.random_init_control),
-                     "finetune": dataclasses.asdict(settings), "predictions": args.predictions},
+        "settings": {**settings.report(), "select_metric": SELECT_METRIC, "C_grid": list(C_GRID)},
         "methods": {name: {k: v for k, v in result.items() if k not in PRIVATE} for name, result in results.items()},
         "time_s": round(time.perf_counter() - started, 2),
     }
     tables = {}
-    if "finetune" in results or args.predictions == "all":
+    if "finetune" in results or settings.predictions == "all":
         tables = {split: (task.splits[split].header, task.splits[split].rows,
-                          prediction_blocks(task, results, split, args.predictions)) for split in ("dev", "test")}
+                          prediction_blocks(task, results, split, settings.predictions)) for split in ("dev", "test")}
     finetuned = results.get("finetune")
     details = {}
     if finetuned:  # the exported classifier is the --seed run's, also when --seeds repeats it
         first = finetuned["runs"][0] if "runs" in finetuned else finetuned
         details = {"base_model": report["model"], "dev": first["dev"], "test": first["test"],
                    "epoch": first["selected"]["epoch"]}
-    write_outputs(output_dir, report, tables, finetuned and finetuned["classifier"], details, args.overwrite)
+    write_outputs(output_dir, report, tables, finetuned and finetuned["classifier"], details, settings.overwrite)
     counts = ", ".join(f"{split} {len(task.splits[split].sequences):,}" for split in SPLITS)
-    print(f"{len(task.classes)} classes; {counts} sequences; model {report['model']}; seed {args.seed}"
-          + (f" (+{args.seeds - 1} more: mean ± sd)" if args.seeds > 1 else ""))
+    print(f"{len(task.classes)} classes; {counts} sequences; model {report['model']}; seed {settings.seed}"
+          + (f" (+{settings.seeds - 1} more: mean ± sd)" if settings.seeds > 1 else ""))
     print(format_table(results))
     wrote = [RESULTS_FILE] + [f"{PREDICTIONS_DIR}/{{dev,test}}.csv"] * bool(tables) + ["classifier/"] * bool(finetuned)
     print(f"wrote {', '.join(wrote)} to {output_dir}")

@@ -25,7 +25,7 @@ from dnavec_jax.tools.classify.metrics import SELECT_METRIC, better, classificat
 from dnavec_jax.tools.classify.settings import FinetuneSettings
 from dnavec_jax.tools.classify.tables import SPLITS, Task
 from dnavec_jax.tools.loaded_model import check_dna, kmer_tokens, padded_length
-from dnavec_jax.tools.predict import Classifier, Predictor, pooler_input, window_ids
+from dnavec_jax.tools.classify.classifier import Classifier, Predictor, pooler_input, window_ids
 from dnavec_jax.training import optim, sharding, steps
 
 
@@ -40,14 +40,14 @@ def optimizer_settings(settings: FinetuneSettings, total_steps: int) -> optim.Op
 
 
 class SequenceClassifier(nn.Module):
-    """All windows of a sequence -> per window encoder, pooler tanh(dense(.)) on predict.pooler_input (the
+    """All windows of a sequence -> per window encoder, pooler tanh(dense(.)) on classifier.pooler_input (the
     mean of the k-mer states, or [CLS] as transformers' BertForSequenceClassification), dropout, dense
     logits -> the mean of the windows' logits.
 
     Inputs (batch, windows, length) int32; windows without k-mers (the empty [CLS] [SEP] slots of
     _pack) are left out of the mean. Parameters: "bert" (BertForMaskedLM's embeddings, encoder and
     pooler, plus the mlm_bias its setup declares, unused here) and "classifier" (the dense head), so the
-    export is a plain BertForSequenceClassification; predict.Predictor applies the same rule window by
+    export is a plain BertForSequenceClassification; classifier.Predictor applies the same rule window by
     window. The pooler starts from the checkpoint's (MLM does not train it: a fresh random layer then).
     """
 
@@ -72,7 +72,7 @@ class SequenceClassifier(nn.Module):
 
 def _window_ids(loaded, sequences: Sequence[str], names: Sequence[str], seed: int, tokenization: int
                 ) -> list[list[np.ndarray]]:
-    """Per sequence, its windows' k-mer ids under tokenization t (what predict.Predictor classifies for t = 0)."""
+    """Per sequence, its windows' k-mer ids under tokenization t (what classifier.Predictor classifies for t = 0)."""
     return [window_ids(loaded, check_dna(sequence, name), seed, tokenization, name)
             for sequence, name in zip(sequences, names)]
 
@@ -98,7 +98,7 @@ def finetune(loaded, task: Task, settings: FinetuneSettings,
     """Fine-tunes the encoder with a classification head (see the module docstring).
 
     Returns dev/test metrics, "selected", and (not for results.json) "classifier": the best epoch's
-    predict.Classifier, "probs": its dev/test probabilities by predict.Predictor's rule.
+    classifier.Classifier, "probs": its dev/test probabilities by classifier.Predictor's rule.
     """
     settings.check()
     log = log or (lambda message: None)

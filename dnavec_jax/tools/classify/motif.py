@@ -15,7 +15,7 @@ from dnavec_jax.data.pipeline import validation_blocks
 from dnavec_jax.errors import DNAVecError
 from dnavec_jax.files import write_atomic
 from dnavec_jax.tokenization import BASE_CODES, acgt_runs
-from dnavec_jax.tools.embed import fasta_records
+from dnavec_jax.data.fasta import fasta_records
 
 CTCF_CORE = "CCGCGNGGNGGCAG"  # CTCF core consensus (N: any base)
 

@@ -17,14 +17,8 @@ from dnavec_jax import files
 from dnavec_jax.errors import DNAVecError
 from dnavec_jax.tools.classify.metrics import METRICS
 from dnavec_jax.tools.classify.probes import TOKEN_FEATURES
-from dnavec_jax.tools.classify.tables import Task
-from dnavec_jax.tools.predict import (
-    CLASSIFIER_DIR,
-    export_classifier,
-    prediction_cells,
-    prediction_columns,
-    write_table,
-)
+from dnavec_jax.tools.classify.classifier import CLASSIFIER_DIR, export_classifier
+from dnavec_jax.tools.classify.tables import Task, prediction_cells, prediction_columns, write_table
 
 RESULTS_FILE = "results.json"
 
@@ -38,7 +32,7 @@ PRIVATE = ("probs", "classifier")  # method-result keys kept in memory (predicti
 PREDICTIONS_DIR = "predictions"
 
 
-OUTPUT_NAMES = (RESULTS_FILE, PREDICTIONS_DIR, "classifier")  # classifier: predict.CLASSIFIER_DIR
+OUTPUT_NAMES = (RESULTS_FILE, PREDICTIONS_DIR, "classifier")  # classifier: classifier.CLASSIFIER_DIR
 
 
 PREDICTION_CHOICES = ("finetune", "all")

@@ -1,4 +1,5 @@
-"""The tables of `dnavec classify`: CSV/TSV reading and checks, class order, Task (docs/classify.md).
+"""The tables of `dnavec classify` and `dnavec predict`: CSV/TSV reading and checks, class order, Task, and
+the prediction columns written next to the input's (docs/classify.md).
 
 A header names a `sequence` and a `label` column; the delimiter comes from the extension or the header;
 DABERT-style k-mer text is joined back into DNA; every mistake is a one-line DNAVecError naming the
@@ -22,6 +23,7 @@ from dnavec_jax.errors import DNAVecError
 from dnavec_jax.tools.loaded_model import check_dna
 
 SPLITS = ("train", "dev", "test")
+PREDICTION = "prediction"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,3 +169,30 @@ def load_task(train: str, dev: str, test: str, max_length: int = 0) -> Task:
             raise DNAVecError(f"--{name} {split.path}: line {line}: label {label!r} does not occur in --train (its "
                               f"classes: {', '.join(map(repr, classes[:10]))}){more}")
     return Task(classes, splits, int(max_length))
+
+
+# ---- tables of predictions --------------------------------------------------------------
+
+def prediction_columns(labels: Sequence[str], prefix: str = "") -> list[str]:
+    """`prediction` then `prob_<label>` per class (`<prefix>` before each: classify --predictions all)."""
+    return [f"{prefix}{PREDICTION}"] + [f"{prefix}prob_{label}" for label in labels]
+
+
+def prediction_cells(probs: np.ndarray, labels: Sequence[str]) -> list[list[str]]:
+    """Per row: the argmax label, then each probability (8 significant digits)."""
+    return [[labels[int(np.argmax(row))], *(f"{p:.8g}" for p in row)] for row in np.asarray(probs, np.float64)]
+
+
+def check_free_columns(header: Sequence[str], columns: Sequence[str], where: str) -> None:
+    taken = sorted(set(header) & set(columns))
+    if taken:
+        raise DNAVecError(f"{where}: line 1: column {taken[0]!r} is one the predictions add; rename it")
+
+
+def write_table(handle, header: Sequence[str], rows: Sequence[Sequence[str]],
+                blocks: Sequence[tuple[list[str], list[list[str]]]]) -> None:
+    """CSV: the input columns, then each (columns, cells) block, row by row."""
+    writer = csv.writer(handle, lineterminator="\n")
+    writer.writerow([*header, *(column for columns, _ in blocks for column in columns)])
+    for index, row in enumerate(rows):
+        writer.writerow([*row, *(cell for _, cells in blocks for cell in cells[index])])
