@@ -103,8 +103,8 @@ def main() -> None:
     parser.add_argument("--extra", default="", help="more classify arguments, space-separated")
     args = parser.parse_args()
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([args.source, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-           "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
+    python_path = os.pathsep.join([args.source, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env = {**os.environ, "PYTHONPATH": python_path, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
     # The child runs in a scratch directory: `python -m` puts its working directory first on sys.path,
     # which would shadow --source with whatever tree the benchmark was started from.
     with tempfile.TemporaryDirectory() as scratch:
@@ -131,7 +131,8 @@ def main() -> None:
                 train_rows = sum(1 for _ in open(paths["train"])) - 1
                 note = "" if status == 0 else f" (exit status {status})"
                 print(f"| {rows:,} x {length} | {train_rows:,} | {peak / 1e9:.2f} | {seconds:.0f}{note} |", flush=True)
-    print(json.dumps({"source": args.source, "dnavec_jax": package, "model": args.model or f"random weights of {Path(args.config).name}",
+    model = args.model or f"random weights of {Path(args.config).name}"
+    print(json.dumps({"source": args.source, "dnavec_jax": package, "model": model,
                       "epochs": args.epochs, "probe_epochs": args.probe_epochs, "extra": args.extra,
                       "cpus": os.cpu_count(), "versions": versions("jax", "jaxlib", "flax", "scikit-learn")}))
 

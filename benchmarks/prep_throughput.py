@@ -30,8 +30,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dnavec_jax.data import PrepSettings, prepare_dataset  # noqa: E402
-from dnavec_jax.data.prepared import read_complete  # noqa: E402
+from dnavec_jax.data import PrepSettings, prepare_dataset
+from dnavec_jax.data.prepared import read_complete
 
 
 def synthetic_record(rng: np.random.Generator, length: int) -> bytes:

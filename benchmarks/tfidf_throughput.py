@@ -25,10 +25,10 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from prep_throughput import PeakMemory, write_genome  # noqa: E402
+from prep_throughput import PeakMemory, write_genome
 
-from dnavec_jax import tfidf  # noqa: E402
-from dnavec_jax.data.settings import PrepSettings  # noqa: E402
+from dnavec_jax import tfidf
+from dnavec_jax.data.settings import PrepSettings
 
 
 def main() -> int:

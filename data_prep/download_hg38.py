@@ -12,8 +12,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dnavec_jax.data.hg38 import HG38_URL, MD5SUM_URL, download_hg38  # noqa: E402
-from dnavec_jax.errors import run_cli  # noqa: E402
+from dnavec_jax.data.hg38 import HG38_URL, MD5SUM_URL, download_hg38
+from dnavec_jax.errors import run_cli
 
 
 def main(argv: list[str] | None = None) -> int:

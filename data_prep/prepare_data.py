@@ -16,10 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dnavec_jax import data  # noqa: E402  (the TFDS builder loads on first use: a one-line error without TFDS)
-from dnavec_jax.data.settings import PrepSettings, parse_k_weights  # noqa: E402
-from dnavec_jax.errors import DNAVecError, run_cli  # noqa: E402
-from dnavec_jax.fields import add_arguments, values_from_args  # noqa: E402
+from dnavec_jax import data
+from dnavec_jax.data.settings import PrepSettings, parse_k_weights
+from dnavec_jax.errors import DNAVecError, run_cli
+from dnavec_jax.fields import add_arguments, values_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:

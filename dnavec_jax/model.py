@@ -76,7 +76,7 @@ class BertConfig:
         return -(-self.vocab_size // VOCAB_PAD_MULTIPLE) * VOCAB_PAD_MULTIPLE
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "BertConfig":
+    def from_dict(cls, values: dict[str, Any]) -> BertConfig:
         names = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
@@ -254,10 +254,11 @@ class BertSelfAttention(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, hidden, padding: "Padding", deterministic: bool):
+    def __call__(self, hidden, padding: Padding, deterministic: bool):
         cfg = self.config
         batch, length, _ = hidden.shape
-        split = lambda x: x.reshape(batch, length, cfg.num_heads, cfg.head_dim)
+        def split(x):
+            return x.reshape(batch, length, cfg.num_heads, cfg.head_dim)
         query = split(_dense(cfg.hidden_size, cfg, "query")(hidden))
         key = split(_dense(cfg.hidden_size, cfg, "key")(hidden))
         value = split(_dense(cfg.hidden_size, cfg, "value")(hidden))
@@ -301,7 +302,7 @@ class Padding(NamedTuple):
     key_lengths: jax.Array | None
 
     @classmethod
-    def from_input_mask(cls, input_mask) -> "Padding":
+    def from_input_mask(cls, input_mask) -> Padding:
         if input_mask is None:
             return cls(None, None)
         # (batch, 1, 1, keys): broadcasts over heads and queries in dot_product_attention.

@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dnavec_jax.errors import run_cli  # noqa: E402
+from dnavec_jax.errors import run_cli
 
 
 def settings(k_min: int, k_max: int, draw_seeds: list[int], num_draws: list[int]) -> list[tuple[str, dict]]:

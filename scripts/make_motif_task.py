@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dnavec_jax.errors import DNAVecError, run_cli  # noqa: E402
+from dnavec_jax.errors import DNAVecError, run_cli
 
 
 def pretraining_held_out(run_dir: str) -> tuple[tuple[float, int], tuple[str, ...]]:

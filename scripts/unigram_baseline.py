@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dnavec_jax.errors import DNAVecError, run_cli  # noqa: E402
+from dnavec_jax.errors import DNAVecError, run_cli
 
 
 def masked_id_counts(files: list[str], seq_length: int, max_predictions: int, vocab_size: int) -> np.ndarray:

@@ -10,15 +10,15 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
-import importlib  # noqa: E402
-from pathlib import Path  # noqa: E402
+import importlib
+from pathlib import Path
 
 # pytest assertion-rewrites every module of a plugin's distribution, hypothesis included. Its plugin
 # imports hypothesis late, at session end, when no test file did: on Python 3.11.7 that rewrite once
 # crashed a subset run after all tests passed (SystemError: AST constructor recursion depth mismatch).
 # Importing it here does the rewrite at collection, as in a full run.
-import hypothesis  # noqa: E402, F401
-import pytest  # noqa: E402
+import hypothesis  # noqa: F401
+import pytest
 
 DEMO_FASTA = Path(__file__).resolve().parents[1] / "dnavec_jax" / "data" / "human_chr22_20-21M.fa.gz"
 

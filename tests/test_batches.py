@@ -24,7 +24,9 @@ def write_shards(directory, num_files: int, per_file: int) -> list[str]:
             for _ in range(per_file):
                 ex = batches.synthetic_examples(np.random.default_rng(n), 1, SEQ, PRED, VOCAB)
                 ex["input_ids"][0, 1] = 1000 + n
-                ints = lambda name: tf.train.Feature(int64_list=tf.train.Int64List(value=ex[name][0].tolist()))
+
+                def ints(name, ex=ex):
+                    return tf.train.Feature(int64_list=tf.train.Int64List(value=ex[name][0].tolist()))
                 features = {name: ints(name) for name in batches.FEATURES if name != "masked_lm_weights"}
                 features["masked_lm_weights"] = tf.train.Feature(
                     float_list=tf.train.FloatList(value=ex["masked_lm_weights"][0].tolist()))

@@ -103,7 +103,8 @@ def test_both_motif_classes_are_edited_at_the_same_site(motif_task, chr22_fasta)
     for rows in task.values():
         for sequence, label in rows:
             source = sources.get(sequence[:20]) or sources[sequence[-20:]]
-            differ = np.flatnonzero(np.frombuffer(sequence.encode(), np.uint8) != np.frombuffer(source.encode(), np.uint8))
+            differ = np.flatnonzero(np.frombuffer(sequence.encode(), np.uint8)
+                                    != np.frombuffer(source.encode(), np.uint8))
             assert len(differ) and differ[-1] - differ[0] < 14, (label, differ)  # edited, in one 14-base site
             pairs.setdefault(source, {})[label] = sequence
     assert len(pairs) == 300 and all(set(pair) == {0, 1} for pair in pairs.values())

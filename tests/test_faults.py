@@ -198,8 +198,8 @@ def killed_run(tmp_path_factory, compile_cache):
             # Kill the run hard the moment a save of a later step is being written. (Should that save
             # finish between seeing its tmp directory and the kill, run again and retry.)
             seen = len(rows(workdir))
-            poll(lambda: len(rows(workdir)) > seen + 4, first)
-            partial = poll(lambda: [s for s in partial_steps(workdir) if s > seen + 4], first, interval=0)
+            poll(lambda seen=seen: len(rows(workdir)) > seen + 4, first)
+            partial = poll(lambda seen=seen: [s for s in partial_steps(workdir) if s > seen + 4], first, interval=0)
             first.send_signal(signal.SIGKILL)
             stderr = finish(first)
             if f"{partial[0]}{TMP_SUFFIX}" in checkpoint_names(workdir):
@@ -281,6 +281,9 @@ def prep_flags() -> list[str]:
     return [arg for key, value in TINY_PREP.items() for arg in (f"--{key}", str(value))]
 
 
+SECOND_PART = "dna_kmer_mlm/*/incomplete.*/part-*-000001.tfrecord.tmp"  # of the second job
+
+
 @pytest.mark.slow
 def test_sigkill_during_data_prep_then_rerun_gives_the_identical_dataset(tmp_path, tiny_dataset, monkeypatch):
     from dnavec_jax.data import PrepSettings, load_prepared, prepare_dataset
@@ -295,8 +298,7 @@ def test_sigkill_during_data_prep_then_rerun_gives_the_identical_dataset(tmp_pat
             stderr=subprocess.PIPE, text=True, start_new_session=True)
         try:
             # Part files of the second job exist: the first shard is written, the next one is being written.
-            parts = poll(lambda: sorted(data_dir.glob("dna_kmer_mlm/*/incomplete.*/part-*-000001.tfrecord.tmp")),
-                         proc, timeout=120, interval=0)
+            parts = poll(lambda data_dir=data_dir: sorted(data_dir.glob(SECOND_PART)), proc, timeout=120, interval=0)
             os.killpg(proc.pid, signal.SIGKILL)
         finally:
             finish(proc)

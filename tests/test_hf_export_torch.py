@@ -14,7 +14,7 @@ from safetensors import safe_open
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from hf_helpers import mlm_accuracy_hf
+from hf_helpers import mlm_accuracy_hf  # noqa: E402
 from test_hf_export import chr22_windows, perturbed_params, small_setup  # noqa: E402
 
 from dnavec_jax import export  # noqa: E402

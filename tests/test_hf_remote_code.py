@@ -23,7 +23,7 @@ sentence_transformers = pytest.importorskip("sentence_transformers")
 
 from test_hf_export import chr22_windows, small_setup  # noqa: E402
 
-from dnavec_jax.export import export_to_hf
+from dnavec_jax.export import export_to_hf  # noqa: E402
 from dnavec_jax.tokenization import CLS_ID, SEP_ID, KmerTokenizer, record_seed  # noqa: E402
 from dnavec_jax.tools import embed, loaded_model  # noqa: E402
 
@@ -71,7 +71,7 @@ dna_text = st.text(alphabet="ACGTacgtNnRYW", min_size=0, max_size=150).filter(
 @given(dna=dna_text, seed=st.integers(0, 2**31), draw=st.integers(0, 5), k=st.sampled_from([None, 3, 4, 5]))
 def test_raw_dna_ids_follow_the_rule(hf_tokenizer, export, dna, seed, draw, k):
     _, tokenizer = export
-    if k is not None and not re.search("[ACGTacgt]{%d}" % k, dna):
+    if k is not None and not re.search(f"[ACGTacgt]{{{k}}}", dna):
         with pytest.raises(ValueError, match="no k-mer"):
             hf_tokenizer(dna, k=k)
         return

@@ -1,4 +1,5 @@
-"""dnavec_jax.tools.loaded_model: loading a run or an export, tokenizing and windowing DNA, the jitted batched encoder."""
+"""dnavec_jax.tools.loaded_model: loading a run or an export, tokenizing and windowing DNA, the jitted batched
+encoder."""
 
 from __future__ import annotations
 

@@ -47,7 +47,8 @@ def test_base_composed_words_start_close_when_they_share_bases():
     # every pair that differs there in the same way differs by the same vector, up to the noise.
     a, c, g = (tokenizer.token_to_id(kmer) for kmer in ("ACGA", "ACGC", "TTTA"))
     t = tokenizer.token_to_id("TTTC")
-    cosine = lambda x, y: float(x @ y / np.linalg.norm(x) / np.linalg.norm(y))
+    def cosine(x, y):
+        return float(x @ y / np.linalg.norm(x) / np.linalg.norm(y))
     assert cosine(words[c] - words[a], words[t] - words[g]) > 0.4
     assert abs(cosine(normal[c] - normal[a], normal[t] - normal[g])) < 0.3
 

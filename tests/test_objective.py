@@ -125,7 +125,8 @@ def test_length_aware_loss_equals_a_reference_and_has_finite_gradients():
     # Restricting the softmax can only lower the loss; the full one is the paper's.
     full = jax.device_get(objective.mlm_sums(logits, labels, weights))
     assert float(full["loss_sum"]) > float(sums["loss_sum"])
-    grads = jax.grad(lambda x: objective.mlm_sums(x, labels, weights, length_of=length_of)["loss_sum"])(jnp.asarray(logits))
+    grads = jax.grad(lambda x: objective.mlm_sums(x, labels, weights, length_of=length_of)["loss_sum"])(
+        jnp.asarray(logits))
     grads = np.asarray(grads)
     assert np.isfinite(grads).all()
     other_length = length_of[None, None, :] != length_of[labels][..., None]

@@ -175,8 +175,8 @@ def test_classifier_export_loads_in_transformers_and_agrees(classified, trained_
         theirs = logits.mean(0).softmax(-1).numpy()
         np.testing.assert_allclose(probs, theirs, atol=1e-5)
         assert np.log(probs[1] / probs[0]) == pytest.approx(np.log(theirs[1] / theirs[0]), abs=1e-4)
-    assert len(classifier_lib.window_ids(classifier.loaded, np.frombuffer(sequences[-1].encode(), np.uint8), SEED, 0, "s")) \
-        == 17  # 998 k-mers in windows of at most 62
+    last = np.frombuffer(sequences[-1].encode(), np.uint8)
+    assert len(classifier_lib.window_ids(classifier.loaded, last, SEED, 0, "s")) == 17  # 998 k-mers, windows of <= 62
     # The sequences get different log-odds: agreeing means something.
     assert np.ptp(np.log(ours[:, 1] / ours[:, 0])) > 0.05, ours
 

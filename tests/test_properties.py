@@ -30,7 +30,15 @@ from dnavec_jax.data.masking import Masker
 from dnavec_jax.data.pipeline import GenomeWorker, record_split
 from dnavec_jax.data.settings import PrepSettings
 from dnavec_jax.tokenization import (
-    CLS_ID, MASK_ID, NUM_SPECIAL, PAD_ID, SEP_ID, UNK_ID, KmerTokenizer, acgt_runs, sequence_to_codes,
+    CLS_ID,
+    MASK_ID,
+    NUM_SPECIAL,
+    PAD_ID,
+    SEP_ID,
+    UNK_ID,
+    KmerTokenizer,
+    acgt_runs,
+    sequence_to_codes,
 )
 
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

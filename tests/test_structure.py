@@ -140,7 +140,8 @@ def test_validation_examples_are_the_held_out_examples_of_data_prep(tiny_dataset
     stored = np.concatenate([objective.unmask(batch) for batch in itertools.islice(batches, 100)])
     stored = stored[stored[:, 0] == CLS_ID]
     assert len(examples) == dataset.num_examples("validation") == len(stored)
-    as_set = lambda rows: sorted(map(tuple, rows.tolist()))
+    def as_set(rows):
+        return sorted(map(tuple, rows.tolist()))
     assert as_set(examples) == as_set(stored)
 
 

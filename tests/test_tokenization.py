@@ -1,9 +1,7 @@
 import numpy as np
 import pytest
 
-from dnavec_jax.tokenization import (
-    CLS_ID, MASK_ID, PAD_ID, SEP_ID, UNK_ID, KmerTokenizer, acgt_runs, sequence_to_codes,
-)
+from dnavec_jax.tokenization import CLS_ID, MASK_ID, PAD_ID, SEP_ID, UNK_ID, KmerTokenizer, acgt_runs, sequence_to_codes
 
 
 def test_vocabulary_size_and_order():

@@ -13,8 +13,16 @@ import os
 import numpy as np
 from transformers import PreTrainedTokenizer
 
-from .dnavec_kmers import (CLS_ID, SEP_ID, SPECIAL_TOKENS, UNK_ID, KmerTokenizer, non_dna_positions, record_seed,
-                           sequence_to_raw)
+from .dnavec_kmers import (
+    CLS_ID,
+    SEP_ID,
+    SPECIAL_TOKENS,
+    UNK_ID,
+    KmerTokenizer,
+    non_dna_positions,
+    record_seed,
+    sequence_to_raw,
+)
 
 
 class DNAVecTokenizer(PreTrainedTokenizer):

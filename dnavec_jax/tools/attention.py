@@ -375,7 +375,8 @@ def run_attention(settings: AttentionSettings) -> int:
 
     html_ids = None
     if html_doc is not None:
-        html_ids = write_bertviz(Path(settings.model), loaded, html_doc, settings.html_tokens, output_dir, settings.html_record)
+        html_ids = write_bertviz(Path(settings.model), loaded, html_doc, settings.html_tokens, output_dir,
+                                 settings.html_record)
         written += [HEAD_VIEW_HTML, MODEL_VIEW_HTML]
     seconds = time.perf_counter() - started
     summary = {

@@ -23,7 +23,6 @@ from dnavec_jax.tools.classify.tables import (
 )
 from dnavec_jax.tools.settings import PredictSettings
 
-
 # ---- dnavec predict ------------------------------------------------------------------------
 
 def _is_fasta(path: Path) -> bool:

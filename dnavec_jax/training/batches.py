@@ -29,8 +29,8 @@ from jax.experimental import multihost_utils
 from dnavec_jax import data as data_lib
 from dnavec_jax.data.features import BERT_FEATURES, tf_feature_spec
 from dnavec_jax.errors import DNAVecError
-from dnavec_jax.tf_runtime import tensorflow
 from dnavec_jax.model import BertConfig
+from dnavec_jax.tf_runtime import tensorflow
 from dnavec_jax.tokenization import CLS_ID, MASK_ID, NUM_SPECIAL, SEP_ID
 from dnavec_jax.training.checkpointing import DATA_SHAPE_FIELDS
 from dnavec_jax.training.settings import RunSettings
@@ -58,7 +58,8 @@ class BatchShape:
 
 def zeros_batch(rows: int, seq_length: int, max_predictions: int) -> Batch:
     """All-padding examples: contribute nothing to any sum (masked_lm_weights 0)."""
-    ints = lambda width: np.zeros((rows, width), np.int32)
+    def ints(width):
+        return np.zeros((rows, width), np.int32)
     return {
         "input_ids": ints(seq_length), "input_mask": ints(seq_length), "segment_ids": ints(seq_length),
         "masked_lm_positions": ints(max_predictions), "masked_lm_ids": ints(max_predictions),

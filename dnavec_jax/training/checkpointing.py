@@ -274,7 +274,7 @@ class WorkdirLock:
         self.path = Path(workdir) / LOCK_FILE
         self.held = False
 
-    def acquire(self) -> "WorkdirLock":
+    def acquire(self) -> WorkdirLock:
 
         me = {"pid": os.getpid(), "host": socket.gethostname(),
               "create_time": psutil.Process().create_time(), "since": time.time()}

@@ -28,7 +28,8 @@ def log_memory(name: str, compiled) -> None:
     if stats is None:
         logging.info("%s: no memory analysis on this backend", name)
         return
-    mib = lambda n: f"{n / 2**20:.1f} MiB"
+    def mib(n):
+        return f"{n / 2**20:.1f} MiB"
     logging.info("%s memory per device: arguments %s, outputs %s (aliased %s), temporaries %s, code %s", name,
                  mib(stats.argument_size_in_bytes), mib(stats.output_size_in_bytes), mib(stats.alias_size_in_bytes),
                  mib(stats.temp_size_in_bytes), mib(stats.generated_code_size_in_bytes))

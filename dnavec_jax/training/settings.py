@@ -138,7 +138,7 @@ class RunSettings:
     distributed: DistributedSettings
 
     @classmethod
-    def from_config(cls, config) -> "RunSettings":
+    def from_config(cls, config) -> RunSettings:
         """From a ConfigDict (or a plain dict) with the sections of configs/base.py."""
         values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
         missing = sorted({"model", "data", *SECTIONS} - set(values))

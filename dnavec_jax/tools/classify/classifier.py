@@ -60,7 +60,8 @@ def pooler_input(hidden, input_ids, input_mask, pooling: str):
 
 
 def window_ids(loaded: LoadedModel, raw: np.ndarray, seed: int, tokenization: int, name: str) -> list[np.ndarray]:
-    """The k-mer ids of each window of one sequence (raw letters) under tokenization t; t = 0 is what is predicted on."""
+    """The k-mer ids of each window of one sequence (raw letters) under tokenization t; t = 0 is what is
+    predicted on."""
     windows = sequence_windows(loaded.tokenizer, raw, record_seed(seed, tokenization, raw), loaded.max_tokens, name)
     if not windows:
         raise DNAVecError(f"{name}: no k-mer to classify (no run of {loaded.tokenizer.k_min} or more A/C/G/T bases)")
@@ -192,7 +193,8 @@ def export_classifier(classifier: Classifier, output_dir: Path, details: dict[st
 def card_section(classifier: Classifier, details: dict[str, Any]) -> str:
     labels = ", ".join(f"`{label}`" for label in classifier.labels)
     test = details.get("test") or {}
-    scores = ", ".join(f"{name} {test[name]:.3f}" for name in ("accuracy", "mcc", "auroc") if test.get(name) is not None)
+    scores = ", ".join(f"{name} {test[name]:.3f}" for name in ("accuracy", "mcc", "auroc")
+                       if test.get(name) is not None)
     truncation = (f"only its first {classifier.max_length} bases are used; " if classifier.max_length else "")
     mean = classifier.pooling == "mean"
     pooled = ("the mean of its k-mer token states (not `[CLS]`/`[SEP]`/`[PAD]`) goes through BERT's pooler and "

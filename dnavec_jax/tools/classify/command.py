@@ -30,6 +30,7 @@ from dnavec_jax.tools.classify.settings import TOKEN_FEATURES, ClassifySettings
 from dnavec_jax.tools.classify.tables import SPLITS, Task, check_free_columns, load_task, prediction_columns
 from dnavec_jax.tools.loaded_model import load_model
 
+
 def run_methods(task: Task, loaded, settings: ClassifySettings, log: Callable[[str], None] | None = None,
                 progress: bool = False) -> dict[str, dict[str, Any]]:
     """{row name: {"dev", "test", "selected", "time_s", "probs"[, "classifier"]}} for each of settings.methods.

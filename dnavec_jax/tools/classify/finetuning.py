@@ -21,11 +21,11 @@ from tqdm import tqdm
 from dnavec_jax.errors import DNAVecError
 from dnavec_jax.model import BertConfig, BertForMaskedLM, init_params
 from dnavec_jax.tokenization import CLS_ID, SEP_ID
+from dnavec_jax.tools.classify.classifier import Classifier, Predictor, pooler_input, window_ids
 from dnavec_jax.tools.classify.metrics import SELECT_METRIC, better, classification_metrics
 from dnavec_jax.tools.classify.settings import FinetuneSettings
 from dnavec_jax.tools.classify.tables import SPLITS, Task
 from dnavec_jax.tools.loaded_model import check_dna, kmer_tokens, padded_length
-from dnavec_jax.tools.classify.classifier import Classifier, Predictor, pooler_input, window_ids
 from dnavec_jax.training import optim, sharding, steps
 
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from dnavec_jax.data.fasta import fasta_records
 from dnavec_jax.data.pipeline import validation_blocks
 from dnavec_jax.errors import DNAVecError
 from dnavec_jax.files import write_atomic
 from dnavec_jax.tokenization import BASE_CODES, acgt_runs
-from dnavec_jax.data.fasta import fasta_records
 
 CTCF_CORE = "CCGCGNGGNGGCAG"  # CTCF core consensus (N: any base)
 

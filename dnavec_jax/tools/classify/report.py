@@ -15,9 +15,9 @@ import numpy as np
 
 from dnavec_jax import files
 from dnavec_jax.errors import DNAVecError
+from dnavec_jax.tools.classify.classifier import CLASSIFIER_DIR, export_classifier
 from dnavec_jax.tools.classify.metrics import METRICS
 from dnavec_jax.tools.classify.probes import TOKEN_FEATURES
-from dnavec_jax.tools.classify.classifier import CLASSIFIER_DIR, export_classifier
 from dnavec_jax.tools.classify.tables import Task, prediction_cells, prediction_columns, write_table
 
 RESULTS_FILE = "results.json"
