@@ -91,7 +91,7 @@ def _add_neighbors(subparsers) -> None:
     _add_settings(parser, NeighborsSettings, "vectors", "run_neighbors")
 
 
-# ---- embed (dnavec_jax/embed.py) ----
+# ---- embed (dnavec_jax/tools/embed.py) ----
 def _add_embed(subparsers) -> None:
     parser = subparsers.add_parser(
         "embed", help="contextual embeddings of the records of a FASTA file (.npz)",
