@@ -65,10 +65,12 @@ def read_complete(version_dir: Path) -> PreparedDataset | None:
     if metadata.get("format") != FORMAT:
         return None
     dataset = PreparedDataset(version_dir, metadata)
-    all_files = [path for split in metadata.get("files", {}) for path in dataset.files(split)]
-    if not all_files or not all(os.path.isfile(path) for path in all_files):
+    names = [name for split in metadata.get("files", {}) for name in metadata["files"][split]]
+    try:
+        present = {path.name for path in version_dir.iterdir()}  # one listing, also on an object store
+    except OSError:
         return None
-    if not (version_dir / VOCAB_FILE).is_file():
+    if not names or not set(names) <= present or VOCAB_FILE not in present:
         return None
     return dataset
 
