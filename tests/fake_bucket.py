@@ -12,7 +12,7 @@ import contextlib
 from pathlib import Path
 
 import fsspec
-from etils.epath import backend
+from etils.epath import backend, gpath
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.registry import _registry
 from fsspec.utils import stringify_path
@@ -50,7 +50,8 @@ def fake_gcs(root: Path, monkeypatch):
     saved = {name: _registry.get(name) for name in BucketOnDisk.protocol}
     for name in BucketOnDisk.protocol:
         fsspec.register_implementation(name, BucketOnDisk, clobber=True)
-    backend.fsspec_backend._get_filesystem.cache_clear()  # epath keeps one file system per protocol
+    backend.fsspec_backend._get_filesystem.cache_clear()  # epath keeps one file system per protocol...
+    gpath._is_tf_installed.cache_clear()  # ...and its first answer to "use TensorFlow's gfile?"
     try:
         yield root
     finally:
@@ -61,3 +62,5 @@ def fake_gcs(root: Path, monkeypatch):
                 _registry[name] = implementation
         backend.fsspec_backend._get_filesystem.cache_clear()
         BucketOnDisk.clear_instance_cache()
+        monkeypatch.undo()
+        gpath._is_tf_installed.cache_clear()

@@ -125,8 +125,7 @@ class DnaKmerMlm(tfds.core.GeneratorBasedBuilder):
             return str(self._get_filename_template(split).sharded_filepath(shard_index=index, num_shards=count))
 
         executor = self._executor(download_config)
-        if hasattr(executor, "check_paths"):
-            executor.check_paths(paths, out_dir)
+        executor.check_paths(paths, out_dir)
         metadata, shards = write_dataset(settings, paths, out_dir, final_path, executor, self._progress)
         split_infos = [
             tfds.core.SplitInfo(name=split, shard_lengths=info["shard_lengths"], num_bytes=info["num_bytes"],

@@ -430,6 +430,9 @@ class ProcessPool:
     def __init__(self, num_workers: int | None = None):
         self.num_workers = num_workers or default_num_workers()
 
+    def check_paths(self, paths: Sequence[str], out_dir: str) -> None:
+        """Every path this machine can read will do (local or URL)."""
+
     def work_dir(self, out_dir: str) -> str:
         """Where decompressed copies and .fai indexes go: local, since pyfaidx reads only local files."""
         return tempfile.mkdtemp(prefix="dnavec-prep-") if storage.is_remote(out_dir) else f"{out_dir}/_work"
