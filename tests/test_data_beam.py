@@ -137,6 +137,9 @@ def test_remote_inputs_and_data_dir_through_an_object_store(genomes, tmp_path, m
         assert str(on_beam).startswith("gs://bucket/beam/dna_kmer_mlm/")
         # The same settings again: the dataset in the bucket is found and returned as it is.
         assert prepare_dataset(settings, "gs://bucket/beam", progress=False, beam_options=IN_MEMORY) == on_beam
+        remote = load_prepared("gs://bucket/beam")
+        assert remote.path == on_beam and remote.files("train")[0].startswith(f"{on_beam}/dna_kmer_mlm-train.")
+        assert remote.num_examples("train") == load_prepared(genomes["pool"]).num_examples("train")
     for path, runner in ((on_beam, "FnApiRunner"), (in_pool, "processes")):
         local = tmp_path / str(path).removeprefix("gs://")
         assert_same_dataset(genomes["pool"], local, runner, moved=True)
