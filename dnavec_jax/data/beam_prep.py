@@ -267,15 +267,27 @@ class BeamExecutor:
         """Inside the dataset's temporary directory, where every worker can reach it (a bucket for Dataflow)."""
         return f"{out_dir}/_work"
 
-    def workers_used(self, num_jobs: int) -> int | None:
+    def workers_used(self, num_elements: int) -> int | None:
+        """The local runner's worker processes for that many elements; None: the runner's own choice."""
         if self.runner != LOCAL_RUNNER:
-            return None  # the runner's own choice (and autoscaling)
-        workers = self.options.view_as(DirectOptions).direct_num_workers
-        return workers or pipeline.default_num_workers()
+            return None
+        workers = self.options.view_as(DirectOptions).direct_num_workers or pipeline.default_num_workers()
+        return max(1, min(workers, num_elements))
+
+    def _options_for(self, num_elements: int) -> PipelineOptions:
+        """The options, with no more local worker processes than elements: one more costs seconds to start
+        and does nothing."""
+        workers = self.workers_used(num_elements)
+        if workers is None or workers == self.options.view_as(DirectOptions).direct_num_workers:
+            return self.options
+        options = copy.deepcopy(self.options)
+        options.view_as(DirectOptions).direct_num_workers = workers
+        return options
 
     def open_sources(self, paths: Sequence[str], work_dir: str) -> list[SourceFile]:
         reports = f"{work_dir}/reports"
-        self._run("OpenSources", list(enumerate(paths)), _OpenSourceFn(work_dir, reports), reports)
+        self._run("OpenSources", list(enumerate(paths)), _OpenSourceFn(work_dir, reports), reports,
+                  self._options_for(len(paths)))
         return [SourceFile(**_read_report(f"{reports}/source-{index:06d}.json")) for index in range(len(paths))]
 
     def run_jobs(self, settings: PrepSettings, sources: Sequence[SourceFile], records: Sequence[GenomeRecord],
@@ -291,12 +303,13 @@ class BeamExecutor:
         elements = [dataclasses.astuple(job) for job in jobs]
         bases = {_job_name(job.dupe, job.task): job.bases for job in jobs}
         with _ProgressFromReports(reports, bases, on_bases):
-            self._run("ShardJobs", elements, _ShardJobFn(genome_file, out_dir, reports), reports)
+            self._run("ShardJobs", elements, _ShardJobFn(genome_file, out_dir, reports), reports,
+                      self._options_for(len(jobs)))
         return [_read_report(f"{reports}/{_job_name(job.dupe, job.task)}.json") for job in jobs]
 
-    def _run(self, label: str, elements: list, fn: beam.DoFn, reports_dir: str) -> None:
+    def _run(self, label: str, elements: list, fn: beam.DoFn, reports_dir: str, options: PipelineOptions) -> None:
         storage.as_path(reports_dir).mkdir(parents=True, exist_ok=True)
-        beam_pipeline = beam.Pipeline(runner=self._runner_object, options=self.options)
+        beam_pipeline = beam.Pipeline(runner=self._runner_object, options=options)
         _ = (beam_pipeline
              | f"{label}/Create" >> beam.Create(elements, reshuffle=False)
              # Spreads the elements over the workers: Create alone may give one worker all of them.
