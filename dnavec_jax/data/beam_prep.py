@@ -11,6 +11,7 @@ the local FnApiRunner, Dask, Dataflow, Flink, Spark. docs/data.md ("Apache Beam"
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import copy
 import dataclasses
@@ -46,7 +47,8 @@ _STAGED = {
     "PrismRunner": ("prism_location", "the prism binary (or its release zip)"),
 }
 _REMOTE_RUNNERS = ("DataflowRunner",)  # workers on other machines: inputs and data_dir must be URLs
-_POLL_SECONDS = 1.0
+# How often the launcher lists the reports for the progress bar: a bucket listing is a paid request.
+_POLL_SECONDS = {"local": 1.0, "remote": 15.0}
 
 
 def pipeline_options(text: str) -> PipelineOptions:
@@ -171,6 +173,13 @@ def _read_report(path: str):
                            "pipeline succeeded") from None
 
 
+def _read_reports(paths: Sequence[str]) -> list:
+    """The reports, read by a few threads at once: from a bucket, one after the other, thousands of
+    them would take minutes."""
+    with concurrent.futures.ThreadPoolExecutor(storage.PARALLEL_REQUESTS) as threads:
+        return list(threads.map(_read_report, paths))
+
+
 @contextlib.contextmanager
 def _reporting_user_errors(reports_dir: str, name: str) -> Iterator[None]:
     """A DNAVecError in a worker is written as `<name>.error` (the launcher raises it as it is: one line,
@@ -288,7 +297,8 @@ class BeamExecutor:
         reports = f"{work_dir}/reports"
         self._run("OpenSources", list(enumerate(paths)), _OpenSourceFn(work_dir, reports), reports,
                   self._options_for(len(paths)))
-        return [SourceFile(**_read_report(f"{reports}/source-{index:06d}.json")) for index in range(len(paths))]
+        return [SourceFile(**report) for report in
+                _read_reports([f"{reports}/source-{index:06d}.json" for index in range(len(paths))])]
 
     def run_jobs(self, settings: PrepSettings, sources: Sequence[SourceFile], records: Sequence[GenomeRecord],
                  jobs: Sequence[Job], out_dir: str, on_bases: Callable[[int], None]) -> list[dict]:
@@ -305,7 +315,7 @@ class BeamExecutor:
         with _ProgressFromReports(reports, bases, on_bases):
             self._run("ShardJobs", elements, _ShardJobFn(genome_file, out_dir, reports), reports,
                       self._options_for(len(jobs)))
-        return [_read_report(f"{reports}/{_job_name(job.dupe, job.task)}.json") for job in jobs]
+        return _read_reports([f"{reports}/{_job_name(job.dupe, job.task)}.json" for job in jobs])
 
     def _run(self, label: str, elements: list, fn: beam.DoFn, reports_dir: str, options: PipelineOptions) -> None:
         storage.as_path(reports_dir).mkdir(parents=True, exist_ok=True)
@@ -353,7 +363,8 @@ class _ProgressFromReports:
                 self._on_bases(self._bases[name])
 
     def _poll(self) -> None:
-        while not self._stop.wait(_POLL_SECONDS):
+        seconds = _POLL_SECONDS["remote" if storage.is_remote(self._dir) else "local"]
+        while not self._stop.wait(seconds):
             self._update()
 
     def __enter__(self):

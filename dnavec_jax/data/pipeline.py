@@ -470,11 +470,12 @@ def collect_shards(results: Sequence[dict], final_path: Callable[[str, int, int]
     splits = {}
     for split in SPLITS:
         parts = [result["files"][split] for result in ordered if split in result["files"]]
-        files = []
-        for index, (path, _, _) in enumerate(parts):
-            target = final_path(split, index, len(parts))
-            storage.as_path(path).replace(target)
-            files.append(os.path.basename(target))
+        targets = [final_path(split, index, len(parts)) for index in range(len(parts))]
+        # A few renames at once: in a bucket each is a copy (docs/data.md, "Remote inputs and outputs").
+        with concurrent.futures.ThreadPoolExecutor(storage.PARALLEL_REQUESTS) as threads:
+            list(threads.map(lambda path, target: storage.as_path(path).replace(target),
+                             [path for path, _, _ in parts], targets))
+        files = [os.path.basename(target) for target in targets]
         splits[split] = {
             "files": files,
             "shard_lengths": [count for _, count, _ in parts],

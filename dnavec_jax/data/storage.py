@@ -21,6 +21,9 @@ from dnavec_jax.errors import DNAVecError
 REMOTE_SCHEMES = ("gs", "s3", "az", "hf")
 _URL_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _COPY_BUFFER = 1 << 22
+# Requests in flight at once where many small objects are read or renamed (a bucket answers each in tens
+# of milliseconds; a local disk does not mind).
+PARALLEL_REQUESTS = 32
 
 
 def scheme(path: str | os.PathLike) -> str | None:
