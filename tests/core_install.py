@@ -2,7 +2,7 @@
 
     python tests/core_install.py SCRIPT [ARGS...]
 
-The packages of the extras (pyproject.toml: train, hf, viz) become unimportable, and
+The packages of the extras (pyproject.toml: train, beam, hf, viz) become unimportable, and
 importlib.util.find_spec reports them absent, as libraries probe for them that way
 (transformers does for torch).
 """
@@ -14,7 +14,7 @@ import runpy
 import sys
 
 # The import names of the extras' packages: tests/test_install.py checks this list against pyproject.toml.
-EXTRA_MODULES = ("tensorflow", "tensorflow_datasets", "google_crc32c", "simple_parsing", "torch",
+EXTRA_MODULES = ("tensorflow", "tensorflow_datasets", "google_crc32c", "simple_parsing", "apache_beam", "torch",
                  "sentence_transformers", "bertviz")
 
 
