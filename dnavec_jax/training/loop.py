@@ -81,9 +81,9 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, preempt_at_step: i
     workdir = Path(workdir)
     quiet_library_logs()
     have_tf = configure_tf(settings.data.tf_threads)
-    if not have_tf and settings.data.source != "synthetic":
+    if not have_tf and settings.data.source == "tfrecord":
         raise DNAVecError(f"data.source {settings.data.source!r} reads TFRecord shards with TensorFlow, which is not "
-                          f"installed ({TRAIN_INSTALL}); data.source='synthetic' needs none")
+                          f"installed ({TRAIN_INSTALL}); data.source='fasta' or 'synthetic' needs none")
     is_main = jax.process_index() == 0
     try:
         workdir.mkdir(parents=True, exist_ok=True)
