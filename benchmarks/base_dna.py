@@ -10,7 +10,7 @@ global batch --batch. What is scaled: the number of steps (--steps, or the steps
 --seconds at --tokens_per_s, a throughput measured at this batch) and with it the warmup, the
 same fraction of the steps as the config's (12.5% for base) with the linear decay after it.
 Data settings that are not the recipe: the validation blocks (5% of the megabase in 20 kb
-blocks, as the demo's, so that a held-out block cannot fall in the 100 kb N gap) and
+blocks, as the demo's: held-out DNA from three places rather than base's one 100 kb block) and
 --dupe_factor differently tokenized and masked copies of the training split.
 
 Real examples end at contig ends and block cuts, so batches carry padding: on an NVIDIA GPU the

@@ -21,7 +21,8 @@
 #   5. ours with XLA attention, ours with the rbg PRNG for dropout, embed against transformers, the checkpoint save.
 # One persistent JAX compilation cache (JAX_COMPILATION_CACHE_DIR, default /tmp/dnavec_jax_cache) serves every
 # process, and a second call on a warm machine. TF32 is allowed for float32 matmuls on both sides.
-# CPU dry run (docs/benchmarks.md): PYTHON=... CONFIG=configs/tiny.py BATCHES=16,8 STEPS=4 INTERVAL=2 bash ...
+# CPU dry run (docs/benchmarks.md): PYTHON=... CONFIG=configs/tiny.py BATCHES=16,8 STEPS=4 INTERVAL=2 EMBED_SEQUENCES=32
+# bash benchmarks/gpu_suite.sh OUT; SWEEP_S, TORCH_S, BASE_S cap those rows (200, 150, 200 s).
 set -u
 out=${1:?usage: gpu_suite.sh OUT_DIR}
 py=${PYTHON:-python3}
@@ -72,6 +73,7 @@ measure() {
   if ((!got)); then
     local why
     why=$(grep -E '^[A-Za-z_.]*(Error|Exception|error)[:(]' "$errors" | tail -1 | cut -c1-300 | tr -d '"\\')
+    ((status == 124 || status == 137)) && why="cut at the time limit${why:+ ($why)}"
     row "{\"run\": \"$name\", \"failed\": \"no result in $((SECONDS - began)) s of $limit: ${why:-see log.txt}\"}"
   fi
   rm -f "$errors"
@@ -125,7 +127,8 @@ fi
 # 5. The rest, while time is left.
 measure ours_bf16_xla_attention 45 90 "${ours[@]}" --batch_sizes "$best" --config.model.attention_implementation=xla
 measure ours_bf16_rbg 45 90 "${ours[@]}" --batch_sizes "$best" --config.train.prng_impl=rbg
-measure embed 30 60 benchmarks/embed_throughput.py --config "$config" --num_sequences 256 --length 2000 --batch_size 64
+measure embed 30 60 benchmarks/embed_throughput.py --config "$config" --num_sequences "${EMBED_SEQUENCES:-256}" \
+  --length 2000 --batch_size 64
 measure checkpoint_save 20 45 benchmarks/checkpoint_save.py --config "$config"
 row "{\"run\": \"suite\", \"wall_s\": $((SECONDS - started)), \"budget_s\": $budget}"
 cut -c1-700 "$results"
