@@ -33,7 +33,8 @@ NEEDED = {
     "orbax.checkpoint": "checkpoint_save (and the trainer's import)",
 }
 DISTRIBUTIONS = ("jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda13-plugin", "flax", "optax", "orbax-checkpoint",
-                 "ml-collections", "numpy", "torch", "transformers", "safetensors", "tensorflow", "tensorflow-cpu", "pyfaidx")
+                 "ml-collections", "numpy", "torch", "transformers", "safetensors", "tensorflow", "tensorflow-cpu",
+                 "pyfaidx")
 WHEELS = REPO / ".whl"
 DOWNLOAD = ("python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "
             "--platform manylinux_2_28_x86_64 -d .whl ml-collections==1.1.0")
