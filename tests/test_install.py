@@ -5,6 +5,7 @@ wheel per platform, one command that installs everything."""
 from __future__ import annotations
 
 import ast
+import functools
 import gzip
 import importlib.metadata
 import json
@@ -75,8 +76,14 @@ def _python_files(*roots):
         yield from [path] if path.is_file() else sorted(path.rglob("*.py"))
 
 
+@functools.cache
+def _packages_distributions() -> dict[str, list[str]]:
+    """importlib's module -> distributions map; once, since it reads every installed distribution's files."""
+    return importlib.metadata.packages_distributions()
+
+
 def _distributions(module: str) -> set[str]:
-    return {canonicalize_name(name) for name in importlib.metadata.packages_distributions().get(module, [])}
+    return {canonicalize_name(name) for name in _packages_distributions().get(module, [])}
 
 
 def test_every_imported_package_is_declared():
