@@ -40,6 +40,17 @@ def load_config_file(name: str):
     return importlib.import_module(f"configs.{name}").get_config()
 
 
+def data_prep_script(name: str):
+    """The module of data_prep/<name>.py (a script, not a package module), imported."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "data_prep"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(REPO / "data_prep"))
+
+
 def train_and_evaluate(config, workdir, **kwargs):
     """What run_pretrain.py does with a config: RunSettings built once, TensorFlow configured, then the loop."""
     from dnavec_jax.tf_runtime import configure_tf
