@@ -155,3 +155,27 @@ def test_eval_sums_and_rows():
                        "copy_accuracy": 0.1, "copy_accuracy_ceiling": 0.5, "copy_accuracy_given_k": 0.4}
     assert objective.eval_columns(tokenizer, "vocabulary", None) == {  # train.copy_probe off
         "accuracy_ceiling": columns["accuracy_ceiling"], "loss_floor": columns["loss_floor"]}
+
+
+def test_copy_stall_warning_after_several_evaluations_near_zero():
+    """The rule: warn once the last COPY_STALL_EVALUATIONS evaluations all stayed below COPY_STALL_ACCURACY."""
+    below, above = objective.COPY_STALL_ACCURACY * 0.5, objective.COPY_STALL_ACCURACY
+    stalled = [(100 * i, below) for i in range(1, objective.COPY_STALL_EVALUATIONS + 1)]
+    warning = objective.copy_stall_warning(stalled)
+    assert warning.startswith("copy accuracy given k is still") and "\n" not in warning
+    assert "at steps 100, 200, 300" in warning
+    assert objective.copy_stall_warning(stalled[:-1]) is None  # not yet several
+    assert objective.copy_stall_warning([*stalled[:-1], (300, above)]) is None  # learning
+    assert objective.copy_stall_warning([(50, above), *stalled]) is not None  # only the recent ones count
+
+
+def test_training_log_warns_once_when_copying_does_not_start(tiny_config, tmp_path, caplog):
+    """The tiny model on synthetic data learns nothing to copy in 4 steps: the 3rd and 4th evaluations leave one
+    warning line in the log."""
+    from conftest import train_and_evaluate
+
+    tiny_config.train.update(num_train_steps=4, eval_every_steps=1, checkpoint_every_steps=0)
+    with caplog.at_level("WARNING"):
+        train_and_evaluate(tiny_config, tmp_path / "run")
+    warnings = [record.getMessage() for record in caplog.records if "copy accuracy given k" in record.getMessage()]
+    assert len(warnings) == 1 and "at steps 1, 2, 3" in warnings[0], warnings
