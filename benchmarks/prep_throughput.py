@@ -2,6 +2,7 @@
 
     python benchmarks/prep_throughput.py                      # 120 Mbp, all cores
     python benchmarks/prep_throughput.py --mbp 200 --num_workers 1 --mask_strategy span
+    python benchmarks/prep_throughput.py --mbp 100 --beam_pipeline_options runner=FnApiRunner  # pool, then Beam
 
 The synthetic genome imitates hg38's layout: gzipped FASTA, 60-column lines,
 several records with 10 kb N telomeres, a multi-Mbp N "centromere", scattered
@@ -10,7 +11,10 @@ runs, and rare IUPAC letters. End to end = prepare_dataset() wall time:
 decompression, indexing, checksums, tokenizing, masking, serialising, writing
 shards and metadata. Peak memory = the highest sum of resident set sizes of
 this process and all its children, sampled every 50 ms (psutil), plus each
-one's own peak from the kernel (getrusage) for comparison.
+one's own peak from the kernel (getrusage) for comparison. With
+--beam_pipeline_options the same genome is then prepared on that Beam runner
+(default FnApiRunner, direct_num_workers = --num_workers), one run after the
+other, and the ratio of the two rates is printed.
 """
 
 from __future__ import annotations
@@ -105,6 +109,33 @@ class PeakMemory:
         self._thread.join()
 
 
+def measure(settings: PrepSettings, data_dir: Path, bases: int, num_workers, beam_options) -> float:
+    """Prepares the dataset once, prints time, rates and memory; returns bases/s."""
+    with PeakMemory() as memory:
+        started = time.perf_counter()
+        path = prepare_dataset(settings, data_dir, num_workers=num_workers, progress=False, beam_options=beam_options)
+        seconds = time.perf_counter() - started
+    meta = read_complete(path).metadata
+    self_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    child_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    examples = sum(meta["num_examples"].values())
+    tokens = sum(meta["num_tokens"].values())
+    versions = meta["versions"]
+    if beam_options:
+        import apache_beam
+
+        versions = {**versions, "apache_beam": apache_beam.__version__}
+    print(f"versions: {versions}")
+    print(f"runner: {meta['runner']}{f' ({beam_options})' if beam_options else ''}, workers: {meta['num_workers']}, "
+          f"mask_strategy: {settings.mask_strategy}, dupe_factor: {settings.dupe_factor}")
+    print(f"end to end: {seconds:.1f} s for {bases:,} bases -> {bases / seconds / 1e6:.2f} M bases/s "
+          f"({examples / seconds:,.0f} examples/s, {tokens / seconds / 1e6:.2f} M tokens/s)")
+    print(f"peak RSS (this process + children, summed): {memory.peak / 2**20:,.0f} MiB; "
+          f"getrusage peaks: self {self_peak:,.0f} MiB, largest child {child_peak:,.0f} MiB")
+    print(f"examples: {meta['num_examples']}, leak figure: {meta['leak_figure']:.3f}")
+    return bases / seconds
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mbp", type=int, default=120, help="synthetic genome size in Mbp (>= 100 for the record)")
@@ -114,6 +145,8 @@ def main() -> int:
     parser.add_argument("--one_record", action="store_true",
                         help="the whole genome as one record (to see that memory does not grow with record length)")
     parser.add_argument("--workdir", default=None, help="default: a temporary directory (deleted)")
+    parser.add_argument("--beam_pipeline_options", default=None,
+                        help="then prepare the same genome on Beam with these options (e.g. runner=FnApiRunner)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
@@ -125,25 +158,13 @@ def main() -> int:
               f"written in {time.perf_counter() - started:.0f} s")
         settings = PrepSettings(fasta=(str(fasta),), chromosomes="all", mask_strategy=args.mask_strategy,
                                 dupe_factor=args.dupe_factor)
-        with PeakMemory() as memory:
-            started = time.perf_counter()
-            path = prepare_dataset(settings, Path(tmp) / "out", num_workers=args.num_workers, progress=False)
-            seconds = time.perf_counter() - started
-        meta = read_complete(path).metadata
-        self_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        child_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        examples = sum(meta["num_examples"].values())
-        tokens = sum(meta["num_tokens"].values())
         print(f"machine: {platform.platform()}, {psutil.cpu_count()} CPUs ({platform.processor() or 'unknown'}), "
               f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM")
-        print(f"versions: {meta['versions']}")
-        print(f"workers: {meta['num_workers']}, mask_strategy: {args.mask_strategy}, dupe_factor: {args.dupe_factor}")
-        print(f"end to end: {seconds:.1f} s for {total * args.dupe_factor:,} bases "
-              f"-> {total * args.dupe_factor / seconds / 1e6:.2f} M bases/s "
-              f"({examples / seconds:,.0f} examples/s, {tokens / seconds / 1e6:.2f} M tokens/s)")
-        print(f"peak RSS (this process + children, summed): {memory.peak / 2**20:,.0f} MiB; "
-              f"getrusage peaks: self {self_peak:,.0f} MiB, largest child {child_peak:,.0f} MiB")
-        print(f"examples: {meta['num_examples']}, leak figure: {meta['leak_figure']:.3f}")
+        rates = [measure(settings, Path(tmp) / "pool", total * args.dupe_factor, args.num_workers, None)]
+        if args.beam_pipeline_options:
+            rates.append(measure(settings, Path(tmp) / "beam", total * args.dupe_factor, args.num_workers,
+                                 args.beam_pipeline_options))
+            print(f"Beam / process pool: {rates[1] / rates[0]:.2f}x the bases/s")
     return 0
 
 

@@ -19,18 +19,28 @@ from dnavec_jax.errors import DNAVecError
 # Data prep and training on prepared shards need the `train` extra (pyproject.toml); nothing else does.
 TRAIN_INSTALL = 'pip install -e ".[train]"'
 TRAIN_MODULES = ("tensorflow", "tensorflow_datasets", "google_crc32c", "simple_parsing")
+# Data prep on Apache Beam (--beam_pipeline_options) needs the `beam` extra besides.
+BEAM_INSTALL = 'pip install -e ".[beam]"'
+BEAM_MODULES = ("apache_beam", "dask", "distributed")
+_EXTRAS = {"train": (TRAIN_MODULES, TRAIN_INSTALL), "beam": (BEAM_MODULES, BEAM_INSTALL)}
 
 
-def import_train_module(name: str, purpose: str) -> ModuleType:
-    """importlib.import_module(name), or a one-line DNAVecError naming the train extra where one of its
-    packages is missing (the tools, the exports and synthetic training run without them)."""
+def import_extra_module(name: str, purpose: str, extra: str = "train") -> ModuleType:
+    """importlib.import_module(name), or a one-line DNAVecError naming the extra (pyproject.toml) where one of
+    its packages is missing (the tools, the exports and synthetic training run without any)."""
+    modules, install = _EXTRAS[extra]
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as error:
-        if (error.name or "").split(".")[0] not in TRAIN_MODULES:
+        if (error.name or "").split(".")[0] not in modules:
             raise
-        raise DNAVecError(f"{purpose} needs {error.name.split('.')[0]}, which is not installed: {TRAIN_INSTALL}") \
+        raise DNAVecError(f"{purpose} needs {error.name.split('.')[0]}, which is not installed: {install}") \
             from None
+
+
+def import_train_module(name: str, purpose: str) -> ModuleType:
+    """import_extra_module for the `train` extra (TensorFlow, TensorFlow Datasets)."""
+    return import_extra_module(name, purpose, "train")
 
 
 def tensorflow_installed() -> bool:

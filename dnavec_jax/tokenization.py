@@ -171,8 +171,11 @@ class KmerTokenizer:
         return lengths
 
     def write_vocab(self, path) -> None:
-        """Writes vocab.txt: one token per line, line number (from 0) = id."""
-        with open(path, "w", encoding="ascii") as handle:
+        """Writes vocab.txt: one token per line, line number (from 0) = id. path: a str or a pathlib-like
+        object (data prep passes an etils.epath.Path for a gs:// dataset, which writes UTF-8 only: the
+        tokens are ASCII, so the bytes are the same)."""
+        with (path.open("w", encoding="utf-8") if hasattr(path, "open") else open(path, "w", encoding="utf-8")
+              ) as handle:
             handle.write("\n".join(self.vocab))
             handle.write("\n")
 

@@ -1,6 +1,10 @@
 """FASTA input: chromosome selection, contig splitting, soft-masking, windows, and bad files."""
 
+import dataclasses
 import gzip
+import hashlib
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -125,3 +129,57 @@ def test_no_record_matching_the_selection(tmp_path):
         fasta.select_records([source], "chr1-22")
     message = one_line(error)
     assert str(path) in message and "no record matches" in message and "chrX" in message
+
+
+def test_fasta_list_and_genome_names(tmp_path):
+    (tmp_path / "lists").mkdir()
+    listing = tmp_path / "lists" / "genomes.txt"
+    listing.write_text("# two local genomes and one in a bucket\n\nhuman/hg38.fa.gz\n  /data/mm39.fa  # mouse\n"
+                       "gs://bucket/GCF_000001635.27_genomic.fna.gz\n")
+    assert fasta.read_fasta_list(str(listing)) == [
+        str(tmp_path / "lists" / "human" / "hg38.fa.gz"), "/data/mm39.fa", "gs://bucket/GCF_000001635.27_genomic.fna.gz"]
+    listing.write_text("# nothing\n")
+    for path, problem in [(listing, "names no file"), (tmp_path / "missing.txt", "cannot read the FASTA list")]:
+        with pytest.raises(DNAVecError) as error:
+            fasta.read_fasta_list(str(path))
+        assert str(path) in one_line(error) and problem in one_line(error)
+    names = {"/g/hg38.fa.gz": "hg38", "gs://b/GCF_000001635.27_genomic.fna.gz": "GCF_000001635.27_genomic",
+             "x/Homo_sapiens.GRCh38.dna.toplevel.fa": "Homo_sapiens.GRCh38.dna.toplevel", "reads.fastq": "reads.fastq",
+             "chr1.fasta": "chr1"}
+    assert {path: fasta.genome_name(path) for path in names} == names
+
+
+def test_remote_sources_are_copied_to_a_local_disk_within_a_budget(tmp_path, monkeypatch):
+    """A gs:// input is copied into the work dir before pyfaidx reads it; a source whose uncompressed copy was
+    staged in a bucket is copied to the reader's local disk, at most local_copy_bytes of them kept."""
+    from fake_bucket import fake_gcs
+
+    rng = np.random.default_rng(3)
+    sequences = [random_dna(rng, 3_000), random_dna(rng, 2_000), random_dna(rng, 1_000)]
+    (tmp_path / "bucket").mkdir()
+    for index, sequence in enumerate(sequences):
+        write_fasta(tmp_path / "bucket" / f"g{index}.fa.gz", [(f"chr{index}", sequence)], compress=index == 0)
+    with fake_gcs(tmp_path, monkeypatch):
+        work = tmp_path / "work"
+        sources = [fasta.open_source(f"gs://bucket/g{index}.fa.gz", work, index) for index in range(3)]
+        assert [s.path for s in sources] == [f"gs://bucket/g{index}.fa.gz" for index in range(3)]
+        assert [s.gzipped for s in sources] == [True, False, False] and not list(work.glob("*.download"))
+        assert sources[1].sha256 == hashlib.sha256((tmp_path / "bucket" / "g1.fa.gz").read_bytes()).hexdigest()
+        # Stage the uncompressed copies and indexes in the bucket, as the Beam per-file stage does.
+        staged = []
+        for source in sources:
+            for path in (source.plain_path, source.index_path):
+                shutil.copy(path, tmp_path / "bucket" / Path(path).name)
+            staged.append(dataclasses.replace(source, plain_path=f"gs://bucket/{Path(source.plain_path).name}",
+                                              index_path=f"gs://bucket/{Path(source.index_path).name}"))
+        shutil.rmtree(work)
+        records = [fasta.GenomeRecord(index, f"chr{index}", len(s), index) for index, s in enumerate(sequences)]
+        reader = fasta.RecordReader(staged, local_copy_bytes=4_500)  # room for g0 + g2, not g0 + g1
+        for record, sequence in zip(records + records[:1], sequences + sequences[:1]):
+            assert reader.read(record, 10, 700).tobytes().decode() == sequence[10:700]
+        assert reader.local_copies == [2, 0]  # g0 made way for g1, then g1 (least recently used) for g0
+        local_dir = Path(reader._local_dir)
+        reader.close()
+        assert not local_dir.exists()
+    with pytest.raises(DNAVecError, match="unsupported URL scheme https://.*download it first"):
+        fasta.check_fasta_paths(["https://hgdownload.soe.ucsc.edu/goldenPath/hg38/bigZips/hg38.fa.gz"])

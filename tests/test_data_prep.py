@@ -47,19 +47,23 @@ def make_genome(rng):
             "3": dna(9_000)}
 
 
-@pytest.fixture(scope="module")
-def genome(tmp_path_factory):
-    rng = np.random.default_rng(5)
-    records = make_genome(rng)
-    root = tmp_path_factory.mktemp("genome")
+def write_genome(records, root) -> tuple[str, str]:
+    """a.fa (70-column lines: chr1, chrX, chr1_KI270706v1_random, chr2) and b.fa.gz (record 3 on one line)."""
     plain = root / "a.fa"
-    with open(plain, "w") as handle:  # 70-column lines
+    with open(plain, "w") as handle:
         for name in ("chr1", "chrX", "chr1_KI270706v1_random", "chr2"):
             handle.write(f">{name}\n")
             handle.writelines(records[name][i : i + 70] + "\n" for i in range(0, len(records[name]), 70))
     gz = root / "b.fa.gz"
-    gz.write_bytes(gzip.compress(f">3 Ensembl name\n{records['3']}\n".encode()))  # one line
-    return {"records": records, "files": (str(plain), str(gz)), "root": root}
+    gz.write_bytes(gzip.compress(f">3 Ensembl name\n{records['3']}\n".encode(), mtime=0))
+    return str(plain), str(gz)
+
+
+@pytest.fixture(scope="module")
+def genome(tmp_path_factory):
+    records = make_genome(np.random.default_rng(5))
+    root = tmp_path_factory.mktemp("genome")
+    return {"records": records, "files": write_genome(records, root), "root": root}
 
 
 def read_split(path, split):
@@ -310,20 +314,24 @@ def test_cli_prints_one_error_line_and_exits_2(tmp_path):
     assert not (tmp_path / "out").exists() or leftovers(tmp_path / "out") == ([], [])
 
 
-def test_cli_flags_reach_the_settings():
+def test_cli_flags_reach_the_settings(tmp_path):
     sys.path.insert(0, str(REPO / "data_prep"))
     try:
         import prepare_data
     finally:
         sys.path.remove(str(REPO / "data_prep"))
+    listing = tmp_path / "genomes.txt"
+    listing.write_text("# more genomes\nmm39.fa.gz\ngs://bucket/danRer11.fa.gz  # zebrafish\n")
     args = prepare_data.build_parser().parse_args(
         ["--data_dir", "d", "--fasta", "a.fa", "--fasta", "b.fa.gz", "--chromosomes", "all", "--seed", "3",
          "--dupe_factor", "2", "--mask_strategy", "span", "--mask_span", "8", "--k_weights", "1,1,1,1,2,2",
-         "--soft_masked", "drop", "--mask_rate", "0.2"])
+         "--soft_masked", "drop", "--mask_rate", "0.2", "--fasta_list", str(listing),
+         "--beam_pipeline_options=runner=FnApiRunner,direct_num_workers=4"])
     settings = prepare_data.settings_from_args(args)
-    assert settings == PrepSettings(fasta=("a.fa", "b.fa.gz"), chromosomes="all", seed=3, dupe_factor=2,
-                                    mask_strategy="span", mask_span=8, k_weights=(1, 1, 1, 1, 2, 2),
-                                    soft_masked="drop", mask_rate=0.2)
+    assert settings == PrepSettings(fasta=("a.fa", "b.fa.gz", str(tmp_path / "mm39.fa.gz"), "gs://bucket/danRer11.fa.gz"),
+                                    chromosomes="all", seed=3, dupe_factor=2, mask_strategy="span", mask_span=8,
+                                    k_weights=(1, 1, 1, 1, 2, 2), soft_masked="drop", mask_rate=0.2)
+    assert args.beam_pipeline_options == "runner=FnApiRunner,direct_num_workers=4"
 
 
 def test_load_prepared_ignores_incomplete_and_explains_how_to_prepare(tmp_path):
@@ -361,3 +369,30 @@ def test_tfds_build_command_prepares_a_config(tmp_path, genome):
     dataset = load_prepared(tmp_path)
     assert dataset.path == tmp_path / "dna_kmer_mlm" / "small" / "1.0.0"
     assert dataset.metadata["seq_length"] == 32 and dataset.num_examples("train") > 0
+
+
+def test_every_genome_holds_out_validation_blocks(tmp_path):
+    """A genome of scaffolds shorter than two blocks gets validation blocks too (the per-record rule holds
+    none of them out); genomes the per-record rule serves keep exactly its choice."""
+    from dnavec_jax.data.fasta import GenomeRecord
+    from dnavec_jax.data.pipeline import hold_out_in_every_genome, record_split
+
+    settings = PrepSettings(validation_fraction=0.1, validation_block_size=1_000, seq_length=64, max_predictions=10,
+                            min_contig_length=20, chromosomes="all")
+    records = [GenomeRecord(0, "chr1", 10_000, 0)]  # served: 1 of its 10 blocks
+    records += [GenomeRecord(1 + i, f"scaffold{i}", 900, 1) for i in range(30)]  # 30 one-block scaffolds
+    records += [GenomeRecord(31, "plasmid", 700, 2)]  # a genome of one block: nothing to hold out
+    chosen = hold_out_in_every_genome(records, settings)
+    assert chosen[0] == records[0] and chosen[31] == records[31]
+    held = [r.name for r in chosen if r.held_out_blocks]
+    assert len(held) == 3 and all(r.held_out_blocks == (0,) for r in chosen[1:31] if r.held_out_blocks)
+    assert hold_out_in_every_genome(records[::-1], settings)[::-1] == chosen  # by hash, not by order
+    assert record_split(chosen[1 + int(held[0].removeprefix("scaffold"))], settings).held_out.tolist() == [True]
+    # End to end: the fragmented genome has a validation split of its own.
+    rng = np.random.default_rng(2)
+    assembly = tmp_path / "assembly.fa"
+    assembly.write_text("".join(f">scaffold{i}\n{''.join(rng.choice(list('ACGT'), 900))}\n" for i in range(30)))
+    path = prepare_dataset(settings.replace(fasta=(str(assembly),)), tmp_path / "out", num_workers=1, progress=False)
+    genome = load_prepared(path).metadata["genomes"][0]
+    assert genome["name"] == "assembly" and genome["records"] == 30 and genome["bases"] == 27_000
+    assert genome["contig_bases"]["validation"] == 3 * 900 and genome["num_examples"]["validation"] > 0

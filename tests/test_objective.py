@@ -157,6 +157,68 @@ def test_eval_sums_and_rows():
         "accuracy_ceiling": columns["accuracy_ceiling"], "loss_floor": columns["loss_floor"]}
 
 
+# ---- the cross-entropy's own gradient -----------------------------------------------------
+
+def _plain_cross_entropy(logits, labels, lo, hi):
+    """The textbook formula in float32 (what jax.grad of it gives is the reference gradient)."""
+    x = jnp.asarray(logits, jnp.float32)
+    inside = (jnp.arange(x.shape[-1]) >= lo[..., None]) & (jnp.arange(x.shape[-1]) < hi[..., None])
+    log_z = jax.nn.logsumexp(jnp.where(inside, x, -jnp.inf), axis=-1)
+    return log_z - jnp.take_along_axis(x, labels[..., None], axis=-1)[..., 0]
+
+
+@pytest.mark.parametrize("length_aware", [False, True])
+def test_cross_entropy_and_its_gradient_match_the_plain_float32_formula(length_aware):
+    tokenizer = KmerTokenizer(2, 3)
+    vocab, width = tokenizer.vocab_size, 128  # padded columns vocab..127 carry -inf, as the model's
+    rng = np.random.default_rng(3)
+    logits = np.full((3, 5, width), -np.inf, np.float32)
+    logits[..., :vocab] = rng.normal(size=(3, 5, vocab)) * 4
+    labels = jnp.asarray(rng.integers(NUM_SPECIAL, vocab, size=(3, 5)))
+    weights = jnp.asarray(rng.random((3, 5)), jnp.float32)  # any cotangent, not only ones
+    if length_aware:
+        lo, hi = objective.label_length_ranges(labels, tokenizer.kmer_lengths())
+    else:
+        lo, hi = jnp.zeros_like(labels), jnp.full_like(labels, width)
+    for dtype, tolerance in ((jnp.float32, 1e-6), (jnp.bfloat16, 1e-2)):
+        x = jnp.asarray(logits, dtype)
+        def ours(v):
+            return objective.cross_entropy(v, labels, *((lo, hi) if length_aware else ()))
+
+        def plain(v):
+            return _plain_cross_entropy(v, labels, lo, hi)
+
+        # The loss is float32 whatever the logits' dtype: the same numbers as the formula on those logits.
+        np.testing.assert_allclose(ours(x), plain(x), rtol=1e-6, atol=1e-6)
+        grad = jax.grad(lambda v: jnp.sum(ours(v) * weights))(x)
+        expected = jax.grad(lambda v: jnp.sum(plain(v.astype(jnp.float32)) * weights))(x.astype(jnp.float32))
+        assert grad.dtype == dtype  # the gradient comes back in the logits' dtype
+        # bf16: the float32 gradient rounded once to bf16 (8 bits of mantissa).
+        np.testing.assert_allclose(np.asarray(grad, np.float32), expected, rtol=tolerance, atol=tolerance * 1e-2)
+        assert np.all(np.asarray(grad, np.float32)[..., vocab:] == 0.0)  # the padded columns get nothing
+
+
+def test_the_bf16_base_loss_keeps_no_float32_logits_sized_buffer_for_the_backward_pass():
+    from dnavec_jax import model as model_lib
+    from dnavec_jax.training import steps
+
+    config = model_lib.BertConfig(dtype="bfloat16")  # base: 12 x 512, vocabulary 87,365 (padded to 87,424)
+    model = model_lib.BertForMaskedLM(config)
+    # Batch 8, as in the issue: B x P x V (53.9 M) is then larger than any parameter (the word table: 44.8 M).
+    rows, length, predictions = 8, 512, 77
+    params = jax.eval_shape(lambda: model_lib.init_params(config, jax.random.key(0)))
+    batch = steps.abstract_batch((rows,), length, predictions, None)
+
+    def loss(p, b):
+        logits = steps._apply(model, p, b, deterministic=False, rng=jax.random.key(0))
+        return objective.mlm_sums(logits, b["masked_lm_ids"], b["masked_lm_weights"], False)["loss_sum"]
+
+    # What jax.vjp's pullback closes over is what the backward pass keeps (traced only: nothing runs).
+    residuals = jax.eval_shape(lambda p, b: jax.tree.leaves(jax.vjp(lambda q: loss(q, b), p)[1]), params, batch)
+    big = [r for r in residuals if r.size >= rows * predictions * config.vocab_size]
+    assert [(r.shape, r.dtype) for r in big] == [((rows, predictions, config.padded_vocab_size), jnp.bfloat16)]
+
+
 def test_copy_stall_warning_after_several_evaluations_near_zero():
     """The rule: warn once the last COPY_STALL_EVALUATIONS evaluations all stayed below COPY_STALL_ACCURACY."""
     below, above = objective.COPY_STALL_ACCURACY * 0.5, objective.COPY_STALL_ACCURACY

@@ -1,10 +1,12 @@
 """The TFDS builder that writes the prepared dataset, and prepare_dataset(), its Python front door.
 
-The builder fans shard writing out to worker processes (pipeline.run_jobs; TFDS's own writer
-serialises in one process, below the prep target) and registers the shards in its DatasetInfo, so
-`tfds build` and `tfds.builder_from_directory` work as usual:
+The builder fans shard writing out to worker processes (pipeline.ProcessPool; TFDS's own writer
+serialises in one process, below the prep target) or, given Beam pipeline options, to an Apache Beam
+runner (beam_prep.BeamExecutor: the same jobs as Beam elements), and registers the shards in its
+DatasetInfo, so `tfds build` and `tfds.builder_from_directory` work as usual:
 
     tfds build --imports dnavec_jax.data.builder dna_kmer_mlm/demo_span --data_dir DIR
+    tfds build ... --beam_pipeline_options=runner=FnApiRunner,direct_num_workers=8
 
 docs/data.md ("Output layout", "hg38") has the configs and the manual-dir rule.
 """
@@ -16,7 +18,6 @@ import dataclasses
 import io
 import logging
 import platform
-import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,7 +27,7 @@ import numpy as np
 import pyfaidx
 import tensorflow_datasets as tfds
 
-from dnavec_jax.data import fasta, pipeline
+from dnavec_jax.data import fasta, pipeline, storage
 from dnavec_jax.data.features import feature_shapes, tf_feature_spec  # noqa: F401  (re-exported)
 from dnavec_jax.data.prepared import (  # noqa: F401  (re-exported)
     DATASET_NAME,
@@ -39,7 +40,7 @@ from dnavec_jax.data.prepared import (  # noqa: F401  (re-exported)
 )
 from dnavec_jax.data.settings import PrepSettings
 from dnavec_jax.errors import DNAVecError
-from dnavec_jax.tf_runtime import tensorflow
+from dnavec_jax.tf_runtime import import_extra_module, tensorflow
 
 DATASET_VERSION = "1.0.0"
 _WORK_DIR = "_work"  # decompressed FASTA and .fai indexes, deleted before the dataset is complete
@@ -117,12 +118,14 @@ class DnaKmerMlm(tfds.core.GeneratorBasedBuilder):
     def _download_and_prepare(self, dl_manager, download_config=None) -> None:
         settings = self.builder_config.settings
         paths = [self._resolve_fasta(path, dl_manager) for path in settings.fasta]
-        out_dir = Path(self.data_path)
+        out_dir = str(self.data_path)  # a local directory, or a URL for a gs:// data_dir
 
         def final_path(split: str, index: int, count: int) -> str:
             return str(self._get_filename_template(split).sharded_filepath(shard_index=index, num_shards=count))
 
-        metadata, shards = write_dataset(settings, paths, out_dir, final_path, self._num_workers, self._progress)
+        executor = self._executor(download_config)
+        executor.check_paths(paths, out_dir)
+        metadata, shards = write_dataset(settings, paths, out_dir, final_path, executor, self._progress)
         split_infos = [
             tfds.core.SplitInfo(name=split, shard_lengths=info["shard_lengths"], num_bytes=info["num_bytes"],
                                 filename_template=self._get_filename_template(split))
@@ -131,9 +134,18 @@ class DnaKmerMlm(tfds.core.GeneratorBasedBuilder):
         self.info.set_splits(tfds.core.SplitDict(split_infos))
         self.info.metadata.update(metadata)
 
+    def _executor(self, download_config):
+        """Worker processes, or a Beam runner where TFDS's download config carries Beam options or a runner
+        (`tfds build --beam_pipeline_options=...`, prepare_dataset(beam_options=...))."""
+        if download_config is None or (download_config.beam_options is None and download_config.beam_runner is None):
+            return pipeline.ProcessPool(self._num_workers)
+        beam_prep = import_extra_module("dnavec_jax.data.beam_prep", "data prep on Apache Beam", "beam")
+        return beam_prep.BeamExecutor(download_config.beam_options, download_config.beam_runner,
+                                      num_workers=self._num_workers)
+
     @staticmethod
     def _resolve_fasta(path: str, dl_manager) -> str:
-        if Path(path).is_absolute():
+        if Path(path).is_absolute() or storage.is_remote(path):
             return path
         try:
             manual_dir = Path(dl_manager.manual_dir)
@@ -146,24 +158,29 @@ class DnaKmerMlm(tfds.core.GeneratorBasedBuilder):
 
 
 # ---- the one path that writes a dataset --------------------------------------
-def write_dataset(settings: PrepSettings, fasta_paths: list[str], out_dir: Path, final_path, num_workers, progress
+def write_dataset(settings: PrepSettings, fasta_paths: list[str], out_dir: str, final_path, executor, progress
                   ) -> tuple[dict[str, Any], dict[str, dict]]:
-    """Reads the genome, writes shards + vocab.txt into out_dir; returns (metadata, per-split shard info)."""
+    """Reads the genomes, writes shards + vocab.txt into out_dir; returns (metadata, per-split shard info).
+
+    executor (pipeline.ProcessPool or beam_prep.BeamExecutor) runs the per-file work and the shard jobs;
+    the plan, the shard writer and everything here are the same for both.
+    """
     started = time.perf_counter()
     paths = fasta_paths or [str(fasta.DEMO_FASTA)]
-    work_dir = out_dir / _WORK_DIR
+    work_dir = executor.work_dir(out_dir)
     try:
-        genome = fasta.open_genome(paths, work_dir, settings.chromosomes)
-        sources, records, skipped = genome.sources, genome.records, genome.skipped
+        genome = fasta.open_genome(paths, work_dir, settings.chromosomes, executor.open_sources)
+        sources, skipped = genome.sources, genome.skipped
+        records = pipeline.hold_out_in_every_genome(genome.records, settings)
         jobs = pipeline.plan_jobs(settings, records)
-        workers = min(num_workers or pipeline.default_num_workers(), len(jobs))
         with fasta.bases_bar(sum(job.bases for job in jobs), "tokenize+mask+write", progress) as bar:
-            results = pipeline.run_jobs(settings, sources, records, jobs, str(out_dir), workers, bar.update)
+            results = executor.run_jobs(settings, sources, records, jobs, out_dir, bar.update)
     finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
+        storage.rmtree(storage.as_path(work_dir))
+    per_genome = pipeline.genome_stats(results, len(sources))
     stats = pipeline.empty_stats()
-    for result in results:
-        pipeline.add_stats(stats, result["stats"])
+    for part in per_genome:
+        pipeline.add_stats(stats, part)
     if stats["train"]["examples"] == 0:
         raise DNAVecError(
             f"{', '.join(paths)}: the selected records hold no contig of at least min_contig_length="
@@ -171,17 +188,37 @@ def write_dataset(settings: PrepSettings, fasta_paths: list[str], out_dir: Path,
         )
     shards = pipeline.collect_shards(results, final_path)
     tokenizer = settings.tokenizer()
-    tokenizer.write_vocab(out_dir / VOCAB_FILE)
+    tokenizer.write_vocab(storage.as_path(out_dir) / VOCAB_FILE)
     seconds = time.perf_counter() - started
-    metadata = _metadata(settings, sources, records, skipped, stats, shards, tokenizer, workers, seconds)
+    genomes = _genomes(sources, records, per_genome)
+    metadata = _metadata(settings, sources, records, skipped, stats, genomes, shards, tokenizer, executor,
+                         len(jobs), seconds)
     return metadata, shards
+
+
+def _genomes(sources, records, per_genome) -> list[dict[str, Any]]:
+    """Per input file: its name, selected records and bases, and its contigs, examples and tokens per split."""
+    genomes = []
+    for file_index, (source, stats) in enumerate(zip(sources, per_genome)):
+        lengths = [record.length for record in records if record.file_index == file_index]
+        genomes.append({
+            "name": fasta.genome_name(source.path),
+            "source": file_index,
+            "records": len(lengths),
+            "bases": sum(lengths),
+            **{key: {split: stats[split][stat] for split in pipeline.SPLITS}
+               for key, stat in (("contigs", "contigs"), ("contig_bases", "contig_bases"),
+                                 ("num_examples", "examples"), ("num_tokens", "tokens"))},
+        })
+    return genomes
 
 
 def _leak(stats: dict[str, int]) -> float | None:
     return stats["leaked"] / stats["predictions"] if stats["predictions"] else None
 
 
-def _metadata(settings, sources, records, skipped, stats, shards, tokenizer, workers, seconds) -> dict[str, Any]:
+def _metadata(settings, sources, records, skipped, stats, genomes, shards, tokenizer, executor, num_jobs, seconds
+              ) -> dict[str, Any]:
 
     split_names = pipeline.SPLITS
     leaked = sum(stats[s]["leaked"] for s in split_names)
@@ -215,6 +252,7 @@ def _metadata(settings, sources, records, skipped, stats, shards, tokenizer, wor
         "records_used": len(records),
         "records_skipped": len(skipped),
         "skipped_record_names": skipped[:200],
+        "genomes": genomes,
         "num_examples": {s: stats[s]["examples"] for s in split_names},
         "num_tokens": {s: stats[s]["tokens"] for s in split_names},
         "num_predictions": {s: stats[s]["predictions"] for s in split_names},
@@ -229,7 +267,8 @@ def _metadata(settings, sources, records, skipped, stats, shards, tokenizer, wor
         # so load_prepared compares every file's size with this.
         "shard_bytes": {s: shards[s]["shard_bytes"] for s in split_names},
         "prep_seconds": round(seconds, 3),
-        "num_workers": workers,
+        "num_workers": executor.workers_used(num_jobs),  # None: as many as the Beam runner chose
+        "runner": executor.runner,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": {"python": platform.python_version(), "numpy": np.__version__,
                      "tensorflow_datasets": tfds.__version__, "pyfaidx": pyfaidx.__version__},
@@ -237,7 +276,7 @@ def _metadata(settings, sources, records, skipped, stats, shards, tokenizer, wor
 
 
 # ---- the Python front door ---------------------------------------------------
-def _ensure_writable(data_dir: Path) -> None:
+def _ensure_writable(data_dir) -> None:
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         probe = data_dir / f".write-test-{time.monotonic_ns()}"
@@ -248,19 +287,28 @@ def _ensure_writable(data_dir: Path) -> None:
 
 
 def _absolute(settings: PrepSettings) -> PrepSettings:
-    return settings.replace(fasta=tuple(str(Path(p).expanduser().resolve()) for p in settings.fasta))
+    return settings.replace(fasta=tuple(p if storage.is_remote(p) else str(Path(p).expanduser().resolve())
+                                        for p in settings.fasta))
 
 
 def prepare_dataset(settings: PrepSettings, data_dir, num_workers: int | None = None,
-                    progress: bool = True) -> Path:
+                    progress: bool = True, beam_options=None):
     """Builds the dataset under data_dir (or returns the existing one with identical settings).
 
-    Returns the TFDS version directory (dataset_info.json, metadata.json, vocab.txt, shards).
+    data_dir: a local directory or a URL (gs://, s3://: docs/data.md, "Remote inputs and outputs").
+    beam_options: None (worker processes on this machine), or Apache Beam pipeline options that run the
+    same work on a Beam runner: a PipelineOptions, or a string in TFDS's --beam_pipeline_options syntax
+    (comma-separated key=value). num_workers: processes, or the local Beam runner's direct_num_workers.
+    Returns the TFDS version directory (dataset_info.json, metadata.json, vocab.txt, shards): a Path,
+    or an etils.epath.Path for a URL.
     """
     settings.validate()
     settings = _absolute(settings)
     fasta.check_fasta_paths(settings.fasta)
-    data_dir = Path(data_dir).expanduser().resolve()
+    if beam_options is not None:  # bad options fail here, before anything is written
+        beam_prep = import_extra_module("dnavec_jax.data.beam_prep", "data prep on Apache Beam", "beam")
+        beam_options, _ = beam_prep.resolve_options(beam_options, num_workers=num_workers)
+    data_dir = storage.as_path(data_dir) if storage.is_remote(data_dir) else Path(data_dir).expanduser().resolve()
     _ensure_writable(data_dir)
     config = DnaKmerMlmConfig(name=settings.config_name(), description="prepared with prepare_dataset",
                               settings=settings)
@@ -279,13 +327,13 @@ def prepare_dataset(settings: PrepSettings, data_dir, num_workers: int | None = 
         # Unknown size ...") says nothing useful here: the progress bar and summary do.
         with _quiet_tfds():
             builder = DnaKmerMlm(data_dir=str(data_dir), config=config, num_workers=num_workers, progress=progress)
-            builder.download_and_prepare()
+            builder.download_and_prepare(download_config=tfds.download.DownloadConfig(beam_options=beam_options))
     except BaseException:
         _remove_leftovers(data_dir, config.name)
         raise
     _remove_leftovers(data_dir, config.name)  # only TFDS's empty download dirs, after success
     for stale in _stale_partial_datasets(version_dir.parent, started):
-        shutil.rmtree(stale, ignore_errors=True)
+        storage.rmtree(stale)
         if progress:
             print(f"removed {stale}: a partial dataset of this configuration left by an earlier, killed prep")
     if progress:
@@ -305,7 +353,7 @@ def _quiet_tfds():
         absl_logger.setLevel(level)
 
 
-def _stale_partial_datasets(config_dir: Path, started: float) -> list[Path]:
+def _stale_partial_datasets(config_dir, started: float) -> list:
     """TFDS tmp directories (`incomplete.*`) of this configuration that nothing wrote to since `started`.
 
     A prep that was killed (SIGKILL, power loss) cannot remove its own tmp directory, which
@@ -313,6 +361,8 @@ def _stale_partial_datasets(config_dir: Path, started: float) -> list[Path]:
     directory can never become a dataset. One that a concurrent prep is still writing has
     files newer than `started`, and is left alone.
     """
+    if not isinstance(config_dir, Path):
+        return []  # an object store: modification times of "directories" mean nothing there (docs/data.md)
     stale = []
     for candidate in config_dir.glob("incomplete*") if config_dir.is_dir() else ():
         if candidate.is_dir():
@@ -322,16 +372,16 @@ def _stale_partial_datasets(config_dir: Path, started: float) -> list[Path]:
     return stale
 
 
-def _remove_leftovers(data_dir: Path, config_name: str) -> None:
+def _remove_leftovers(data_dir, config_name: str) -> None:
     """Drops the empty directories TFDS created (after a failure: never a complete dataset)."""
     dataset_dir = data_dir / DATASET_NAME
     config_dir = dataset_dir / config_name
     for directory in (config_dir, dataset_dir):
         if directory.is_dir() and not any(p for p in directory.iterdir() if not p.name.startswith(".")):
-            shutil.rmtree(directory, ignore_errors=True)
+            storage.rmtree(directory)
     downloads = data_dir / "downloads"
-    if downloads.is_dir() and not any(path.is_file() for path in downloads.rglob("*")):
-        shutil.rmtree(downloads, ignore_errors=True)
+    if downloads.is_dir() and not storage.holds_files(downloads):
+        storage.rmtree(downloads)
 
 
 def format_summary(dataset: PreparedDataset | None) -> str:
@@ -352,7 +402,9 @@ def format_summary(dataset: PreparedDataset | None) -> str:
         + (f", span {m['mask_span']}" if m["mask_strategy"] == "span" else "")
         + f"): {leak:.1%} of masked tokens have all their bases visible in unmasked neighbours"
         if leak is not None else "  leak figure: n/a",
-        f"  time: {m['prep_seconds']:.1f} s with {m['num_workers']} worker(s)",
+        f"  time: {m['prep_seconds']:.1f} s with "
+        + (f"{m['num_workers']} worker(s)" if m["num_workers"] is not None else "the runner's workers")
+        + (f" on Beam ({m['runner']})" if m.get("runner", "processes") != "processes" else ""),
     ]
     return "\n".join(lines)
 

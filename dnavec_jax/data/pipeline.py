@@ -4,6 +4,7 @@ A record is cut into chunks (whole example lengths; the streaming and RNG unit, 
 [seed, dupe, record, chunk]); chunks are packed into shard jobs of at most shard_bases; shards are
 numbered in (dupe, job) order, so 1 or N workers write byte-identical shards. Validation is a fixed
 choice of validation_block_size blocks, cut so that no token crosses a train/validation boundary.
+Jobs run in worker processes here (ProcessPool) or as Beam elements (beam_prep.BeamExecutor).
 docs/data.md ("Determinism and parallelism", "Train / validation split").
 """
 
@@ -15,13 +16,15 @@ import hashlib
 import math
 import multiprocessing
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-from dnavec_jax.data.fasta import GenomeRecord, RecordReader, SourceFile, base_code_table, contig_runs
+from dnavec_jax.data import storage
+from dnavec_jax.data.fasta import GenomeRecord, RecordReader, SourceFile, base_code_table, contig_runs, open_source
 from dnavec_jax.data.masking import MaskedBatch, Masker, leak_per_example
 from dnavec_jax.data.settings import PrepSettings
 from dnavec_jax.tokenization import CLS_ID, PAD_ID, SEP_ID
@@ -40,7 +43,27 @@ def add_stats(total: dict[str, dict[str, int]], part: dict[str, dict[str, int]])
             total[split][key] += int(part[split][key])
 
 
+def genome_stats(results: Sequence[dict], num_sources: int) -> list[dict[str, dict[str, int]]]:
+    """Per source file (genome), the sum of the jobs' stats (a job's are keyed by str(file index))."""
+    totals = [empty_stats() for _ in range(num_sources)]
+    for result in results:
+        for file_index, stats in result["stats"].items():
+            add_stats(totals[int(file_index)], stats)
+    return totals
+
+
 # ---- the split --------------------------------------------------------------
+def _held_out_count(num_blocks: int, fraction: float) -> int:
+    """Blocks held out of num_blocks: about fraction of them, at least one where there are two or more."""
+    if num_blocks < 2 or fraction <= 0:
+        return 0
+    return max(1, math.floor(fraction * num_blocks + 0.5))
+
+
+def _block_key(name: str, block: int) -> bytes:
+    return hashlib.sha256(f"{name}\t{block}".encode()).digest()[:8]
+
+
 def validation_blocks(name: str, length: int, fraction: float, block_size: int) -> np.ndarray:
     """Boolean per block of a record: True for held-out (validation) blocks.
 
@@ -50,12 +73,35 @@ def validation_blocks(name: str, length: int, fraction: float, block_size: int) 
     """
     num_blocks = max(1, math.ceil(length / block_size))
     held_out = np.zeros(num_blocks, dtype=bool)
-    if num_blocks < 2 or fraction <= 0:
-        return held_out
-    count = max(1, math.floor(fraction * num_blocks + 0.5))
-    keys = [hashlib.sha256(f"{name}\t{block}".encode()).digest()[:8] for block in range(num_blocks)]
-    held_out[sorted(range(num_blocks), key=keys.__getitem__)[:count]] = True
+    count = _held_out_count(num_blocks, fraction)
+    if count:
+        keys = [_block_key(name, block) for block in range(num_blocks)]
+        held_out[sorted(range(num_blocks), key=keys.__getitem__)[:count]] = True
     return held_out
+
+
+def hold_out_in_every_genome(records: Sequence[GenomeRecord], settings: PrepSettings) -> list[GenomeRecord]:
+    """The records, where a genome (a source file) would otherwise have no validation block given some.
+
+    The per-record choice holds nothing out of a record shorter than two blocks, so a genome of many
+    short scaffolds would have no validation split. Such a genome (two blocks or more in all) holds
+    out its lowest-hash blocks by the same rule over all its blocks; genomes the per-record choice
+    already serves are left exactly as they were.
+    """
+    size, fraction = settings.validation_block_size, settings.validation_fraction
+    by_genome: dict[int, list[GenomeRecord]] = {}
+    for record in records:
+        by_genome.setdefault(record.file_index, []).append(record)
+    chosen: dict[int, list[int]] = {}
+    for genome in by_genome.values():
+        if any(_held_out_count(math.ceil(r.length / size), fraction) for r in genome):
+            continue
+        blocks = [(record, block) for record in genome for block in range(max(1, math.ceil(record.length / size)))]
+        count = _held_out_count(len(blocks), fraction)
+        for record, block in sorted(blocks, key=lambda rb: (_block_key(rb[0].name, rb[1]), rb[0].index))[:count]:
+            chosen.setdefault(record.index, []).append(block)
+    return [dataclasses.replace(r, held_out_blocks=tuple(sorted(chosen[r.index]))) if r.index in chosen else r
+            for r in records]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +117,7 @@ class RecordSplit:
 def record_split(record: GenomeRecord, settings: PrepSettings) -> RecordSplit:
     held_out = validation_blocks(record.name, record.length, settings.validation_fraction,
                                  settings.validation_block_size)
+    held_out[list(record.held_out_blocks)] = True
     change = np.flatnonzero(held_out[1:] != held_out[:-1]) + 1
     return RecordSplit(held_out, change.astype(np.int64) * settings.validation_block_size,
                        settings.validation_block_size)
@@ -128,6 +175,23 @@ class ChunkExamples:
     order: np.ndarray  # (n,) permutation
     stats: dict[str, dict[str, int]]
 
+    @property
+    def num_real(self) -> np.ndarray:
+        """(n,) positions holding [CLS], k-mers or [SEP]: the ones of input_mask."""
+        return self.num_tokens + 2
+
+    def features(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """BERT's features (data.features.BERT_FEATURES) of the given rows, as the shards hold them."""
+        seq_length = self.true_ids.shape[1]
+        return {
+            "input_ids": self.masked.input_ids[rows],
+            "input_mask": (np.arange(seq_length)[None, :] < self.num_real[rows, None]).astype(np.int64),
+            "segment_ids": np.zeros((len(rows), seq_length), np.int64),
+            "masked_lm_positions": self.masked.masked_lm_positions[rows],
+            "masked_lm_ids": self.masked.masked_lm_ids[rows],
+            "masked_lm_weights": self.masked.masked_lm_weights[rows],
+        }
+
 
 @dataclasses.dataclass
 class ChunkTokens:
@@ -167,16 +231,18 @@ class GenomeWorker:
     """Everything one process needs to turn chunks into examples and jobs into shard files."""
 
     def __init__(self, settings: PrepSettings, sources: Sequence[SourceFile], records: Sequence[GenomeRecord],
-                 out_dir: str):
+                 out_dir: str, reader=None):
+        """reader: what reads the records' bases (default: a RecordReader of the sources; the in-memory
+        source passes fasta.InMemoryReader)."""
         self.settings = settings
         self.records = {record.index: record for record in records}
-        self.out_dir = Path(out_dir)
+        self.out_dir = str(out_dir)  # a local directory or a URL (storage.as_path)
         self.tokenizer = settings.tokenizer()
         self.kmer_lengths = self.tokenizer.kmer_lengths().astype(np.int8)
         self.masker = Masker(self.tokenizer.vocab_size, settings.mask_rate, settings.max_predictions,
                              settings.mask_strategy, settings.mask_span)
         self.table = base_code_table(settings.soft_masked)
-        self.reader = RecordReader(sources)
+        self.reader = RecordReader(sources) if reader is None else reader
         self._splits: dict[int, RecordSplit] = {}
 
     def split_of(self, record: GenomeRecord) -> RecordSplit:
@@ -265,7 +331,10 @@ class GenomeWorker:
         return ChunkExamples(true_ids, num_tokens, masked, start_offset, is_validation, order, stats)
 
     def run_job(self, job: Job, on_bases: Callable[[int], None] | None = None) -> dict:
-        """Writes the job's shard part files; returns their paths, example counts, sizes and stats."""
+        """Writes the job's shard part files; returns their paths, example counts, sizes and per-genome stats.
+
+        Rerunning a job (a runner's retry) rewrites the same files with the same bytes.
+        """
         # tfrecord imports TFDS's protobufs: loaded by the shard writer only, since tf-idf uses this
         # module's tokenization and never writes a shard.
         from dnavec_jax.data.tfrecord import ExampleEncoder, TFRecordWriter
@@ -273,20 +342,20 @@ class GenomeWorker:
         prep = self.settings
         encoder = ExampleEncoder(prep.seq_length, prep.max_predictions)
         writers = {
-            split: TFRecordWriter(str(self.out_dir / part_name(split, job.dupe, job.task)))
+            split: TFRecordWriter(f"{self.out_dir}/{part_name(split, job.dupe, job.task)}")
             for split in (SPLITS if job.dupe == 0 else ("train",))
         }
-        stats = empty_stats()
+        stats: dict[str, dict[str, dict[str, int]]] = {}  # str(file index) -> split -> counts
         try:
             for record_index, chunk_index in job.units:
                 record = self.records[record_index]
                 chunk = self.chunk_examples(record, chunk_index, job.dupe)
-                add_stats(stats, chunk.stats)
+                add_stats(stats.setdefault(str(record.file_index), empty_stats()), chunk.stats)
                 masked = chunk.masked
                 for row in chunk.order:
                     writer = writers["validation" if chunk.is_validation[row] else "train"]
                     writer.write(encoder.encode(
-                        masked.input_ids[row], chunk.num_tokens[row] + 2, masked.masked_lm_positions[row],
+                        masked.input_ids[row], chunk.num_real[row], masked.masked_lm_positions[row],
                         masked.masked_lm_ids[row], masked.masked_lm_weights[row], record_index,
                         chunk.start_offset[row], job.dupe,
                     ))
@@ -298,8 +367,6 @@ class GenomeWorker:
                 size = writer.close()
                 if writer.num_records:
                     files[split] = (writer.path, writer.num_records, size)
-                else:
-                    os.remove(writer.path)
         return {"dupe": job.dupe, "task": job.task, "files": files, "stats": stats}
 
 
@@ -371,17 +438,63 @@ def default_num_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _open_source(args: tuple[str, str, int]) -> SourceFile:
+    path, work_dir, file_index = args
+    return open_source(path, Path(work_dir), file_index)
+
+
+class ProcessPool:
+    """The default executor: the per-file work and the shard jobs in worker processes on this machine."""
+
+    def __init__(self, num_workers: int | None = None):
+        self.num_workers = num_workers or default_num_workers()
+
+    def check_paths(self, paths: Sequence[str], out_dir: str) -> None:
+        """Every path this machine can read will do (local or URL)."""
+
+    def work_dir(self, out_dir: str) -> str:
+        """Where decompressed copies and .fai indexes go: local, since pyfaidx reads only local files."""
+        return tempfile.mkdtemp(prefix="dnavec-prep-") if storage.is_remote(out_dir) else f"{out_dir}/_work"
+
+    def open_sources(self, paths: Sequence[str], work_dir: str) -> list[SourceFile]:
+        """open_source for every input, several files at once; the error of the first failing file (in
+        input order) if any fails."""
+        tasks = [(path, work_dir, index) for index, path in enumerate(paths)]
+        workers = min(self.num_workers, len(tasks))
+        if workers <= 1:
+            return [_open_source(task) for task in tasks]
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+            futures = [pool.submit(_open_source, task) for task in tasks]
+            concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
+            if any(future.done() and future.exception() for future in futures):
+                for future in futures:
+                    future.cancel()
+                concurrent.futures.wait(futures)  # the running ones: their files are removed with the work dir
+            return [future.result() for future in futures]  # raises the first failure in input order
+
+    runner = "processes"  # metadata.json's "runner"
+
+    def workers_used(self, num_jobs: int) -> int:
+        return min(self.num_workers, num_jobs)
+
+    def run_jobs(self, settings: PrepSettings, sources: Sequence[SourceFile], records: Sequence[GenomeRecord],
+                 jobs: Sequence[Job], out_dir: str, on_bases: Callable[[int], None]) -> list[dict]:
+        return run_jobs(settings, sources, records, jobs, out_dir, self.workers_used(len(jobs)), on_bases)
+
+
 def collect_shards(results: Sequence[dict], final_path: Callable[[str, int, int], str]) -> dict[str, dict]:
     """Renames part files to their final shard names in (dupe, task) order; per split: files, lengths, bytes."""
     ordered = sorted(results, key=lambda result: (result["dupe"], result["task"]))
     splits = {}
     for split in SPLITS:
         parts = [result["files"][split] for result in ordered if split in result["files"]]
-        files = []
-        for index, (path, _, _) in enumerate(parts):
-            target = final_path(split, index, len(parts))
-            os.replace(path, target)
-            files.append(os.path.basename(target))
+        targets = [final_path(split, index, len(parts)) for index in range(len(parts))]
+        # A few renames at once: in a bucket each is a copy (docs/data.md, "Remote inputs and outputs").
+        with concurrent.futures.ThreadPoolExecutor(storage.PARALLEL_REQUESTS) as threads:
+            list(threads.map(lambda path, target: storage.as_path(path).replace(target),
+                             [path for path, _, _ in parts], targets))
+        files = [os.path.basename(target) for target in targets]
         splits[split] = {
             "files": files,
             "shard_lengths": [count for _, count, _ in parts],

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from dnavec_jax.data import storage
 from dnavec_jax.errors import DNAVecError
 
 DATASET_NAME = "dna_kmer_mlm"
@@ -65,17 +66,19 @@ def read_complete(version_dir: Path) -> PreparedDataset | None:
     if metadata.get("format") != FORMAT:
         return None
     dataset = PreparedDataset(version_dir, metadata)
-    all_files = [path for split in metadata.get("files", {}) for path in dataset.files(split)]
-    if not all_files or not all(os.path.isfile(path) for path in all_files):
+    names = [name for split in metadata.get("files", {}) for name in metadata["files"][split]]
+    try:
+        present = {path.name for path in version_dir.iterdir()}  # one listing, also on an object store
+    except OSError:
         return None
-    if not (version_dir / VOCAB_FILE).is_file():
+    if not names or not set(names) <= present or VOCAB_FILE not in present:
         return None
     return dataset
 
 
 def find_prepared(data_dir: str | os.PathLike) -> list[PreparedDataset]:
-    """Every complete prepared dataset at or below data_dir (at most 3 levels down)."""
-    root = Path(data_dir)
+    """Every complete prepared dataset at or below data_dir (at most 3 levels down; data_dir may be a URL)."""
+    root = storage.as_path(data_dir)
     if not root.is_dir():
         return []
     found = []
@@ -106,7 +109,7 @@ def load_prepared(data_dir: str | os.PathLike) -> PreparedDataset:
     """The one complete prepared dataset under data_dir (the version dir itself or a parent of it)."""
     datasets = find_prepared(data_dir)
     if not datasets:
-        what = "does not exist" if not Path(data_dir).exists() else "holds no complete prepared dataset"
+        what = "does not exist" if not storage.as_path(data_dir).exists() else "holds no complete prepared dataset"
         raise DNAVecError(
             f"{data_dir}: {what}; prepare it with `python data_prep/prepare_data.py --data_dir {data_dir}`"
         )
@@ -127,7 +130,7 @@ def check_shard_sizes(dataset: PreparedDataset) -> None:
     for split, sizes in recorded.items():
         for name, size in zip(dataset.metadata["files"][split], sizes):
             path = dataset.path / name
-            actual = path.stat().st_size
+            actual = storage.size(path)
             if actual != size:
                 what = "training" if split == "train" else split  # as the input pipeline says it
                 raise DNAVecError(

@@ -7,13 +7,13 @@ with google-crc32c checksums, and tests read the files back with tf.data (docs/d
 
 from __future__ import annotations
 
-import os
 import struct
 
 import google_crc32c
 import numpy as np
 from tensorflow_datasets.proto import tf_example_pb2
 
+from dnavec_jax.data import storage
 from dnavec_jax.data.features import ALL_FEATURES, TRACE_FEATURES, feature_shapes
 
 _MASK_DELTA = 0xA282EAD8
@@ -26,24 +26,34 @@ def masked_crc32c(data: bytes) -> int:
 
 
 class TFRecordWriter:
-    """Appends records to one TFRecord file (uncompressed)."""
+    """Writes records to one TFRecord file (uncompressed), a local path or a URL (gs://...).
+
+    The file is created at the first record: a writer that gets none leaves no file behind.
+    """
 
     def __init__(self, path: str):
         self.path = path
-        self._file = open(path, "wb")
+        self._file = None
         self.num_records = 0
+        self.num_bytes = 0
 
     def write(self, record: bytes) -> None:
+        if self._file is None:
+            self._file = storage.as_path(self.path).open("wb")
         length = struct.pack("<Q", len(record))
-        self._file.write(b"".join((
+        framed = b"".join((
             length, struct.pack("<I", masked_crc32c(length)), record, struct.pack("<I", masked_crc32c(record)),
-        )))
+        ))
+        self._file.write(framed)
         self.num_records += 1
+        self.num_bytes += len(framed)
 
     def close(self) -> int:
-        """Closes the file and returns its size in bytes."""
-        self._file.close()
-        return os.path.getsize(self.path)
+        """Closes the file and returns its size in bytes (0, and no file, if nothing was written)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        return self.num_bytes
 
 
 def read_records(path: str):
