@@ -9,27 +9,18 @@ inits (normal word and position tables), dropout 0.1, lr 4e-4 with linear warmup
 then linear decay to 0, batch 8. Only width, depth and steps shrink (and the compute dtype is float32,
 for the CPU). The corpus is the embedded chr22, as in base's data-prep defaults (one 100 kb block held
 out); dupe_factor 4 so that the steps do not revisit the same masks. Variants after the colon, joined
-by '+', switch on the demo's choices one at a time (docs/training.md, "The base recipe on a CPU"):
-words (word_init=bases), positions (position_init=sinusoidal), no_dropout (hidden_dropout_rate=0).
+by '+', switch on the demo's choices as configs/base.py offers them (base.CHOICES; docs/training.md, "The
+base recipe on a CPU"): words (word_init=bases), positions (position_init=sinusoidal), no_dropout
+(hidden_dropout_rate=0).
 """
 
 from configs import base
 
-DEMO_CHOICES = {
-    "words": {"word_init": "bases"},
-    "positions": {"position_init": "sinusoidal"},
-    "no_dropout": {"hidden_dropout_rate": 0.0},
-}
-
 
 def get_config(variant: str = ""):
-    config = base.get_config()
+    config = base.get_config(variant)
     config.model.update(hidden_size=128, num_layers=2, num_heads=2, intermediate_size=512,  # head size 64: base's
                         dtype="float32")
-    for choice in filter(None, variant.split("+")):
-        if choice not in DEMO_CHOICES:
-            raise ValueError(f"configs/base_cpu.py: unknown variant {choice!r}; known: {', '.join(DEMO_CHOICES)}")
-        config.model.update(DEMO_CHOICES[choice])
     config.data.update(data_dir="data_cache/chr22_base_cpu", prepare_if_missing=True)
     config.data.prep.update(dupe_factor=4, chunk_bases=200_000, shard_bases=400_000)  # several shards
     steps = 600  # 3.3 s a step on the shared 2-core machine, plus four evaluations of ~85 s (docs/training.md)

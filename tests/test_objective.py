@@ -241,3 +241,27 @@ def test_training_log_warns_once_when_copying_does_not_start(tiny_config, tmp_pa
         train_and_evaluate(tiny_config, tmp_path / "run")
     warnings = [record.getMessage() for record in caplog.records if "copy accuracy given k" in record.getMessage()]
     assert len(warnings) == 1 and "at steps 1, 2, 3" in warnings[0], warnings
+
+
+def test_base_offers_the_demo_choices_and_keeps_the_papers_recipe_by_default():
+    """configs/base.py:words+positions (docs/training.md, "The base recipe on a CPU"); no variant: BERT's inits and
+    dropout 0.1; base_cpu.py changes only sizes, steps and dtype."""
+    import importlib
+
+    base, base_cpu = importlib.import_module("configs.base"), importlib.import_module("configs.base_cpu")
+    paper = base.get_config().model
+    assert (paper.word_init, paper.position_init, paper.hidden_dropout_rate) == ("normal", "normal", 0.1)
+    fast = base.get_config("words+positions").model
+    assert (fast.word_init, fast.position_init, fast.hidden_dropout_rate) == ("bases", "sinusoidal", 0.1)
+    with pytest.raises(ValueError, match="unknown config variant 'wide'"):
+        base.get_config("wide")
+    small, full = base_cpu.get_config("no_dropout"), base.get_config("no_dropout")
+    assert small.model.hidden_dropout_rate == 0.0
+    assert small.data.prep.to_dict() == {**full.data.prep.to_dict(), "dupe_factor": 4, "chunk_bases": 200_000,
+                                         "shard_bases": 400_000}
+    changed = {name for name in full.train if small.train[name] != full.train[name]}
+    assert changed <= {"num_train_steps", "warmup_steps", "log_every_steps", "eval_every_steps", "eval_batch_size",
+                       "checkpoint_every_steps", "keep_checkpoints"}, changed
+    ratio = full.train.warmup_steps / full.train.num_train_steps  # base's schedule shape: 12.5% warmup
+    assert small.train.warmup_steps / small.train.num_train_steps == ratio
+    assert small.train.learning_rate == full.train.learning_rate and small.train.schedule == full.train.schedule
