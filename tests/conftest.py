@@ -30,6 +30,15 @@ def chr22_fasta() -> Path:
     return DEMO_FASTA
 
 
+@pytest.fixture(scope="session")
+def demo_prep():
+    """The data-prep settings of configs/demo.py: the pretraining run a task generator is told about (its
+    held-out blocks are the demo model's)."""
+    from dnavec_jax.training.settings import RunSettings
+
+    return RunSettings.from_config(load_config_file("demo")).prep
+
+
 # ---- training-system fixtures (tests/test_train*.py, test_checkpoint*.py, test_input*.py) ----
 
 REPO = Path(__file__).resolve().parents[1]

@@ -217,3 +217,51 @@ def test_the_bf16_base_loss_keeps_no_float32_logits_sized_buffer_for_the_backwar
     residuals = jax.eval_shape(lambda p, b: jax.tree.leaves(jax.vjp(lambda q: loss(q, b), p)[1]), params, batch)
     big = [r for r in residuals if r.size >= rows * predictions * config.vocab_size]
     assert [(r.shape, r.dtype) for r in big] == [((rows, predictions, config.padded_vocab_size), jnp.bfloat16)]
+
+
+def test_copy_stall_warning_after_several_evaluations_near_zero():
+    """The rule: warn once the last COPY_STALL_EVALUATIONS evaluations all stayed below COPY_STALL_ACCURACY."""
+    below, above = objective.COPY_STALL_ACCURACY * 0.5, objective.COPY_STALL_ACCURACY
+    stalled = [(100 * i, below) for i in range(1, objective.COPY_STALL_EVALUATIONS + 1)]
+    warning = objective.copy_stall_warning(stalled)
+    assert warning.startswith("copy accuracy given k is still") and "\n" not in warning
+    assert "at steps 100, 200, 300" in warning
+    assert objective.copy_stall_warning(stalled[:-1]) is None  # not yet several
+    assert objective.copy_stall_warning([*stalled[:-1], (300, above)]) is None  # learning
+    assert objective.copy_stall_warning([(50, above), *stalled]) is not None  # only the recent ones count
+
+
+def test_training_log_warns_once_when_copying_does_not_start(tiny_config, tmp_path, caplog):
+    """The tiny model on synthetic data learns nothing to copy in 4 steps: the 3rd and 4th evaluations leave one
+    warning line in the log."""
+    from conftest import train_and_evaluate
+
+    tiny_config.train.update(num_train_steps=4, eval_every_steps=1, checkpoint_every_steps=0)
+    with caplog.at_level("WARNING"):
+        train_and_evaluate(tiny_config, tmp_path / "run")
+    warnings = [record.getMessage() for record in caplog.records if "copy accuracy given k" in record.getMessage()]
+    assert len(warnings) == 1 and "at steps 1, 2, 3" in warnings[0], warnings
+
+
+def test_base_offers_the_demo_choices_and_keeps_the_papers_recipe_by_default():
+    """configs/base.py:words+positions (docs/training.md, "The base recipe on a CPU"); no variant: BERT's inits and
+    dropout 0.1; base_cpu.py changes only sizes, steps and dtype."""
+    import importlib
+
+    base, base_cpu = importlib.import_module("configs.base"), importlib.import_module("configs.base_cpu")
+    paper = base.get_config().model
+    assert (paper.word_init, paper.position_init, paper.hidden_dropout_rate) == ("normal", "normal", 0.1)
+    fast = base.get_config("words+positions").model
+    assert (fast.word_init, fast.position_init, fast.hidden_dropout_rate) == ("bases", "sinusoidal", 0.1)
+    with pytest.raises(ValueError, match="unknown config variant 'wide'"):
+        base.get_config("wide")
+    small, full = base_cpu.get_config("no_dropout"), base.get_config("no_dropout")
+    assert small.model.hidden_dropout_rate == 0.0
+    assert small.data.prep.to_dict() == {**full.data.prep.to_dict(), "dupe_factor": 4, "chunk_bases": 200_000,
+                                         "shard_bases": 400_000}
+    changed = {name for name in full.train if small.train[name] != full.train[name]}
+    assert changed <= {"num_train_steps", "warmup_steps", "log_every_steps", "eval_every_steps", "eval_batch_size",
+                       "checkpoint_every_steps", "keep_checkpoints"}, changed
+    ratio = full.train.warmup_steps / full.train.num_train_steps  # base's schedule shape: 12.5% warmup
+    assert small.train.warmup_steps / small.train.num_train_steps == ratio
+    assert small.train.learning_rate == full.train.learning_rate and small.train.schedule == full.train.schedule

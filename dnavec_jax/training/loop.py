@@ -71,6 +71,8 @@ class Run:
     train_time: float
     writer: MetricWriter
     meter: TrainMeter
+    copy_history: list[tuple[int, float]] = dataclasses.field(default_factory=list)  # (step, copy given k)
+    copy_warned: bool = False
 
 
 def train_and_evaluate(settings: RunSettings, workdir: str | os.PathLike, *, preempt_at_step: int | None = None
@@ -369,6 +371,12 @@ def evaluate(run: Run) -> dict[str, float]:
     run.writer.write(run.step, "eval", row)
     logging.info("eval at step %d: loss %.4f, accuracy %.4f (ceiling %.4f) over %d masked tokens", run.step,
                  row["loss"], row["accuracy"], row["accuracy_ceiling"], row["masked_tokens"])
+    if "copy_accuracy_given_k" in row:
+        run.copy_history.append((run.step, row["copy_accuracy_given_k"]))
+        warning = objective.copy_stall_warning(run.copy_history)
+        if warning and not run.copy_warned:
+            logging.warning(warning)
+            run.copy_warned = True
     return row
 
 
