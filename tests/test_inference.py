@@ -139,3 +139,68 @@ def test_encoder_matches_the_model_and_compiles_once_per_shape(run_model):
         assert seen[key].shape[0] == loaded_model.padded_length(len(window), 64)
         np.testing.assert_allclose(seen[key][:n], hidden[key, :n], atol=1e-5)
     assert encoder.num_compiled == 4  # 64 and 16 compiled above; 8 and 32 new
+
+
+def _windows(tokenizer, sizes, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(5, tokenizer.vocab_size, size=n) for n in sizes]
+
+
+@pytest.mark.parametrize("batch_size", [3, 5])
+def test_encoder_splits_batches_over_every_device_with_single_device_numbers(run_model, batch_size):
+    """conftest simulates 4 CPU devices: the batch rows are split over all 4 (a batch size they do not divide is
+    padded to one they do), and every row equals what one device computes."""
+    windows = _windows(run_model.tokenizer, (5, 30, 62, 12, 1, 40, 62, 7, 20))
+    input_ids, input_mask = loaded_model.pack_windows(windows, 64)
+    one = loaded_model.Encoder(run_model, batch_size=batch_size, devices=jax.devices()[:1])
+    every = loaded_model.Encoder(run_model, batch_size=batch_size)
+    assert jax.device_count() == 4 and every.parallel.num_devices == 4 and every.rows == 4 * -(-batch_size // 4)
+    assert one.rows == batch_size
+    started = every._dispatch(input_ids[:batch_size], input_mask[:batch_size])
+    assert len(started.sharding.device_set) == 4 and not started.sharding.is_fully_replicated
+    np.testing.assert_allclose(every.encode(input_ids, input_mask), one.encode(input_ids, input_mask), atol=1e-6)
+    for (keys_a, a), (keys_b, b) in zip(every.encode_windows(enumerate(windows)), one.encode_windows(
+            enumerate(windows))):
+        order = {key: row for row, key in enumerate(keys_b)}
+        for row, key in enumerate(keys_a):
+            if key in order:
+                np.testing.assert_allclose(a[row], b[order[key]], atol=1e-6)
+
+
+def test_per_example_attention_is_the_xla_path(run_model):
+    """What inference runs on a CPU (one example at a time) gives the batched XLA path's numbers."""
+    import dataclasses
+
+    windows = _windows(run_model.tokenizer, (62, 3, 40, 17, 62, 9))
+    input_ids, input_mask = loaded_model.pack_windows(windows, 64)
+    configs = {name: dataclasses.replace(run_model.config, attention_implementation=name)
+               for name in ("xla", "xla_per_example")}
+    states = {name: np.asarray(BertForMaskedLM(config).apply({"params": run_model.params}, input_ids, input_mask,
+                                                              method=BertForMaskedLM.encode))
+              for name, config in configs.items()}
+    np.testing.assert_allclose(states["xla_per_example"], states["xla"], atol=1e-6)
+    assert loaded_model.inference_config(run_model.config).attention_implementation == "xla_per_example"
+
+
+def test_bfloat16_inference(run_model):
+    windows = _windows(run_model.tokenizer, (62, 30, 12))
+    input_ids, input_mask = loaded_model.pack_windows(windows, 64)
+    full = loaded_model.Encoder(run_model, batch_size=4).encode(input_ids, input_mask)
+    half = loaded_model.Encoder(run_model, batch_size=4, dtype="bfloat16").encode(input_ids, input_mask)
+    assert half.dtype == np.float32 and half.shape == full.shape
+    difference = np.abs(half - full)
+    assert 0 < difference.max() and difference.mean() < 0.05 * np.abs(full).mean()  # bf16: ~3 significant digits
+    with pytest.raises(DNAVecError, match="--dtype must be one of float32, bfloat16"):
+        loaded_model.Encoder(run_model, dtype="float16")
+
+
+def test_encode_windows_does_not_hold_a_rare_length_forever(run_model):
+    """A window of a length nothing else has runs part-full once max_lag later windows have arrived, so a caller
+    that emits records in order holds a bounded number of them."""
+    encoder = loaded_model.Encoder(run_model, batch_size=4)
+    windows = [(0, np.full(3, 7))] + [(i, np.full(60, 7)) for i in range(1, 41)]  # lengths 8, then 64s
+    batches = [keys for keys, _ in encoder.encode_windows(windows, max_lag=8)]
+    first = next(index for index, keys in enumerate(batches) if 0 in keys)
+    assert first <= 2 and sorted(key for keys in batches for key in keys) == list(range(41))
+    unbounded = [keys for keys, _ in encoder.encode_windows(windows, max_lag=10**9)]
+    assert 0 in unbounded[-1]  # without the bound it waits for the end
