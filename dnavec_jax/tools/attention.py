@@ -145,7 +145,8 @@ class ShareCounter:
         self.num_sequences = 0
 
         # The batch is split over the devices; the sums come back replicated (XLA adds the devices' parts).
-        @functools.partial(jax.jit, static_argnums=(0,), out_shardings=self.parallel.replicated)
+        @functools.partial(jax.jit, static_argnums=(0,), out_shardings=self.parallel.replicated,
+                           compiler_options=loaded_model.compiler_options())
         def batch_sums(k_min, params, ids, mask, kmer_lengths, top_table):
             _, probs = model_lib.apply_with_attention(self.config, params, ids, mask)
             masks = category_masks(ids, mask, kmer_lengths, top_table, k_min)

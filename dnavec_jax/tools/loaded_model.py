@@ -226,12 +226,22 @@ def last_hidden(hidden, input_ids, input_mask):
 
 def inference_config(config: BertConfig, dtype: str = "float32") -> BertConfig:
     """`config` as inference runs it: compute dtype `dtype` (parameters stay float32), no remat; attention one
-    example at a time on a CPU (model.per_example_attention: the same numbers, 3-4x faster there), "auto"
+    (example, head) at a time on a CPU (model.per_head_attention: the same numbers, about 2x faster there), "auto"
     elsewhere (cuDNN flash attention for bfloat16 on an NVIDIA GPU, XLA otherwise)."""
     if dtype not in INFERENCE_DTYPES:
         raise DNAVecError(f"--dtype must be one of {', '.join(INFERENCE_DTYPES)}, got {dtype!r}")
-    attention = "xla_per_example" if jax.default_backend() == "cpu" else "auto"
+    attention = "xla_per_head" if jax.default_backend() == "cpu" else "auto"
     return dataclasses.replace(config, dtype=dtype, attention_implementation=attention, remat=False)
+
+
+def compiler_options() -> dict[str, Any]:
+    """XLA options of the inference programs. On a CPU: dots on XLA's Eigen kernels rather than YNNPACK's
+    (12% faster end to end on the 2-core box), and max without NaN propagation (the softmax's max was the
+    slowest loop; a NaN still reaches the outputs through the exponentials and the NaN check). Both keep
+    the numbers of finite inputs (docs/benchmarks.md)."""
+    if jax.default_backend() != "cpu":
+        return {}
+    return {"xla_cpu_experimental_ynn_fusion_type": "", "xla_cpu_enable_fast_min_max": True}
 
 
 class DataParallel:
@@ -285,7 +295,7 @@ class Encoder:
 
         parallel = self.parallel
         self._forward = jax.jit(forward, in_shardings=(parallel.replicated, parallel.batch, parallel.batch),
-                                out_shardings=parallel.batch)
+                                out_shardings=parallel.batch, compiler_options=compiler_options())
         self._params = parallel.put_params(jax.tree.map(lambda x: np.asarray(x, np.float32), loaded.params))
 
     @property
