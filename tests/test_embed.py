@@ -297,7 +297,9 @@ def test_an_interrupted_shard_run_resumes_where_it_stopped(trained_workdir, reco
     monkeypatch.setattr(embed, "embedded_records", lambda loaded, records, **kw: original(
         loaded, (seen.append(name) or (name, raw) for name, raw in records), **kw))
     assert embed.run_embed(dataclasses.replace(settings, resume=True)) == 0
-    assert f"resuming after {done} of 16 records (2 shards)" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert f"resuming after {done} of 16 records (2 shards)" in captured.err
+    assert f"embedded {16 - done} records after the {done} of the interrupted run (" in captured.out
     assert len(seen) == 16 - done  # the two finished shards' records were not embedded again
     index, resumed = _load_shards(output)
     assert not partial.exists() and index["records"] == 16

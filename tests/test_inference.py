@@ -204,3 +204,51 @@ def test_encode_windows_does_not_hold_a_rare_length_forever(run_model):
     assert first <= 2 and sorted(key for keys in batches for key in keys) == list(range(41))
     unbounded = [keys for keys, _ in encoder.encode_windows(windows, max_lag=10**9)]
     assert 0 in unbounded[-1]  # without the bound it waits for the end
+
+
+_TWO_PROCESS_SCRIPT = """
+import sys
+import jax
+import numpy as np
+jax.distributed.initialize(f"localhost:{sys.argv[1]}", num_processes=2, process_id=int(sys.argv[2]))
+from dnavec_jax.tools import loaded_model
+loaded = loaded_model.load_model(sys.argv[3])
+inputs = np.load(sys.argv[4])
+encoder = loaded_model.Encoder(loaded, batch_size=3)  # 4 devices over 2 processes: 4 rows a batch
+assert encoder.parallel.num_devices == 4 and jax.local_device_count() == 2, jax.devices()
+hidden = encoder.encode(inputs["ids"], inputs["mask"])
+np.save(sys.argv[5] + f"{jax.process_index()}.npy", hidden)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_encode_like_one(run_model, trained_workdir, tmp_path, compile_cache):
+    """Two processes x 2 CPU devices (jax.distributed on localhost): each feeds the same batches, each gets every
+    row back, equal to one process's numbers."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from test_train_multiprocess import free_port
+
+    windows = _windows(run_model.tokenizer, (5, 30, 62, 12, 1, 40, 62))
+    input_ids, input_mask = loaded_model.pack_windows(windows, 64)
+    np.savez(tmp_path / "inputs.npz", ids=input_ids, mask=input_mask)
+    port = free_port()
+    env = {**os.environ, **compile_cache, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    procs = [subprocess.Popen([sys.executable, "-c", _TWO_PROCESS_SCRIPT, str(port), str(index), str(trained_workdir),
+                               str(tmp_path / "inputs.npz"), str(tmp_path / "hidden")],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for index in range(2)]
+    try:
+        errors = [proc.communicate(timeout=240)[1] for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    assert [proc.returncode for proc in procs] == [0, 0], errors[0][-2000:] + errors[1][-2000:]
+    expected = loaded_model.Encoder(run_model, batch_size=3).encode(input_ids, input_mask)
+    for index in range(2):
+        np.testing.assert_allclose(np.load(tmp_path / f"hidden{index}.npy"), expected, atol=1e-6)

@@ -359,9 +359,10 @@ def _resumable_shards(partial: Path, fingerprint: dict) -> list[dict]:
 
 
 def _write_shards(settings: EmbedSettings, loaded: LoadedModel, k: int | None, index: list[tuple[str, int]],
-                  records: Iterator[tuple[str, np.ndarray]], output: Path, progress: bool) -> dict:
+                  records: Iterator[tuple[str, np.ndarray]], output: Path, progress: bool) -> tuple[dict, dict]:
     """Embeds into files.partial_directory(output) shard by shard, resuming one left there with --resume, then
-    writes index.json and renames it to output. Returns index.json's content."""
+    writes index.json and renames it to output. Returns index.json's content and this run's counts (records,
+    tokens, windows; resumed: the records found done)."""
     fingerprint = _fingerprint(settings, loaded, k, index)
     partial = files.partial_directory(output)
     shards: list[dict] = []
@@ -374,7 +375,7 @@ def _write_shards(settings: EmbedSettings, loaded: LoadedModel, k: int | None, i
             raise DNAVecError(f"--output {output}: an interrupted run left {partial}; pass --resume to continue "
                               "it, or --overwrite to start again")
     partial.mkdir(exist_ok=True)
-    done = sum(shard["records"] for shard in shards)
+    done, resumed_shards = sum(shard["records"] for shard in shards), len(shards)
     if done:
         print(f"resuming after {done:,} of {len(index):,} records ({len(shards)} shards)", file=sys.stderr)
     writer = _ShardWriter(partial, fingerprint, shards, settings.shard_bytes, settings.per_token)
@@ -385,6 +386,9 @@ def _write_shards(settings: EmbedSettings, loaded: LoadedModel, k: int | None, i
     for (name, length), result in zip(index[done:], results, strict=True):
         writer.add(name, length, result)
     writer.flush()
+    this_run = shards[resumed_shards:]
+    counts = {"records": len(index) - done, "tokens": sum(shard["tokens"] for shard in this_run),
+              "windows": sum(shard["windows"] for shard in this_run), "resumed": done}
     summary = {**fingerprint, "hidden_size": loaded.config.hidden_size,
                "tokens": sum(shard["tokens"] for shard in shards),
                "windows": sum(shard["windows"] for shard in shards),
@@ -392,7 +396,7 @@ def _write_shards(settings: EmbedSettings, loaded: LoadedModel, k: int | None, i
     _json(partial / INDEX_FILE, summary)
     (partial / PROGRESS_FILE).unlink()
     files.commit_directory(partial, output, "--output", settings.overwrite)
-    return summary
+    return summary, counts
 
 
 def run_embed(settings: EmbedSettings) -> int:
@@ -419,13 +423,13 @@ def run_embed(settings: EmbedSettings) -> int:
     with tempfile.TemporaryDirectory(prefix="dnavec_embed_") as work_dir:
         index, records = fasta.fasta_records(settings.fasta, Path(work_dir))
         if shards:
-            summary = _write_shards(settings, loaded, k, index, records, output, progress)
-            tokens, windows = summary["tokens"], summary["windows"]
+            summary, counts = _write_shards(settings, loaded, k, index, records, output, progress)
+            embedded, tokens, windows = counts["records"], counts["tokens"], counts["windows"]
         else:
             result = _embed(loaded, records, len(index), seed=settings.seed,
                             num_tokenizations=settings.num_tokenizations, batch_size=settings.batch_size,
                             per_token=settings.per_token, progress=progress, k=k, dtype=settings.dtype)
-            tokens, windows = int(result["num_tokens"].sum()), int(result["num_windows"].sum())
+            embedded, tokens, windows = len(index), int(result["num_tokens"].sum()), int(result["num_windows"].sum())
     seconds = time.perf_counter() - started
     if not shards:
         arrays = {
@@ -439,7 +443,8 @@ def run_embed(settings: EmbedSettings) -> int:
     tokens *= settings.num_tokenizations
     windows *= settings.num_tokenizations
     where = f"{output} ({len(summary['shards'])} shards)" if shards else str(output)
-    print(f"embedded {len(index):,} records ({tokens:,} tokens in {windows:,} windows, {settings.num_tokenizations} "
-          f"tokenization(s)) with {loaded.source} in {seconds:.1f}s: {len(index) / seconds:,.1f} sequences/s, "
-          f"{tokens / seconds:,.0f} tokens/s (compilation included) -> {where}")
+    resumed = f" after the {counts['resumed']:,} of the interrupted run" if shards and counts["resumed"] else ""
+    print(f"embedded {embedded:,} records{resumed} ({tokens:,} tokens in {windows:,} windows, "
+          f"{settings.num_tokenizations} tokenization(s)) with {loaded.source} in {seconds:.1f}s: "
+          f"{embedded / seconds:,.1f} sequences/s, {tokens / seconds:,.0f} tokens/s (compilation included) -> {where}")
     return 0
