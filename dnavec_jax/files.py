@@ -105,11 +105,23 @@ def staged_directory(output_dir: Path, flag: str, overwrite: bool) -> Iterator[P
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
     try:
         yield staging
-        set_umask_permissions(staging)
-        replace_directory(staging, output_dir, overwrite, lambda: not_empty_error(output_dir, flag))
+        commit_directory(staging, output_dir, flag, overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def partial_directory(output_dir: Path) -> Path:
+    """Where a resumable directory output (embed's shards) is built: a hidden sibling with a fixed name, so
+    that a later run finds an interrupted one. It holds no index of a finished output until commit_directory
+    renames it into place."""
+    return output_dir.parent / f".{output_dir.name}.partial"
+
+
+def commit_directory(staging: Path, output_dir: Path, flag: str, overwrite: bool) -> None:
+    """A finished staging directory gets umask permissions and replaces output_dir (replace_directory)."""
+    set_umask_permissions(staging)
+    replace_directory(staging, output_dir, overwrite, lambda: not_empty_error(output_dir, flag))
 
 
 def set_umask_permissions(directory: Path) -> None:

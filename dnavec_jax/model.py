@@ -24,7 +24,7 @@ from dnavec_jax.tokenization import KmerTokenizer, k_range_of_vocab_size
 # apply_with_attention) and each layer computes its attention explicitly and sows the probabilities.
 # Parameters and the default path (jax.nn.dot_product_attention) are unchanged.
 ATTENTION_COLLECTION = "attention"
-ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "xla_per_head")
 POSITION_INITS = ("normal", "sinusoidal")
 WORD_INITS = ("normal", "bases")
 # The word-embedding table and MLM bias have padded_vocab_size rows: matmul dimensions that are
@@ -51,7 +51,8 @@ class BertConfig:
     dtype: str = setting("float32", "compute dtype (parameters and optimizer state stay float32): bfloat16 "
                                     "on GPUs and TPUs", choices=("float32", "bfloat16", "float16"))
     attention_implementation: str = setting("auto", "auto: cuDNN flash attention where it runs (NVIDIA GPU, "
-                                                    "bf16/fp16), else XLA; xla or cudnn force one",
+                                                    "bf16/fp16), else XLA; xla or cudnn force one; xla_per_head: "
+                                                    "XLA one (example, head) at a time (CPU inference)",
                                             choices=ATTENTION_IMPLEMENTATIONS)
     remat: bool = setting(False, "recompute each layer's activations in the backward pass")
     position_init: str = setting("normal", "initial position table: normal (BERT's N(0, initializer_range)) or "
@@ -273,6 +274,8 @@ class BertSelfAttention(nn.Module):
             # it rejects); None: no padding, no mask at all.
             context = jax.nn.dot_product_attention(query, key, value, key_value_seq_lengths=padding.key_lengths,
                                                    implementation="cudnn")
+        elif attention_implementation(cfg) == "xla_per_head":
+            context = per_head_attention(query, key, value, padding.mask)
         else:
             context = jax.nn.dot_product_attention(query, key, value, mask=padding.mask, implementation="xla")
         context = context.reshape(batch, length, cfg.hidden_size)
@@ -291,6 +294,35 @@ class BertSelfAttention(nn.Module):
         probs = jax.nn.softmax(logits, axis=-1)
         self.sow(ATTENTION_COLLECTION, "probs", probs)
         return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(value.dtype), value)
+
+
+def per_head_attention(query, key, value, mask):
+    """jax.nn.dot_product_attention's XLA path (scores scaled after the product, padding at 0.7 x the float32
+    minimum, float32 softmax) run one (example, head) at a time with lax.map: the same numbers.
+
+    On a CPU the batched form writes the (batch, heads, L, L) scores to memory and reads them back for the
+    mask, the softmax and the product with V (268 MB a layer at 32 x 512 tokens, base width); one head's
+    (L, L) scores (1 MB) stay in cache, and its two products are plain matrix products. Q, K and V are laid
+    out (batch x heads, L, head_dim) once, before the loop. Measured about 2x faster at that shape
+    (docs/benchmarks.md). A loop is what a GPU does not want: "auto" never picks it, inference on a CPU does.
+    """
+    batch, length, heads, head_dim = query.shape
+    scale = jnp.asarray(1.0 / head_dim ** 0.5, jnp.float32)
+    masked = jnp.asarray(0.7 * jnp.finfo(jnp.float32).min, jnp.float32)
+
+    def one(pair):
+        q, k, v, m = pair  # (L, head_dim) each; m (1, keys) or None
+        logits = jnp.einsum("qd,kd->qk", q, k, preferred_element_type=jnp.float32) * scale
+        if m is not None:
+            logits = jnp.where(m, logits, masked)
+        probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+        return jnp.einsum("qk,kd->qd", probs, v)
+
+    pairs = [jnp.transpose(x, (0, 2, 1, 3)).reshape(batch * heads, -1, head_dim) for x in (query, key, value)]
+    if mask is not None:  # (batch, 1, 1, keys) -> one (1, keys) row per pair
+        mask = jnp.broadcast_to(mask, (batch, heads, 1, mask.shape[-1])).reshape(batch * heads, 1, -1)
+    out = jax.lax.map(one, (*pairs, mask)).reshape(batch, heads, length, head_dim)
+    return jnp.transpose(out, (0, 2, 1, 3))
 
 
 class Padding(NamedTuple):

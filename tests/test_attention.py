@@ -219,3 +219,20 @@ def test_cli_errors_are_one_line(trained_workdir, chr22_slice, tmp_path, capsys,
     status, _, stderr = _run(capsys, "--model", trained_workdir, "--fasta", chr22_slice, "--output_dir",
                              tmp_path / "viz", "--html_record", "chr22_slice")
     assert status == 2 and stderr.count("\n") == 1 and 'needs bertviz' in stderr and 'pip install -e ".[viz]"' in stderr
+
+
+def test_share_counter_over_every_device_equals_one_device(trained_workdir):
+    """5 windows on the 4 simulated devices (padded to 8 rows that count for nothing) give one device's sums."""
+    loaded = loaded_model.load_model(trained_workdir)
+    rng = np.random.default_rng(3)
+    rows = [rng.integers(5, loaded.tokenizer.vocab_size, size=n) for n in (62, 10, 33, 62, 5)]
+    input_ids, input_mask = loaded_model.pack_windows(rows, loaded.window_length)
+    counters = [attention.ShareCounter(loaded.config, loaded.params, loaded.tokenizer, [7, 8, 9], devices=devices)
+                for devices in (jax.devices()[:1], None)]
+    for counter in counters:
+        counter.add(input_ids, input_mask)
+    one, every = (counter.result() for counter in counters)
+    assert counters[1].parallel.num_devices == 4 and every.num_sequences == one.num_sequences == 5
+    assert every.num_queries == one.num_queries == sum(map(len, rows))
+    np.testing.assert_allclose(every.share, one.share, atol=1e-6)
+    np.testing.assert_allclose(every.uniform, one.uniform, atol=1e-7)

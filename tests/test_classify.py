@@ -244,15 +244,12 @@ def test_token_probe_finds_one_marker_token_that_a_mean_dilutes():
     assert pooled["accuracy"] < 0.8, pooled  # the control: the same data, mean-pooled, is near chance
 
 
-def test_static_tokens_are_the_static_probes_vectors(loaded, chr22_fasta, demo_prep, tmp_path, capsys, monkeypatch):
-    """static = the mean of static_tokens over a sequence: both read the tokenization embed uses. The features
-    are embedded in chunks (FEATURE_CHUNK_BASES, made small here) into arrays allocated once, with a progress bar."""
+def test_static_tokens_are_the_static_probes_vectors(loaded, chr22_fasta, demo_prep, tmp_path, capsys):
+    """static = the mean of static_tokens over a sequence: both read the tokenization embed uses. The token
+    features are spilled to disk as they come (SpilledRows), with a progress bar."""
     paths = motif.write_task(motif.planted_motif_task(chr22_fasta, pretraining=demo_prep, num_windows=20, length=150,
                                                       seed=2), tmp_path / "task")
     task = tables.load_task(paths["train"], paths["dev"], paths["test"])
-    monkeypatch.setattr(probes, "FEATURE_CHUNK_BASES", 700)  # 150-base rows: 5 a chunk
-    assert [(c.start, c.stop) for c in probes._chunks(["A" * 300, "A" * 100, "A" * 500, "A" * 10], 400)] == [
-        (0, 2), (2, 3), (3, 4)]
     features = probes.probe_features(loaded, task, seed=4, features=("static", "static_tokens", "tokens"),
                                        num_tokenizations=2, progress=True)
     assert "features train: 100%" in capsys.readouterr().err
@@ -262,6 +259,8 @@ def test_static_tokens_are_the_static_probes_vectors(loaded, chr22_fasta, demo_p
         np.testing.assert_allclose(np.add.reduceat(vectors, tokens.offsets[:-1]) / np.diff(tokens.offsets)[:, None],
                                    features["static"][split], atol=1e-6)
         assert tokens.values.dtype == np.int32 and features["tokens"][split].values.dtype == np.float16  # compact
+        assert isinstance(tokens.values, probes.SpilledRows) and isinstance(features["tokens"][split].values,
+                                                                             probes.SpilledRows)
         assert np.array_equal(features["tokens"][split].offsets, tokens.offsets)
         assert tokens.offsets[-1] == 2 * 148 * len(task.sequences(split))  # 150 bases, k_min 3, two tokenizations
     reference = embed.embed_sequences(loaded, task.sequences("dev"), seed=4, num_tokenizations=2, per_token=True,
@@ -270,6 +269,35 @@ def test_static_tokens_are_the_static_probes_vectors(loaded, chr22_fasta, demo_p
     np.testing.assert_array_equal(stored.offsets, reference["token_offsets"])
     np.testing.assert_allclose(stored.rows(0, int(stored.offsets[-1])), reference["token_vectors"], rtol=1e-3,
                                atol=1e-3)  # float16
+
+
+def test_probe_features_hold_no_token_features_in_memory(loaded, chr22_fasta, demo_prep, tmp_path):
+    """The token features of a split go to disk as each record is embedded: the peak of numpy allocations
+    (tracemalloc sees numpy's; JAX's device buffers are apart) stays a fraction of what they weigh, and it is
+    about the same for a task 4x as large. Reading back gives what was written."""
+    import tracemalloc
+
+    peaks, sizes = [], []
+    for windows in (20, 80):
+        paths = motif.write_task(motif.planted_motif_task(chr22_fasta, pretraining=demo_prep, num_windows=windows,
+                                                          length=300, seed=2), tmp_path / f"task{windows}")
+        task = tables.load_task(paths["train"], paths["dev"], paths["test"])
+        probes.probe_features(loaded, task, seed=1, features=("tokens",), num_tokenizations=4)  # compiled
+        tracemalloc.start()
+        features = probes.probe_features(loaded, task, seed=1, features=("tokens", "static_tokens"),
+                                         num_tokenizations=4)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        sizes.append(sum(features[name][split].values.nbytes for name in ("tokens", "static_tokens")
+                         for split in tables.SPLITS))
+    assert sizes[1] > 3.5 * sizes[0] and sizes[1] > 1e7, sizes
+    assert peaks[1] < 0.25 * sizes[1] and peaks[1] < 1.25 * peaks[0], (peaks, sizes)
+    spilled = probes.SpilledRows(np.float16, (3,))
+    rows = np.arange(30, dtype=np.float16).reshape(10, 3)
+    spilled.append(rows[:4])
+    spilled.append(rows[4:])
+    np.testing.assert_array_equal(spilled[2:7], rows[2:7])
+    assert spilled.shape == (10, 3) and spilled[8:20].shape == (2, 3)
 
 
 def test_random_init_control_is_the_untrained_model(loaded, chr22_fasta, demo_prep, tmp_path):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
+import json
 
 import numpy as np
 import pytest
@@ -208,3 +210,100 @@ def test_embed_errors(trained_export, tmp_path, capsys, case, message):
     error = capsys.readouterr().err
     assert error.startswith("error: ") and message in error and error.count("\n") == 1, error
     assert not output.exists()
+
+
+def _load_shards(directory):
+    """docs/outputs.md's loader: numpy and json only."""
+    index = json.loads((directory / "index.json").read_text())
+    return index, {name: np.concatenate([np.load(directory / shard["files"][name], allow_pickle=False)
+                                         for shard in index["shards"]]) for name in index["arrays"]}
+
+
+def _shards_settings(model, fasta, output, **values):
+    from dnavec_jax.tools.settings import EmbedSettings
+
+    return EmbedSettings(model=str(model), fasta=str(fasta), output=str(output), format="shards", **values)
+
+
+def test_shards_hold_the_npz_arrays_and_load_with_numpy(trained_workdir, records, tmp_path, capsys):
+    many = {f"{name}_{copy}": sequence[copy:] for copy in range(3) for name, sequence in records.items()}
+    fasta = _write_fasta(tmp_path / "in.fa", many)
+    assert _embed_cli(trained_workdir, fasta, tmp_path / "one.npz", "--per_token", "--k", "random") == 0
+    # Shards of about 40 kB: several records each, a dozen shards.
+    settings = _shards_settings(trained_workdir, fasta, tmp_path / "out", per_token=True, k="random",
+                                shard_bytes=40_000)
+    assert embed.run_embed(settings) == 0
+    assert "shards)" in capsys.readouterr().out
+    index, arrays = _load_shards(tmp_path / "out")
+    npz = np.load(tmp_path / "one.npz")
+    assert len(index["shards"]) > 3 and index["records"] == len(many) and index["k"] == 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["in.fa", "one.npz", "out"]  # no partial left
+    for name in index["arrays"]:
+        if name == "token_offsets":  # per shard, each from 0
+            continue
+        np.testing.assert_array_equal(arrays[name], npz[name], err_msg=name)
+    starts = np.cumsum([0] + [shard["token_rows"] for shard in index["shards"]])
+    offsets = np.concatenate([np.load(tmp_path / "out" / shard["files"]["token_offsets"])[:-1] + start
+                              for shard, start in zip(index["shards"], starts)] + [[starts[-1]]])
+    np.testing.assert_array_equal(offsets, npz["token_offsets"])
+    assert index["tokens"] == npz["num_tokens"].sum() and index["hidden_size"] == 32
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_an_interrupted_shard_run_resumes_where_it_stopped(trained_workdir, records, tmp_path, monkeypatch,
+                                                           capsys):
+    many = {f"{name}_{copy}": sequence[copy:] for copy in range(4) for name, sequence in records.items()}
+    fasta = _write_fasta(tmp_path / "in.fa", many)
+    output = tmp_path / "out"
+    settings = _shards_settings(trained_workdir, fasta, output, shard_bytes=1_000)  # ~3 records a shard
+    assert embed.run_embed(_shards_settings(trained_workdir, fasta, tmp_path / "whole", shard_bytes=1_000)) == 0
+    _, whole = _load_shards(tmp_path / "whole")
+
+    flush = embed._ShardWriter.flush
+    calls = []
+
+    def failing_flush(self):  # the third shard's first file is written, then the run dies
+        calls.append(1)
+        if len(calls) == 3:
+            original = embed.files.write_atomic
+            monkeypatch.setattr(embed.files, "write_atomic", lambda *a, **k: (original(*a, **k), _raise()))
+        flush(self)
+
+    def _raise():
+        raise _Interrupt
+
+    monkeypatch.setattr(embed._ShardWriter, "flush", failing_flush)
+    with pytest.raises(_Interrupt):
+        embed.run_embed(settings)
+    monkeypatch.undo()
+    partial = tmp_path / ".out.partial"
+    assert not output.exists() and partial.is_dir() and not (partial / "index.json").exists()
+    assert (partial / "ids-00002.npy").exists()  # the unfinished shard's first file
+    finished = json.loads((partial / "progress.json").read_text())["shards"]
+    done = sum(shard["records"] for shard in finished)
+    assert len(finished) == 2 and 0 < done < 16
+    # Without --resume the partial run is neither reused nor overwritten.
+    assert _embed_cli(trained_workdir, fasta, output, "--format", "shards") == 2
+    assert "an interrupted run left" in capsys.readouterr().err
+    # Other settings cannot resume it.
+    assert _embed_cli(trained_workdir, fasta, output, "--format", "shards", "--resume", "--k", "4") == 2
+    assert "had other k" in capsys.readouterr().err
+
+    seen = []
+    original = embed.embedded_records
+    monkeypatch.setattr(embed, "embedded_records", lambda loaded, records, **kw: original(
+        loaded, (seen.append(name) or (name, raw) for name, raw in records), **kw))
+    assert embed.run_embed(dataclasses.replace(settings, resume=True)) == 0
+    captured = capsys.readouterr()
+    assert f"resuming after {done} of 16 records (2 shards)" in captured.err
+    assert f"embedded {16 - done} records after the {done} of the interrupted run (" in captured.out
+    assert len(seen) == 16 - done  # the two finished shards' records were not embedded again
+    index, resumed = _load_shards(output)
+    assert not partial.exists() and index["records"] == 16
+    listed = {name for shard in index["shards"] for name in shard["files"].values()}
+    assert {path.name for path in output.iterdir()} == listed | {"index.json"}  # nothing stray
+    for name in whole:
+        np.testing.assert_array_equal(resumed[name], whole[name], err_msg=name)

@@ -139,3 +139,116 @@ def test_encoder_matches_the_model_and_compiles_once_per_shape(run_model):
         assert seen[key].shape[0] == loaded_model.padded_length(len(window), 64)
         np.testing.assert_allclose(seen[key][:n], hidden[key, :n], atol=1e-5)
     assert encoder.num_compiled == 4  # 64 and 16 compiled above; 8 and 32 new
+
+
+def _windows(tokenizer, sizes, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(5, tokenizer.vocab_size, size=n) for n in sizes]
+
+
+@pytest.mark.parametrize("batch_size", [3, 5])
+def test_encoder_splits_batches_over_every_device_with_single_device_numbers(run_model, batch_size):
+    """conftest simulates 4 CPU devices: the batch rows are split over all 4 (a batch size they do not divide is
+    padded to one they do), and every row equals what one device computes."""
+    windows = _windows(run_model.tokenizer, (5, 30, 62, 12, 1, 40, 62, 7, 20))
+    input_ids, input_mask = loaded_model.pack_windows(windows, 64)
+    one = loaded_model.Encoder(run_model, batch_size=batch_size, devices=jax.devices()[:1])
+    every = loaded_model.Encoder(run_model, batch_size=batch_size)
+    assert jax.device_count() == 4 and every.parallel.num_devices == 4 and every.rows == 4 * -(-batch_size // 4)
+    assert one.rows == batch_size
+    started = every._dispatch(input_ids[:batch_size], input_mask[:batch_size])
+    assert len(started.sharding.device_set) == 4 and not started.sharding.is_fully_replicated
+    np.testing.assert_allclose(every.encode(input_ids, input_mask), one.encode(input_ids, input_mask), atol=1e-6)
+    for (keys_a, a), (keys_b, b) in zip(every.encode_windows(enumerate(windows)), one.encode_windows(
+            enumerate(windows))):
+        order = {key: row for row, key in enumerate(keys_b)}
+        for row, key in enumerate(keys_a):
+            if key in order:
+                np.testing.assert_allclose(a[row], b[order[key]], atol=1e-6)
+
+
+def test_per_head_attention_is_the_xla_path(run_model):
+    """What inference runs on a CPU (one example and head at a time) gives the batched XLA path's numbers."""
+    import dataclasses
+
+    windows = _windows(run_model.tokenizer, (62, 3, 40, 17, 62, 9))
+    input_ids, input_mask = loaded_model.pack_windows(windows, 64)
+    configs = {name: dataclasses.replace(run_model.config, attention_implementation=name)
+               for name in ("xla", "xla_per_head")}
+    states = {name: np.asarray(BertForMaskedLM(config).apply({"params": run_model.params}, input_ids, input_mask,
+                                                              method=BertForMaskedLM.encode))
+              for name, config in configs.items()}
+    np.testing.assert_allclose(states["xla_per_head"], states["xla"], atol=1e-6)
+    assert loaded_model.inference_config(run_model.config).attention_implementation == "xla_per_head"
+
+
+def test_bfloat16_inference(run_model):
+    windows = _windows(run_model.tokenizer, (62, 30, 12))
+    input_ids, input_mask = loaded_model.pack_windows(windows, 64)
+    full = loaded_model.Encoder(run_model, batch_size=4).encode(input_ids, input_mask)
+    half = loaded_model.Encoder(run_model, batch_size=4, dtype="bfloat16").encode(input_ids, input_mask)
+    assert half.dtype == np.float32 and half.shape == full.shape
+    difference = np.abs(half - full)
+    assert 0 < difference.max() and difference.mean() < 0.05 * np.abs(full).mean()  # bf16: ~3 significant digits
+    with pytest.raises(DNAVecError, match="--dtype must be one of float32, bfloat16"):
+        loaded_model.Encoder(run_model, dtype="float16")
+
+
+def test_encode_windows_does_not_hold_a_rare_length_forever(run_model):
+    """A window of a length nothing else has runs part-full once max_lag later windows have arrived, so a caller
+    that emits records in order holds a bounded number of them."""
+    encoder = loaded_model.Encoder(run_model, batch_size=4)
+    windows = [(0, np.full(3, 7))] + [(i, np.full(60, 7)) for i in range(1, 41)]  # lengths 8, then 64s
+    batches = [keys for keys, _ in encoder.encode_windows(windows, max_lag=8)]
+    first = next(index for index, keys in enumerate(batches) if 0 in keys)
+    assert first <= 2 and sorted(key for keys in batches for key in keys) == list(range(41))
+    unbounded = [keys for keys, _ in encoder.encode_windows(windows, max_lag=10**9)]
+    assert 0 in unbounded[-1]  # without the bound it waits for the end
+
+
+_TWO_PROCESS_SCRIPT = """
+import sys
+import jax
+import numpy as np
+jax.distributed.initialize(f"localhost:{sys.argv[1]}", num_processes=2, process_id=int(sys.argv[2]))
+from dnavec_jax.tools import loaded_model
+loaded = loaded_model.load_model(sys.argv[3])
+inputs = np.load(sys.argv[4])
+encoder = loaded_model.Encoder(loaded, batch_size=3)  # 4 devices over 2 processes: 4 rows a batch
+assert encoder.parallel.num_devices == 4 and jax.local_device_count() == 2, jax.devices()
+hidden = encoder.encode(inputs["ids"], inputs["mask"])
+np.save(sys.argv[5] + f"{jax.process_index()}.npy", hidden)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_encode_like_one(run_model, trained_workdir, tmp_path, compile_cache):
+    """Two processes x 2 CPU devices (jax.distributed on localhost): each feeds the same batches, each gets every
+    row back, equal to one process's numbers."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from test_train_multiprocess import free_port
+
+    windows = _windows(run_model.tokenizer, (5, 30, 62, 12, 1, 40, 62))
+    input_ids, input_mask = loaded_model.pack_windows(windows, 64)
+    np.savez(tmp_path / "inputs.npz", ids=input_ids, mask=input_mask)
+    port = free_port()
+    env = {**os.environ, **compile_cache, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    procs = [subprocess.Popen([sys.executable, "-c", _TWO_PROCESS_SCRIPT, str(port), str(index), str(trained_workdir),
+                               str(tmp_path / "inputs.npz"), str(tmp_path / "hidden")],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for index in range(2)]
+    try:
+        errors = [proc.communicate(timeout=240)[1] for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    assert [proc.returncode for proc in procs] == [0, 0], errors[0][-2000:] + errors[1][-2000:]
+    expected = loaded_model.Encoder(run_model, batch_size=3).encode(input_ids, input_mask)
+    for index in range(2):
+        np.testing.assert_allclose(np.load(tmp_path / f"hidden{index}.npy"), expected, atol=1e-6)

@@ -124,23 +124,29 @@ class AttentionShares:
 
 
 class ShareCounter:
-    """Runs the model with attention on batches of windows and accumulates the share sums (one jit per shape)."""
+    """Runs the model with attention on batches of windows over all devices (loaded_model.DataParallel) and
+    accumulates the share sums (one jit per shape); only the sums leave the devices."""
 
-    def __init__(self, config, params, tokenizer: KmerTokenizer, top_ids: Sequence[int]):
+    def __init__(self, config, params, tokenizer: KmerTokenizer, top_ids: Sequence[int],
+                 devices: Sequence[jax.Device] | None = None):
         self.config = dataclasses.replace(config, dtype="float32")  # analysis numbers in float32
-        self.params = jax.device_put(params)
+        self.parallel = loaded_model.DataParallel(devices)
+        self.params = self.parallel.put_params(params)
         self.k_min = tokenizer.k_min
         self.categories = categories(tokenizer.k_min)
-        self.kmer_lengths = tokenizer.kmer_lengths()
-        self.top_table = np.zeros(tokenizer.vocab_size, dtype=bool)
-        self.top_table[np.asarray(top_ids, dtype=np.int64)] = True
+        self.kmer_lengths = jax.device_put(tokenizer.kmer_lengths(), self.parallel.replicated)
+        top_table = np.zeros(tokenizer.vocab_size, dtype=bool)
+        top_table[np.asarray(top_ids, dtype=np.int64)] = True
+        self.top_table = jax.device_put(top_table, self.parallel.replicated)
         num_layers, num_heads = self.config.num_layers, self.config.num_heads
         self.sums = np.zeros((num_layers, num_heads, len(self.categories)))
         self.uniform_sums = np.zeros(len(self.categories))
         self.num_queries = 0
         self.num_sequences = 0
 
-        @functools.partial(jax.jit, static_argnums=(0,))
+        # The batch is split over the devices; the sums come back replicated (XLA adds the devices' parts).
+        @functools.partial(jax.jit, static_argnums=(0,), out_shardings=self.parallel.replicated,
+                           compiler_options=loaded_model.compiler_options())
         def batch_sums(k_min, params, ids, mask, kmer_lengths, top_table):
             _, probs = model_lib.apply_with_attention(self.config, params, ids, mask)
             masks = category_masks(ids, mask, kmer_lengths, top_table, k_min)
@@ -150,9 +156,13 @@ class ShareCounter:
         self._batch_sums = batch_sums
 
     def add(self, input_ids: np.ndarray, input_mask: np.ndarray) -> None:
-        """A batch of windows ([CLS] k-mers [SEP], padded); all-padding rows count for nothing."""
-        sums, uniform, queries = self._batch_sums(self.k_min, self.params, input_ids.astype(np.int32),
-                                                  input_mask.astype(np.int32), self.kmer_lengths, self.top_table)
+        """A batch of windows ([CLS] k-mers [SEP], padded); all-padding rows count for nothing. Padded with such
+        rows to a multiple of the device count."""
+        rows = self.parallel.rows(len(input_ids))
+        pad = ((0, rows - len(input_ids)), (0, 0))
+        ids, mask = np.pad(input_ids.astype(np.int32), pad), np.pad(input_mask.astype(np.int32), pad)
+        sums, uniform, queries = self.parallel.to_host(self._batch_sums(
+            self.k_min, self.params, *self.parallel.put_batch(ids, mask), self.kmer_lengths, self.top_table))
         self.sums += np.asarray(sums, np.float64)
         self.uniform_sums += np.asarray(uniform, np.float64)
         self.num_queries += int(round(float(queries)))

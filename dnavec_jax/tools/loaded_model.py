@@ -3,8 +3,8 @@
 The shared floor of the analysis tools (vectors, embed, attention, classify, predict): load_model
 (a run directory or an export -> LoadedModel), tokenize_sequence / split_windows / sequence_windows
 (DNA -> windows, as training tokenizes), padded_length / pack_windows, and Encoder (one jit per
-input length, never per batch). docs/outputs.md ("Python API of the shared machinery") has the
-full reference. Single device: inference batches are small.
+input length, never per batch), over all devices (DataParallel). docs/outputs.md ("Python API of the
+shared machinery") has the full reference.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from dnavec_jax.tokenization import (
     non_dna_positions,
     sequence_to_raw,
 )
-from dnavec_jax.training import checkpointing
+from dnavec_jax.tools.settings import INFERENCE_DTYPES
+from dnavec_jax.training import checkpointing, sharding
 
 MIN_LENGTH = 8  # shortest padded input: [CLS] + up to 6 k-mers + [SEP]
 
@@ -241,17 +242,67 @@ def last_hidden(hidden, input_ids, input_mask):
     return hidden
 
 
+def inference_config(config: BertConfig, dtype: str = "float32") -> BertConfig:
+    """`config` as inference runs it: compute dtype `dtype` (parameters stay float32), no remat; attention one
+    (example, head) at a time on a CPU (model.per_head_attention: the same numbers, about 2x faster there), "auto"
+    elsewhere (cuDNN flash attention for bfloat16 on an NVIDIA GPU, XLA otherwise)."""
+    if dtype not in INFERENCE_DTYPES:
+        raise DNAVecError(f"--dtype must be one of {', '.join(INFERENCE_DTYPES)}, got {dtype!r}")
+    attention = "xla_per_head" if jax.default_backend() == "cpu" else "auto"
+    return dataclasses.replace(config, dtype=dtype, attention_implementation=attention, remat=False)
+
+
+def compiler_options() -> dict[str, Any]:
+    """XLA options of the inference programs. On a CPU: dots on XLA's Eigen kernels rather than YNNPACK's
+    (12% faster end to end on the 2-core box), and max without NaN propagation (the softmax's max was the
+    slowest loop; a NaN still reaches the outputs through the exponentials and the NaN check). Both keep
+    the numbers of finite inputs (docs/benchmarks.md)."""
+    if jax.default_backend() != "cpu":
+        return {}
+    return {"xla_cpu_experimental_ynn_fusion_type": "", "xla_cpu_enable_fast_min_max": True}
+
+
+class DataParallel:
+    """Inference over every device of every process: the training mesh (sharding.make_mesh, data parallel),
+    parameters replicated, the batch axis split. Batches hold whole rows per device (rows()); every process
+    feeds the same batches and gets every row back (to_host)."""
+
+    def __init__(self, devices: Sequence[jax.Device] | None = None):
+        self.mesh = sharding.make_mesh(fsdp=False, devices=None if devices is None else list(devices))
+        self.num_devices = sharding.batch_size_divisor(self.mesh)
+        self.replicated = sharding.replicated(self.mesh)
+        self.batch = sharding.batch_sharding(self.mesh)
+
+    def rows(self, batch_size: int) -> int:
+        """batch_size rounded up to a multiple of the device count."""
+        return -(-int(batch_size) // self.num_devices) * self.num_devices
+
+    def put_params(self, params: Any) -> Any:
+        return jax.device_put(params, self.replicated)
+
+    def put_batch(self, *arrays: np.ndarray) -> tuple[jax.Array, ...]:
+        return tuple(sharding.host_batch(np.asarray(array), self.batch) for array in arrays)
+
+    @staticmethod
+    def to_host(tree: Any) -> Any:
+        return sharding.to_host(tree)
+
+
 class Encoder:
-    """Jitted, batched BertForMaskedLM.encode (+ an optional head); see the module docstring."""
+    """Jitted, batched BertForMaskedLM.encode (+ an optional head) over all devices; see the module docstring."""
 
     def __init__(self, loaded: LoadedModel, batch_size: int = 64,
-                 head: Callable[[Any, Any, Any], Any] | None = None):
+                 head: Callable[[Any, Any, Any], Any] | None = None, *, dtype: str = "float32",
+                 devices: Sequence[jax.Device] | None = None):
         if batch_size < 1:
             raise DNAVecError(f"--batch_size must be positive, got {batch_size}")
         self.loaded = loaded
         self.batch_size = int(batch_size)
         self.window_length = loaded.window_length
-        model = BertForMaskedLM(loaded.config)
+        self.parallel = DataParallel(devices)
+        # Rows per dispatched batch: whole rows per device; the rows past the inputs are filler.
+        self.rows = self.parallel.rows(self.batch_size)
+        model = BertForMaskedLM(inference_config(loaded.config, dtype))
         head = head or last_hidden
         self._traces = 0
 
@@ -260,8 +311,10 @@ class Encoder:
             hidden = model.apply({"params": params}, input_ids, input_mask, method=BertForMaskedLM.encode)
             return head(hidden.astype(jnp.float32), input_ids, input_mask)
 
-        self._forward = jax.jit(forward)
-        self._params = jax.device_put(jax.tree.map(lambda x: np.asarray(x, np.float32), loaded.params))
+        parallel = self.parallel
+        self._forward = jax.jit(forward, in_shardings=(parallel.replicated, parallel.batch, parallel.batch),
+                                out_shardings=parallel.batch, compiler_options=compiler_options())
+        self._params = parallel.put_params(jax.tree.map(lambda x: np.asarray(x, np.float32), loaded.params))
 
     @property
     def num_compiled(self) -> int:
@@ -272,20 +325,20 @@ class Encoder:
         return padded_length(num_tokens, self.window_length)
 
     def _dispatch(self, input_ids: np.ndarray, input_mask: np.ndarray):
-        """Starts one (batch_size, length) batch; rows beyond the inputs are [CLS] [SEP] filler."""
+        """Starts one (rows, length) batch; rows beyond the inputs are [CLS] [SEP] filler."""
         rows, length = input_ids.shape
-        if rows < self.batch_size:
-            ids = np.full((self.batch_size, length), PAD_ID, dtype=np.int32)
-            mask = np.zeros((self.batch_size, length), dtype=np.int32)
+        if rows < self.rows:
+            ids = np.full((self.rows, length), PAD_ID, dtype=np.int32)
+            mask = np.zeros((self.rows, length), dtype=np.int32)
             ids[rows:, :2] = (CLS_ID, SEP_ID)
             mask[rows:, :2] = 1
             ids[:rows], mask[:rows] = input_ids, input_mask
             input_ids, input_mask = ids, mask
-        return self._forward(self._params, np.asarray(input_ids, np.int32), np.asarray(input_mask, np.int32))
+        batch = self.parallel.put_batch(np.asarray(input_ids, np.int32), np.asarray(input_mask, np.int32))
+        return self._forward(self._params, *batch)
 
-    @staticmethod
-    def _fetch(outputs, rows: int):
-        return jax.tree.map(lambda x: np.asarray(x)[:rows], outputs)
+    def _fetch(self, outputs, rows: int):
+        return jax.tree.map(lambda x: x[:rows], self.parallel.to_host(outputs))
 
     def _run(self, batches: Iterable[tuple[Any, np.ndarray, np.ndarray]]) -> Iterator[tuple[Any, Any]]:
         """(tag, ids, mask) batches -> (tag, outputs); batch i+1 is dispatched before batch i is fetched."""
@@ -305,32 +358,42 @@ class Encoder:
             raise ValueError(f"input_ids {input_ids.shape} and input_mask {input_mask.shape} must be equal 2-D shapes")
         if input_ids.shape[1] > self.window_length:
             raise ValueError(f"inputs of {input_ids.shape[1]} positions exceed the model's {self.window_length}")
-        batches = ((None, input_ids[i:i + self.batch_size], input_mask[i:i + self.batch_size])
-                   for i in range(0, len(input_ids), self.batch_size))
+        batches = ((None, input_ids[i:i + self.rows], input_mask[i:i + self.rows])
+                   for i in range(0, len(input_ids), self.rows))
         parts = [outputs for _, outputs in self._run(batches)]
         if not parts:
             parts = [self._fetch(self._dispatch(input_ids[:0], input_mask[:0]), 0)]
         return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
 
-    def encode_windows(self, items: Iterable[tuple[Any, Window | np.ndarray]]) -> Iterator[tuple[list, Any]]:
-        """(key, window) stream -> (keys, outputs) per batch, bucketed by padded length (see the module docstring)."""
+    def encode_windows(self, items: Iterable[tuple[Any, Window | np.ndarray]], max_lag: int | None = None
+                       ) -> Iterator[tuple[list, Any]]:
+        """(key, window) stream -> (keys, outputs) per batch, bucketed by padded length (see the module docstring).
+
+        max_lag (default 16 batches): a window waits in its bucket while at most this many later windows
+        arrive; then its bucket runs part-full. Callers that emit results in input order (embed's shards)
+        thereby hold a bounded number of finished records, even when one window length is rare.
+        """
+        max_lag = 16 * self.rows if max_lag is None else int(max_lag)
 
         def batches():
-            buckets: dict[int, list[tuple[Any, np.ndarray]]] = {}
-            for key, window in items:
+            buckets: dict[int, list[tuple[int, Any, np.ndarray]]] = {}
+            for count, (key, window) in enumerate(items):
                 ids = window.ids if isinstance(window, Window) else np.asarray(window)
                 length = self.padded_length(len(ids))
                 bucket = buckets.setdefault(length, [])
-                bucket.append((key, ids))
-                if len(bucket) == self.batch_size:
+                bucket.append((count, key, ids))
+                if len(bucket) == self.rows:
                     yield self._pack(buckets.pop(length), length)
-            for length in sorted(buckets):
+                oldest = min(buckets, key=lambda size: buckets[size][0][0], default=None)
+                if oldest is not None and count - buckets[oldest][0][0] >= max_lag:
+                    yield self._pack(buckets.pop(oldest), oldest)
+            for length in sorted(buckets, key=lambda size: buckets[size][0][0]):  # oldest first
                 yield self._pack(buckets[length], length)
 
         yield from self._run(batches())
 
     @staticmethod
-    def _pack(bucket: list[tuple[Any, np.ndarray]], length: int):
-        keys = [key for key, _ in bucket]
-        input_ids, input_mask = pack_windows([ids for _, ids in bucket], length)
+    def _pack(bucket: list[tuple[int, Any, np.ndarray]], length: int):
+        keys = [key for _, key, _ in bucket]
+        input_ids, input_mask = pack_windows([ids for _, _, ids in bucket], length)
         return keys, input_ids, input_mask

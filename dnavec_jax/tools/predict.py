@@ -48,7 +48,7 @@ def run_predict(settings: PredictSettings) -> int:
     columns = prediction_columns(classifier.labels)
     if not fasta:
         check_free_columns(table.header, columns, str(source))
-    predictor = Predictor(classifier, settings.batch_size)
+    predictor = Predictor(classifier, settings.batch_size, settings.dtype)
     progress = sys.stderr.isatty()
     started = time.perf_counter()
     if fasta:

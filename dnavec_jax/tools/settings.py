@@ -15,6 +15,8 @@ from dnavec_jax.errors import DNAVecError
 from dnavec_jax.fields import setting
 
 VECTOR_KINDS = ("input", "contextual")
+INFERENCE_DTYPES = ("float32", "bfloat16")  # what loaded_model.inference_config accepts
+EMBED_FORMATS = ("npz", "shards")
 
 
 def check_at_least_one(settings, names: tuple[str, ...]) -> None:
@@ -69,7 +71,20 @@ class EmbedSettings(ModelSettings):
     per_token: bool = setting(False, "also store every token's vector (flat arrays + per-record offsets)",
                               switch=True)
     batch_size: int = setting(64, "windows per jitted batch")
+    dtype: str = setting("float32", "compute dtype: float32 (default), or bfloat16 on a GPU or TPU",
+                         choices=INFERENCE_DTYPES)
+    format: str = setting("npz", "npz: one .npz written at the end (default); shards: --output is a directory of "
+                                 ".npy shards and index.json, written as the run goes, renamed into place when "
+                                 "done (any input size, --resume)", choices=EMBED_FORMATS)
+    resume: bool = setting(False, "--format shards: continue the interrupted run of the same command from its "
+                                  "last finished shard", switch=True)
     overwrite: bool = setting(False, "replace an existing --output", switch=True)
+    shard_bytes: int = setting(256 << 20, "--format shards: a shard is written once its arrays hold this many "
+                                          "bytes", flag=False)
+
+    def __post_init__(self):
+        if self.shard_bytes < 1:
+            raise DNAVecError(f"shard_bytes must be positive, got {self.shard_bytes}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +140,8 @@ class PredictSettings:
                          required=True)
     output: str = setting("", "output CSV", required=True)
     batch_size: int = setting(64, "windows per jitted batch")
+    dtype: str = setting("float32", "compute dtype: float32 (default), or bfloat16 on a GPU or TPU",
+                         choices=INFERENCE_DTYPES)
     overwrite: bool = setting(False, "replace an existing --output", switch=True)
 
     def __post_init__(self):

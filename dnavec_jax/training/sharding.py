@@ -91,6 +91,25 @@ def global_batch(local_batch: dict[str, np.ndarray], sharding: NamedSharding,
     return {name: to_global(array) for name, array in local_batch.items()}
 
 
+def host_batch(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """A batch that every process holds whole -> one global jax.Array laid out by `sharding`.
+
+    What inference uses: every process reads the same input, and each copies only the rows of its own
+    devices (on one process, a device_put that splits the rows).
+    """
+    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
+def to_host(tree: Any) -> Any:
+    """Every row of a tree of (batch-split) arrays as numpy, in every process (an all-gather across
+    processes; on one process a plain copy of each device's rows)."""
+    if jax.process_count() == 1:
+        return jax.tree.map(np.asarray, tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
 def describe(shardings: Any) -> str:
     """Short text of the distinct PartitionSpecs in a tree (for the log)."""
     specs = sorted({str(s.spec) for s in jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, NamedSharding))})

@@ -81,14 +81,15 @@ def _logits_head(pooler: dict, kernel: np.ndarray, bias: np.ndarray, pooling: st
 class Predictor:
     """Class probabilities of sequences by the rule of the module docstring; one compilation per window length."""
 
-    def __init__(self, classifier: Classifier, batch_size: int = 64):
+    def __init__(self, classifier: Classifier, batch_size: int = 64, dtype: str = "float32"):
         params = classifier.loaded.params
         pooler = {name: np.asarray(value, np.float32) for name, value in params["pooler"].items()}
         self.classifier = classifier
         self.windows = 0
         self._encoder = Encoder(classifier.loaded, batch_size,
                                 head=_logits_head(pooler, np.asarray(classifier.kernel, np.float32),
-                                                  np.asarray(classifier.bias, np.float32), classifier.pooling))
+                                                  np.asarray(classifier.bias, np.float32), classifier.pooling),
+                                dtype=dtype)
 
     def probabilities(self, records: Iterable[tuple[str, str | np.ndarray]], num_records: int,
                       progress: bool = False) -> np.ndarray:

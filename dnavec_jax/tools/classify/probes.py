@@ -1,12 +1,14 @@
 """Probes on frozen DNAVec features: pooled vectors (static, cls, mean) with logistic regression, and
-per-token linear scores pooled by log-sum-exp (static_tokens, tokens), trained with AdamW
-(docs/classify.md has the features and the measured memory table).
+per-token linear scores pooled by log-sum-exp (static_tokens, tokens), trained with AdamW on minibatches read
+from the token features spilled to disk (docs/classify.md has the features and the measured memory table).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import tempfile
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -22,16 +24,61 @@ from dnavec_jax.tools.classify.baseline import logistic_regression
 from dnavec_jax.tools.classify.metrics import SELECT_METRIC, better, classification_metrics
 from dnavec_jax.tools.classify.settings import PROBE_FEATURES, TOKEN_FEATURES, TokenProbeSettings
 from dnavec_jax.tools.classify.tables import SPLITS, Task
-from dnavec_jax.tools.embed import embed_sequences, record_seed
+from dnavec_jax.tools.embed import embedded_records, record_seed
 from dnavec_jax.tools.loaded_model import check_dna, tokenize_sequence
 from dnavec_jax.tools.vectors import input_embeddings
 
 
+class SpilledRows:
+    """Rows appended to an anonymous temporary file (in TMPDIR; gone when closed or when the process ends) and
+    read back by slice, `rows[start:end]`, with explicit reads: the process holds only the rows it reads. (A
+    memory map would count every page it has read as the process's memory until the map closes.)"""
+
+    def __init__(self, dtype, row_shape: tuple[int, ...] = ()):
+        self.dtype, self.row_shape = np.dtype(dtype), tuple(row_shape)
+        self._row_bytes = self.dtype.itemsize * math.prod(self.row_shape)
+        self._file = tempfile.TemporaryFile(prefix="dnavec_probe_features_")
+        self._dirty = False
+        self.length = 0
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.length, *self.row_shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.length * self._row_bytes
+
+    def __len__(self) -> int:
+        return self.length
+
+    def append(self, rows: np.ndarray) -> None:
+        rows = np.ascontiguousarray(rows, dtype=self.dtype)
+        if rows.shape[1:] != self.row_shape:
+            raise ValueError(f"rows of shape {rows.shape[1:]}, expected {self.row_shape}")
+        self._file.write(rows.tobytes())
+        self._dirty = True
+        self.length += len(rows)
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        if not isinstance(index, slice):
+            raise TypeError("SpilledRows reads slices of rows")
+        start, stop, step = index.indices(self.length)
+        if step != 1:
+            raise ValueError("SpilledRows reads contiguous rows")
+        if self._dirty:
+            self._file.flush()
+            self._dirty = False
+        count = max(stop - start, 0)
+        data = os.pread(self._file.fileno(), count * self._row_bytes, start * self._row_bytes)
+        return np.frombuffer(data, self.dtype).reshape(count, *self.row_shape)
+
+
 class TokenFeatures(NamedTuple):
-    """Per-token features of a split, record after record (embed_sequences' per-token layout), stored compactly:
-    `values` are the vectors in float16 (half of float32's bytes), or int32 ids into `table` (static_tokens:
-    4 bytes a token instead of hidden x 4)."""
-    values: np.ndarray  # (tokens, dim) vectors, or (tokens,) ids into table
+    """Per-token features of a split, record after record (embed's per-token layout), stored compactly and on
+    disk (SpilledRows) by probe_features: `values` are the vectors in float16 (half of float32's bytes), or int32
+    ids into `table` (static_tokens: 4 bytes a token instead of hidden x 4). numpy arrays serve as well."""
+    values: np.ndarray | SpilledRows  # (tokens, dim) vectors, or (tokens,) ids into table
     offsets: np.ndarray  # (n + 1,) int64: record i's tokens are rows offsets[i]:offsets[i + 1]
     table: np.ndarray | None = None  # (vocab, dim) float32 when values are ids
 
@@ -55,36 +102,16 @@ class TokenFeatures(NamedTuple):
         return mean, np.sqrt(np.maximum(total_sq / max(count, 1) - mean ** 2, 0.0))
 
 
-# Bases embedded at a time (whole sequences, at least one): the float32 per-token output of one chunk, about
-# FEATURE_CHUNK_BASES x tokenizations x hidden x 4 bytes twice over (embed's parts and their concatenation), is
-# the only transient copy. Counted in bases, not sequences, so long sequences do not make it larger.
-
-
-FEATURE_CHUNK_BASES = 50_000
-
-
-def _chunks(sequences: Sequence[str], bases: int) -> list[slice]:
-    """Consecutive runs of whole sequences holding about `bases` bases each (at least one sequence)."""
-    chunks, start, held = [], 0, 0
-    for index, sequence in enumerate(sequences):
-        held += len(sequence)
-        if held >= bases:
-            chunks.append(slice(start, index + 1))
-            start, held = index + 1, 0
-    if start < len(sequences):
-        chunks.append(slice(start, len(sequences)))
-    return chunks
-
-
 def probe_features(loaded, task: Task, seed: int, batch_size: int = 64,
                    features: Sequence[str] = PROBE_FEATURES, num_tokenizations: int = 1, progress: bool = False
                    ) -> dict[str, dict[str, np.ndarray | TokenFeatures]]:
     """{feature: {split: (n, hidden) float32, or TokenFeatures for TOKEN_FEATURES}} (see the module docstring).
 
-    Each is taken over `num_tokenizations` seeded tokenizations (embed_sequences' pooling; the
-    token features hold the tokens of every tokenization). Memory: `tokens` costs tokens x hidden x 2
-    bytes (float16), `static_tokens` 4 bytes a token; sequences are embedded FEATURE_CHUNK_BASES at a
-    time into arrays allocated once per split (docs/classify.md has the measured peak).
+    Each is taken over `num_tokenizations` seeded tokenizations (embed_sequences' pooling, random k; the
+    token features hold the tokens of every tokenization). Memory: records stream through
+    embed.embedded_records one at a time, and their token features go to disk as they come (SpilledRows:
+    `tokens` tokens x hidden x 2 bytes, `static_tokens` 4 bytes a token), so the process holds one
+    record's tokens, the pooled vectors and the offsets, whatever the number of sequences (docs/classify.md).
     """
     out: dict[str, dict[str, Any]] = {name: {} for name in features}
     per_token = any(name in TOKEN_FEATURES for name in features)
@@ -93,52 +120,45 @@ def probe_features(loaded, task: Task, seed: int, batch_size: int = 64,
     for split in SPLITS:
         sequences, names = task.sequences(split), task.splits[split].row_names()
         if set(features) & {"cls", "mean", "tokens", "static_tokens"}:
-            # A tokenization has at most one token per base: an upper bound, so nothing is copied to grow.
-            # Pages past the tokens written are never touched, hence never resident.
-            capacity = num_tokenizations * sum(map(len, sequences)) if per_token else 0
-            vectors = np.empty((capacity, hidden), np.float16) if "tokens" in features else None
-            ids = np.empty(capacity, np.int32)
+            vectors = SpilledRows(np.float16, (hidden,)) if "tokens" in features else None
+            ids = SpilledRows(np.int32) if "static_tokens" in features else None
             offsets = np.zeros(len(sequences) + 1, np.int64)
-            pooled: dict[str, list[np.ndarray]] = {"cls": [], "mean": []}
-            filled = 0
+            pooled = {name: np.empty((len(sequences), hidden), np.float32) for name in ("cls", "mean")}
+            records = ((name, check_dna(sequence, name)) for name, sequence in zip(names, sequences))
+            embedded = embedded_records(loaded, records, seed=seed, num_tokenizations=num_tokenizations,
+                                        batch_size=batch_size, per_token=per_token, k=None)
             with tqdm(total=len(sequences), desc=f"features {split}", unit="seq", disable=not progress) as bar:
-                for chunk in _chunks(sequences, FEATURE_CHUNK_BASES):
-                    start = chunk.start
-                    embedded = embed_sequences(loaded, sequences[chunk], seed=seed,
-                                               num_tokenizations=num_tokenizations, batch_size=batch_size,
-                                               per_token=per_token, names=names[chunk], k="random")
+                for row, result in enumerate(embedded):
                     for name in pooled:
-                        pooled[name].append(embedded[name])
+                        pooled[name][row] = result[name]
                     if per_token:
-                        count = len(embedded["token_ids"])
                         if vectors is not None:
-                            if np.abs(embedded["token_vectors"]).max(initial=0.0) > np.finfo(np.float16).max:
+                            if np.abs(result["token_vectors"]).max(initial=0.0) > np.finfo(np.float16).max:
                                 raise DNAVecError(f"{loaded.source}: token states beyond the float16 range "
                                                   "(a diverged model?)")
-                            vectors[filled:filled + count] = embedded["token_vectors"]
-                        ids[filled:filled + count] = embedded["token_ids"]
-                        offsets[start + 1:start + len(embedded["token_offsets"])] = (
-                            filled + embedded["token_offsets"][1:])
-                        filled += count
-                    bar.update(len(embedded["cls"]))
+                            vectors.append(result["token_vectors"])
+                        if ids is not None:
+                            ids.append(result["token_ids"])
+                        offsets[row + 1] = offsets[row] + len(result["token_ids"])
+                    bar.update(1)
             for name in ("cls", "mean"):
                 if name in features:
-                    out[name][split] = np.concatenate(pooled[name])
+                    out[name][split] = pooled[name]
             if "tokens" in features:
-                out["tokens"][split] = TokenFeatures(vectors[:filled], offsets)
+                out["tokens"][split] = TokenFeatures(vectors, offsets)
             if "static_tokens" in features:
-                out["static_tokens"][split] = TokenFeatures(ids[:filled], offsets, table)
+                out["static_tokens"][split] = TokenFeatures(ids, offsets, table)
         if "static" in features:
             rows = []
             for sequence, name in zip(sequences, names):
                 raw = check_dna(sequence, name)
-                ids = np.concatenate([contig.ids for t in range(num_tokenizations) for contig in
-                                      tokenize_sequence(loaded.tokenizer, raw, record_seed(seed, t, raw), name)]
-                                     or [np.zeros(0, np.int64)])
-                if not len(ids):
+                token_ids = np.concatenate([contig.ids for t in range(num_tokenizations) for contig in
+                                            tokenize_sequence(loaded.tokenizer, raw, record_seed(seed, t, raw), name)]
+                                           or [np.zeros(0, np.int64)])
+                if not len(token_ids):
                     raise DNAVecError(f"{name}: no k-mer to embed (no run of {loaded.tokenizer.k_min} or more "
                                       "A/C/G/T bases)")
-                rows.append(table[ids].mean(axis=0))
+                rows.append(table[token_ids].mean(axis=0))
             out["static"][split] = np.stack(rows).astype(np.float32)
     return out
 
