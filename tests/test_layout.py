@@ -20,11 +20,12 @@ STAGES = (
     ("tools",),
     ("cli",),
 )
-# Floors inside tools/, lowest first: the shared model loader and the settings under the tools, the classifier
+# Floors inside tools/, lowest first: the settings, then the shared model loader, under the tools, the classifier
 # commands' parts under the command, `dnavec predict` (a command on a classifier) on top.
 TOOL_FLOORS = (
-    ("tools.loaded_model", "tools.settings", "tools.classify.metrics"),
-    ("tools.classify.settings", "tools.classify.tables", "tools.vectors", "tools.embed", "tools.tfidf",
+    ("tools.settings", "tools.classify.metrics"),
+    ("tools.loaded_model", "tools.classify.settings"),
+    ("tools.classify.tables", "tools.vectors", "tools.embed", "tools.tfidf",
      "tools.structure", "tools.classify.held_out"),
     ("tools.attention", "tools.classify.baseline", "tools.classify.classifier", "tools.classify.motif",
      "tools.classify.curves"),
