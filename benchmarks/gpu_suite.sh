@@ -12,7 +12,7 @@
 #   2. transformers BertForMaskedLM at that batch: bf16 autocast, SDPA, torch.compile, fused AdamW,
 #      masked-only head, then the stock full head;
 #   3. ours with XLA attention; ours with the rbg PRNG for dropout;
-#   4. embed, both sides on the GPU; 5. the checkpoint save (skipped where Orbax is outside the tested range);
+#   4. embed, both sides on the GPU (float32, then bf16); 5. the checkpoint save (skipped where Orbax is outside the tested range);
 #   6. what the compiled GPU step holds (step_anatomy.py: memory, bytes, scatters, float32 logits buffers).
 # TF32 is allowed for float32 matmuls on both sides (--matmul_precision tf32); bf16 matmuls are unaffected.
 # Runs $PYTHON (default python3); the device image has no TensorFlow (the synthetic source needs none) and
@@ -86,6 +86,8 @@ measure ours_bf16_xla_attention 45 120 "${ours[@]}" --batch_sizes "$best" --conf
 measure ours_bf16_cudnn_rbg 45 120 "${ours[@]}" --batch_sizes "$best" --config.model.attention_implementation=cudnn \
   --config.train.prng_impl=rbg
 measure embed 30 90 benchmarks/embed_throughput.py --config "$config" --num_sequences 256 --length 2000 --batch_size 64
+measure embed_bf16 30 90 benchmarks/embed_throughput.py --config "$config" --num_sequences 256 --length 2000 \
+  --batch_size 64 --dtype bfloat16
 measure checkpoint_save 20 60 benchmarks/checkpoint_save.py --config "$config"
 measure step_anatomy 30 90 benchmarks/step_anatomy.py --config "$config" --batch "$best"
 echo "{\"run\": \"suite\", \"wall_s\": $((SECONDS - started))}" >>"$results"

@@ -179,7 +179,8 @@ def test_per_head_attention_is_the_xla_path(run_model):
                                                               method=BertForMaskedLM.encode))
               for name, config in configs.items()}
     np.testing.assert_allclose(states["xla_per_head"], states["xla"], atol=1e-6)
-    assert loaded_model.inference_config(run_model.config).attention_implementation == "xla_per_head"
+    inference = loaded_model.inference_config(run_model.config)
+    assert (inference.attention_implementation, inference.gelu_form) == ("xla_per_head", "erf")
 
 
 def test_bfloat16_inference(run_model):
@@ -190,8 +191,8 @@ def test_bfloat16_inference(run_model):
     assert half.dtype == np.float32 and half.shape == full.shape
     difference = np.abs(half - full)
     assert 0 < difference.max() and difference.mean() < 0.05 * np.abs(full).mean()  # bf16: ~3 significant digits
-    with pytest.raises(DNAVecError, match="--dtype must be one of float32, bfloat16"):
-        loaded_model.Encoder(run_model, dtype="float16")
+    with pytest.raises(DNAVecError, match="--dtype 'float64': model.dtype must be float32, bfloat16 or float16"):
+        loaded_model.Encoder(run_model, dtype="float64")
 
 
 def test_encode_windows_does_not_hold_a_rare_length_forever(run_model):
