@@ -230,8 +230,7 @@ def test_two_processes_encode_like_one(run_model, trained_workdir, tmp_path, com
     import subprocess
     import sys
 
-    from conftest import REPO
-    from test_train_multiprocess import free_port
+    from conftest import REPO, free_port
 
     windows = _windows(run_model.tokenizer, (5, 30, 62, 12, 1, 40, 62))
     input_ids, input_mask = loaded_model.pack_windows(windows, 64)
