@@ -26,6 +26,13 @@ known (metrics.PEAK_FLOPS), the TF32 setting and the library versions.
 
 The synthetic batches are full (no padding), so no attention mask is passed
 and SDPA may pick its flash kernel; our trainer builds no mask for them either.
+
+--head masked,full measures both heads in one process (one torch import and CUDA start-up), one JSON
+line each as soon as it is measured. A batch that runs out of GPU memory is halved and measured again,
+and the line says so (requested_batch_size, halved). The full head's float32 logits alone are
+batch x seq x vocabulary x 10 bytes or more (bf16 logits, their float32 copy for the loss and its
+gradient); where that figure exceeds 80% of the free GPU memory the batch is halved before the first
+try, and the line says that too (an estimate that picks the batch, not a measurement).
 """
 
 from __future__ import annotations
@@ -37,6 +44,11 @@ import time
 
 from common import MATMUL_PRECISIONS, REPO, load_config, set_torch_matmul_precision, versions
 
+HEADS = ("full", "masked")
+# Bytes per element of the stock head's (batch, seq, vocabulary) arrays: bf16 logits, their float32 copy in
+# the loss, the float32 gradient of that copy (torch's cross-entropy keeps its log-softmax too).
+FULL_HEAD_BYTES_PER_LOGIT = 10
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -47,26 +59,69 @@ def main() -> None:
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="bfloat16: autocast the forward pass (weights and optimizer stay float32)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
-    parser.add_argument("--head", choices=("full", "masked"), default="full")
+    parser.add_argument("--head", default="full", help="full, masked, or both comma-separated (measured in order)")
     parser.add_argument("--device", default="", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--matmul_precision", choices=MATMUL_PRECISIONS, default="tf32",
                         help="float32 matmuls: TF32 allowed or full float32 (set the same on both sides)")
     args = parser.parse_args()
+    heads = args.head.split(",")
+    if not set(heads) <= set(HEADS):
+        parser.error(f"--head takes {' and/or '.join(HEADS)}, comma-separated; got {args.head!r}")
 
+    import torch
+
+    from dnavec_jax.training import settings
+
+    config = load_config(args.config)
+    model_config = settings.model_config_from(config)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    set_torch_matmul_precision(args.matmul_precision)
+    requested = args.batch_size or config.train.global_batch_size
+    for head in heads:
+        batch, halved = requested, []
+        if head == "full" and device.type == "cuda":
+            free = torch.cuda.mem_get_info(device)[0]
+            seq = config.data.prep.seq_length
+            def need(b, seq=seq):
+                return b * seq * model_config.vocab_size * FULL_HEAD_BYTES_PER_LOGIT
+
+            while batch > 1 and need(batch) > 0.8 * free:
+                halved.append(f"{batch}: its logits need about {need(batch) / 2**30:.0f} GiB (estimate) of "
+                              f"{free / 2**30:.0f} GiB free")
+                batch //= 2
+        while True:
+            try:
+                result = measure(args, config, model_config, device, head, batch)
+                break
+            except torch.OutOfMemoryError:
+                halved.append(f"{batch}: out of memory")
+                torch.cuda.empty_cache()
+                if batch == 1:
+                    result = {"head": head, "failed": "out of memory at batch 1"}
+                    break
+                batch //= 2
+                import torch._dynamo  # a new batch shape: compile afresh rather than as a dynamic-shape graph
+
+                torch._dynamo.reset()
+        if halved:
+            result.update(requested_batch_size=requested, halved=halved)
+        print(json.dumps(result), flush=True)
+
+
+def measure(args, config, model_config, device, head: str, batch: int) -> dict:
+    """One head at one batch size: warm-up, then the timed steps."""
     import torch
     import transformers
 
     from dnavec_jax import export
     from dnavec_jax.model import flops_per_token
-    from dnavec_jax.training import metrics, settings
+    from dnavec_jax.training import metrics
 
-    config = load_config(args.config)
-    model_config = settings.model_config_from(config)
     prep = config.data.prep
-    batch, seq, predictions = args.batch_size or config.train.global_batch_size, prep.seq_length, prep.max_predictions
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    set_torch_matmul_precision(args.matmul_precision)
-
+    seq, predictions = prep.seq_length, prep.max_predictions
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    torch.manual_seed(0)
     hf_config = transformers.BertConfig(**{k: v for k, v in export.hf_config_dict(model_config).items()
                                            if k not in ("architectures", "model_type", "dtype")})
     hf_config._attn_implementation = "sdpa"
@@ -86,7 +141,7 @@ def main() -> None:
         logits = model.cls(picked)
         return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
 
-    loss_fn = loss_full if args.head == "full" else loss_masked
+    loss_fn = loss_full if head == "full" else loss_masked
     if args.compile:
         loss_fn = torch.compile(loss_fn)
 
@@ -110,27 +165,30 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    for _ in range(args.warmup):
-        step()
-    sync()
-    started = time.perf_counter()
-    for _ in range(args.steps):
-        loss = step()
-    sync()
+    try:
+        for _ in range(args.warmup):
+            step()
+        sync()
+        started = time.perf_counter()
+        for _ in range(args.steps):
+            loss = step()
+        sync()
+    except torch.OutOfMemoryError:
+        del model, optimizer  # freed before the caller tries a smaller batch
+        raise
     step_time = (time.perf_counter() - started) / args.steps
     tokens_per_s = batch * seq / step_time
     tflops = tokens_per_s * flops_per_token(model_config, seq, predictions) / 1e12
     kind = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     peak = metrics.peak_flops_for_kind(kind) if device.type == "cuda" else None
-    result = {
+    return {
         "side": "transformers BertForMaskedLM (torch)", "device": kind, "dtype": args.dtype, "compile": args.compile,
-        "head": args.head, "batch_size": batch, "seq_length": seq, "max_predictions": predictions,
+        "head": head, "batch_size": batch, "seq_length": seq, "max_predictions": predictions,
         "step_time_s": step_time, "tokens_per_s": tokens_per_s, "model_tflops": tflops,
         "mfu": tflops * 1e12 / peak if peak else None, "final_loss": float(loss),
         "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
         "matmul_precision": args.matmul_precision, "versions": versions("torch", "transformers"),
     }
-    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -129,10 +129,13 @@ def attention_implementation(config: BertConfig) -> str:
     head size it supports (a multiple of 8, at most 128), XLA everywhere else."""
     if config.attention_implementation != "auto":
         return config.attention_implementation
-    on_nvidia = jax.default_backend() == "gpu" and "NVIDIA" in jax.devices()[0].device_kind.upper()
-    if on_nvidia and config.dtype != "float32" and config.head_dim % 8 == 0 and config.head_dim <= 128:
+    if on_nvidia_gpu() and config.dtype != "float32" and config.head_dim % 8 == 0 and config.head_dim <= 128:
         return "cudnn"
     return "xla"
+
+
+def on_nvidia_gpu() -> bool:
+    return jax.default_backend() == "gpu" and "NVIDIA" in jax.devices()[0].device_kind.upper()
 
 
 def sinusoidal_init(scale: float):
@@ -346,7 +349,11 @@ class Padding(NamedTuple):
         if input_mask is None:
             return cls(None, None)
         # (batch, 1, 1, keys): broadcasts over heads and queries in dot_product_attention.
-        return cls(input_mask.astype(bool)[:, None, None, :], jnp.sum(input_mask, axis=-1, dtype=jnp.int32))
+        # Lengths of at least 1: the filler rows that pad the last eval batch have no real key, and a softmax
+        # over zero keys is not defined for cuDNN (XLA's mask gives such rows uniform attention); their
+        # outputs carry no weight either way.
+        lengths = jnp.maximum(jnp.sum(input_mask, axis=-1, dtype=jnp.int32), 1)
+        return cls(input_mask.astype(bool)[:, None, None, :], lengths)
 
 
 class BertLayer(nn.Module):

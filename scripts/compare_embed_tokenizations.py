@@ -1,8 +1,9 @@
 """Which tokenization gives the better sequence embeddings: one random-k draw, several averaged, or a fixed k.
 
-  python scripts/compare_embed_tokenizations.py --model runs/demo --output runs/demo/tokenizations.json
+  python scripts/compare_embed_tokenizations.py --model runs/demo --pretraining_run runs/demo \
+      --output runs/demo/tokenizations.json
 
-On planted-motif tasks (motif.planted_motif_task over the embedded chr22, one per --task_seeds):
+On planted-motif tasks (motif.planted_motif_task over the held-out blocks of --pretraining_run, one per --task_seeds):
 each tokenization's `mean` (and `cls`) vectors from embed.embed_sequences, standardised, then
 baseline.logistic_regression (C chosen on dev by MCC); test accuracy, AUROC and MCC, mean and
 spread over the tasks. Settings: random k with one draw (for each --draw_seeds: how much a single
@@ -34,6 +35,9 @@ def settings(k_min: int, k_max: int, draw_seeds: list[int], num_draws: list[int]
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="training run directory or export")
+    parser.add_argument("--pretraining_run", default=None,
+                        help="the run whose held-out blocks the tasks come from: its directory or config.json "
+                             "(required)")
     parser.add_argument("--output", required=True, help="JSON file for the per-task numbers")
     parser.add_argument("--task_seeds", default="0,1,2", help="one planted-motif task per seed")
     parser.add_argument("--num_windows", type=int, default=300)
@@ -45,18 +49,19 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> int:
         from sklearn.preprocessing import StandardScaler
 
-        from dnavec_jax.data.fasta import DEMO_FASTA
-        from dnavec_jax.tools.classify import baseline, motif, tables
+        from dnavec_jax.tools.classify import baseline, held_out, motif, tables
         from dnavec_jax.tools.embed import embed_sequences
         from dnavec_jax.tools.loaded_model import load_model
 
+        prep = held_out.pretraining_prep(args.pretraining_run)
+        fasta = held_out.source_fasta(prep)
         loaded = load_model(args.model)
         rows = settings(loaded.tokenizer.k_min, loaded.tokenizer.k_max,
                         [int(s) for s in args.draw_seeds.split(",")], [int(n) for n in args.num_draws.split(",")])
         results: dict[str, dict[str, list[dict]]] = {name: {"mean": [], "cls": []} for name, _ in rows}
         for task_seed in [int(s) for s in args.task_seeds.split(",")]:
-            task = motif.planted_motif_task(DEMO_FASTA, num_windows=args.num_windows, length=args.length,
-                                               seed=task_seed)
+            task = motif.planted_motif_task(fasta, pretraining=prep, num_windows=args.num_windows,
+                                            length=args.length, seed=task_seed)
             labels = {split: np.array([label for _, label in task[split]]) for split in tables.SPLITS}
             for name, options in rows:
                 vectors = {split: embed_sequences(loaded, [seq for seq, _ in task[split]], **options)

@@ -30,6 +30,15 @@ def chr22_fasta() -> Path:
     return DEMO_FASTA
 
 
+@pytest.fixture(scope="session")
+def demo_prep():
+    """The data-prep settings of configs/demo.py: the pretraining run a task generator is told about (its
+    held-out blocks are the demo model's)."""
+    from dnavec_jax.training.settings import RunSettings
+
+    return RunSettings.from_config(load_config_file("demo")).prep
+
+
 # ---- training-system fixtures (tests/test_train*.py, test_checkpoint*.py, test_input*.py) ----
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,6 +56,17 @@ def free_port() -> int:
 def load_config_file(name: str):
     """get_config() of configs/<name>.py (an unlocked ml_collections ConfigDict)."""
     return importlib.import_module(f"configs.{name}").get_config()
+
+
+def data_prep_script(name: str):
+    """The module of data_prep/<name>.py (a script, not a package module), imported."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "data_prep"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(REPO / "data_prep"))
 
 
 def train_and_evaluate(config, workdir, **kwargs):

@@ -17,7 +17,7 @@ import pytest
 from dnavec_jax import cli
 from dnavec_jax.errors import DNAVecError
 from dnavec_jax.tools import embed, loaded_model
-from dnavec_jax.tools.classify import baseline, command, finetuning, metrics, motif, probes, report, tables
+from dnavec_jax.tools.classify import baseline, command, finetuning, held_out, metrics, motif, probes, report, tables
 from dnavec_jax.tools.classify.settings import ClassifySettings
 
 # Fine-tuning settings for the tiny model (hidden 32): a larger learning rate than the default 3e-4, and
@@ -27,9 +27,9 @@ TINY_FINETUNE = dict(learning_rate=3e-3, epochs=40, patience=40, batch_size=16)
 
 
 @pytest.fixture(scope="module")
-def motif_task(chr22_fasta, tmp_path_factory):
+def motif_task(chr22_fasta, demo_prep, tmp_path_factory):
     """300 windows of 150 bp -> 420 / 90 / 90 rows, half of them with the CTCF core written in."""
-    task = motif.planted_motif_task(chr22_fasta, num_windows=300, length=150, seed=0)
+    task = motif.planted_motif_task(chr22_fasta, pretraining=demo_prep, num_windows=300, length=150, seed=0)
     return task, motif.write_task(task, tmp_path_factory.mktemp("motif"))
 
 
@@ -54,7 +54,7 @@ def _numbers(results: dict) -> dict:
     return strip(results["methods"])
 
 
-def test_planted_motif_task(motif_task, chr22_fasta):
+def test_planted_motif_task(motif_task, chr22_fasta, demo_prep):
     task, paths = motif_task
     assert {split: len(rows) for split, rows in task.items()} == {"train": 420, "dev": 90, "test": 90}
     pattern = re.compile(motif.CTCF_CORE.replace("N", "[ACGT]"))
@@ -71,33 +71,32 @@ def test_planted_motif_task(motif_task, chr22_fasta):
                 start = pattern.search(sequence).start()
                 assert (~differ[:, :start].any(1) & ~differ[:, start + 14:].any(1)).sum() == 1
     assert not (negatives["train"] & negatives["test"]) and not (negatives["train"] & negatives["dev"])
-    assert motif.planted_motif_task(chr22_fasta, num_windows=300, length=150, seed=0) == task
+    assert motif.planted_motif_task(chr22_fasta, pretraining=demo_prep, num_windows=300, length=150,
+                                    seed=0) == task
     assert tables.read_split(paths["dev"], "dev").sequences == [s for s, _ in task["dev"]]
 
 
-def test_motif_windows_come_from_the_demo_models_validation_blocks(chr22_fasta):
-    """The control's DNA is held out from pretraining: every window lies inside one validation block."""
-    from configs import demo
+def test_motif_windows_come_from_the_demo_models_validation_blocks(chr22_fasta, demo_prep):
+    """The control's DNA is held out from pretraining: every window lies inside one validation block of the run
+    the generator was told (here configs/demo.py's data prep)."""
     from dnavec_jax.data.pipeline import validation_blocks
 
-    prep = demo.get_config().data.prep
-    assert motif.DEMO_HELD_OUT == (prep.validation_fraction, prep.validation_block_size)
-    fraction, block_size = motif.DEMO_HELD_OUT
-    windows = motif.held_out_windows(chr22_fasta, 150)
+    fraction, block_size = demo_prep.validation_fraction, demo_prep.validation_block_size
+    windows = held_out.held_out_windows(chr22_fasta, 150, demo_prep)
     with gzip.open(chr22_fasta, "rt") as handle:
         text = "".join(line.strip() for line in handle if not line.startswith(">"))
-    held_out = validation_blocks("22:20000001-21000000", len(text), fraction, block_size)
+    blocks = validation_blocks("22:20000001-21000000", len(text), fraction, block_size)
     assert len(windows) > 300
     for name, start, window in windows:
         assert name == "22:20000001-21000000" and window == text[start:start + 150]
-        assert held_out[start // block_size] and start // block_size == (start + 149) // block_size
+        assert blocks[start // block_size] and start // block_size == (start + 149) // block_size
 
 
-def test_both_motif_classes_are_edited_at_the_same_site(motif_task, chr22_fasta):
+def test_both_motif_classes_are_edited_at_the_same_site(motif_task, chr22_fasta, demo_prep):
     """Neither class is pretraining text: label 0 carries the site's letters shuffled, label 1 the motif."""
     task, _ = motif_task
     sources = {}
-    for _, _, window in motif.held_out_windows(chr22_fasta, 150):
+    for _, _, window in held_out.held_out_windows(chr22_fasta, 150, demo_prep):
         sources[window[:20]] = sources[window[-20:]] = window  # the 14-base site leaves one end untouched
     pairs = {}
     for rows in task.values():
@@ -115,9 +114,9 @@ def test_both_motif_classes_are_edited_at_the_same_site(motif_task, chr22_fasta)
         assert sorted(pair[0][at:at + 14]) == sorted(pair[1][at:at + 14])  # same letters, another order
 
 
-def test_motif_task_errors_name_the_held_out_shortfall(chr22_fasta):
+def test_motif_task_errors_name_the_held_out_shortfall(chr22_fasta, demo_prep):
     with pytest.raises(DNAVecError, match="only .* windows of 150 A/C/G/T bases in the validation blocks"):
-        motif.planted_motif_task(chr22_fasta, num_windows=1000, length=150)
+        motif.planted_motif_task(chr22_fasta, pretraining=demo_prep, num_windows=1000, length=150)
 
 
 def test_finetuning_and_probes_beat_chance_on_the_planted_motif(loaded, motif_task, capsys):
@@ -160,9 +159,10 @@ def test_finetuning_and_probes_beat_chance_on_the_planted_motif(loaded, motif_ta
     assert "probe: tokens + linear, log-sum-exp over tokens" in table
 
 
-def test_cli_end_to_end_and_same_seed_same_numbers(trained_workdir, trained_export, chr22_fasta, tmp_path, capsys):
-    paths = motif.write_task(motif.planted_motif_task(chr22_fasta, num_windows=40, length=150, seed=1),
-                                tmp_path / "task")
+def test_cli_end_to_end_and_same_seed_same_numbers(trained_workdir, trained_export, chr22_fasta, demo_prep, tmp_path,
+                                                    capsys):
+    paths = motif.write_task(motif.planted_motif_task(chr22_fasta, pretraining=demo_prep, num_windows=40, length=150,
+                                                      seed=1), tmp_path / "task")
     quick = ["--epochs", "2", "--batch_size", "8", "--learning_rate", "3e-3", "--probe_epochs", "5", "--seed", "5"]
     assert _classify_cli(trained_workdir, paths, tmp_path / "a", *quick) == 0
     out = capsys.readouterr().out
@@ -244,11 +244,11 @@ def test_token_probe_finds_one_marker_token_that_a_mean_dilutes():
     assert pooled["accuracy"] < 0.8, pooled  # the control: the same data, mean-pooled, is near chance
 
 
-def test_static_tokens_are_the_static_probes_vectors(loaded, chr22_fasta, tmp_path, capsys):
+def test_static_tokens_are_the_static_probes_vectors(loaded, chr22_fasta, demo_prep, tmp_path, capsys):
     """static = the mean of static_tokens over a sequence: both read the tokenization embed uses. The token
     features are spilled to disk as they come (SpilledRows), with a progress bar."""
-    paths = motif.write_task(motif.planted_motif_task(chr22_fasta, num_windows=20, length=150, seed=2),
-                                tmp_path / "task")
+    paths = motif.write_task(motif.planted_motif_task(chr22_fasta, pretraining=demo_prep, num_windows=20, length=150,
+                                                      seed=2), tmp_path / "task")
     task = tables.load_task(paths["train"], paths["dev"], paths["test"])
     features = probes.probe_features(loaded, task, seed=4, features=("static", "static_tokens", "tokens"),
                                        num_tokenizations=2, progress=True)
@@ -271,7 +271,7 @@ def test_static_tokens_are_the_static_probes_vectors(loaded, chr22_fasta, tmp_pa
                                atol=1e-3)  # float16
 
 
-def test_probe_features_hold_no_token_features_in_memory(loaded, chr22_fasta, tmp_path):
+def test_probe_features_hold_no_token_features_in_memory(loaded, chr22_fasta, demo_prep, tmp_path):
     """The token features of a split go to disk as each record is embedded: the peak of numpy allocations
     (tracemalloc sees numpy's; JAX's device buffers are apart) stays a fraction of what they weigh, and it is
     about the same for a task 4x as large. Reading back gives what was written."""
@@ -279,8 +279,8 @@ def test_probe_features_hold_no_token_features_in_memory(loaded, chr22_fasta, tm
 
     peaks, sizes = [], []
     for windows in (20, 80):
-        paths = motif.write_task(motif.planted_motif_task(chr22_fasta, num_windows=windows, length=300, seed=2),
-                                 tmp_path / f"task{windows}")
+        paths = motif.write_task(motif.planted_motif_task(chr22_fasta, pretraining=demo_prep, num_windows=windows,
+                                                          length=300, seed=2), tmp_path / f"task{windows}")
         task = tables.load_task(paths["train"], paths["dev"], paths["test"])
         probes.probe_features(loaded, task, seed=1, features=("tokens",), num_tokenizations=4)  # compiled
         tracemalloc.start()
@@ -300,7 +300,7 @@ def test_probe_features_hold_no_token_features_in_memory(loaded, chr22_fasta, tm
     assert spilled.shape == (10, 3) and spilled[8:20].shape == (2, 3)
 
 
-def test_random_init_control_is_the_untrained_model(loaded, chr22_fasta, tmp_path):
+def test_random_init_control_is_the_untrained_model(loaded, chr22_fasta, demo_prep, tmp_path):
     """The control rows run on model.init_params(config, key(seed)): same shapes, not the pretrained weights."""
     import jax
 
@@ -316,14 +316,52 @@ def test_random_init_control_is_the_untrained_model(loaded, chr22_fasta, tmp_pat
     assert not np.allclose(control.params["embeddings"]["word_embeddings"]["embedding"],
                            loaded.params["embeddings"]["word_embeddings"]["embedding"])
     assert control.source.startswith("random init (seed 3) of run ") and control.tokenizer is loaded.tokenizer
-    paths = motif.write_task(motif.planted_motif_task(chr22_fasta, num_windows=20, length=150, seed=2),
-                                tmp_path / "task")
+    paths = motif.write_task(motif.planted_motif_task(chr22_fasta, pretraining=demo_prep, num_windows=20, length=150,
+                                                      seed=2), tmp_path / "task")
     task = tables.load_task(paths["train"], paths["dev"], paths["test"])
     results = command.run_methods(task, loaded, ClassifySettings(
         methods=("probe",), probe_features=("mean", "tokens"), seed=3, random_init_control=True,
         token_probe=probes.TokenProbeSettings(epochs=2)))
     assert list(results) == ["probe_mean", "probe_tokens", "random_init_probe_mean", "random_init_probe_tokens"]
     assert "| probe: tokens + linear, log-sum-exp over tokens, random init |" in report.format_table(results)
+
+
+def test_random_init_twin_is_the_same_from_a_run_and_from_its_export(tiny_config, tmp_path):
+    """A model trained with word_init=bases, sinusoidal positions and no dropout: its twin starts from those
+    inits and that dropout whether --model is the run directory or its export (dnavec.json's "model"); an export
+    that does not record the init settings gets BERT's (normal) and says so."""
+    import jax
+    from conftest import train_and_evaluate
+
+    from dnavec_jax import export
+    from dnavec_jax.model import BertConfig, init_params
+
+    tiny_config.model.update(word_init="bases", position_init="sinusoidal", hidden_dropout_rate=0.0)
+    tiny_config.train.update(num_train_steps=1, warmup_steps=0, eval_every_steps=0, checkpoint_every_steps=1)
+    tiny_config.data.synthetic_eval_examples = 0  # no evaluation to compile
+    train_and_evaluate(tiny_config, tmp_path / "run")
+    exported, _ = export.export_checkpoint(tmp_path / "run", tmp_path / "hf")
+    from_run, from_export = loaded_model.load_model(tmp_path / "run"), loaded_model.load_model(exported)
+    twins = [finetuning.random_init_model(loaded, seed=3) for loaded in (from_run, from_export)]
+    for twin in twins:
+        assert (twin.config.word_init, twin.config.position_init, twin.config.hidden_dropout_rate) == (
+            "bases", "sinusoidal", 0.0)
+    for a, b in zip(jax.tree.leaves(twins[0].params), jax.tree.leaves(twins[1].params)):
+        np.testing.assert_array_equal(a, b)
+    assert finetuning.twin_settings(from_export)["init_settings_from"] == "dnavec.json"
+    plain = init_params(BertConfig(**{**from_run.config.to_dict(), "word_init": "normal",
+                                      "position_init": "normal"}), jax.random.key(3))
+    assert not np.allclose(plain["embeddings"]["word_embeddings"]["embedding"],
+                           twins[0].params["embeddings"]["word_embeddings"]["embedding"])
+    # An export written before the init settings were recorded: BERT's default, named as such.
+    info = json.loads((exported / export.DNAVEC_FILE).read_text())
+    for name in loaded_model.INIT_FIELDS:
+        del info["model"][name]
+    (exported / export.DNAVEC_FILE).write_text(json.dumps(info))
+    old = loaded_model.load_model(exported)
+    assert (old.config.word_init, old.config.position_init) == ("normal", "normal")
+    assert finetuning.twin_settings(old)["init_settings_from"] == (
+        "dnavec.json (not recorded, BERT's default: position_init, word_init)")
 
 
 def _chr22(path) -> str:

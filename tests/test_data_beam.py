@@ -8,7 +8,6 @@ import gzip
 import json
 import os
 import shutil
-import sys
 import threading
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+from conftest import data_prep_script
 from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import WorkerPlugin
 from fake_bucket import fake_gcs
@@ -25,7 +25,6 @@ from dnavec_jax.data import PrepSettings, load_prepared, prepare_dataset
 from dnavec_jax.data.beam_prep import resolve_options
 from dnavec_jax.errors import DNAVecError
 
-REPO = Path(__file__).resolve().parents[1]
 LOCAL_RUNNER = "runner=FnApiRunner,direct_running_mode=multi_processing,direct_num_workers=2"
 IN_MEMORY = "direct_running_mode=in_memory"  # one process: cheap where the runner is not what is tested
 DASK = "runner=apache_beam.runners.dask.dask_runner.DaskRunner,dask_client_address={}"
@@ -172,11 +171,7 @@ def test_a_failing_beam_run_is_one_line_and_leaves_nothing(tmp_path, case, expec
 
 def test_tfds_build_command_on_beam(tmp_path, genomes):
     """`tfds build --beam_pipeline_options=...` runs the jobs on Beam (TFDS parses the options)."""
-    sys.path.insert(0, str(REPO / "data_prep"))
-    try:
-        import tfds_build
-    finally:
-        sys.path.remove(str(REPO / "data_prep"))
+    tfds_build = data_prep_script("tfds_build")
     config = json.dumps({"name": "small", "settings": {"fasta": ["b.fa.gz"], "chromosomes": "all",
                                                        "seq_length": 32, "max_predictions": 5}})
     tfds_build.main(["dna_kmer_mlm", "--config", config, "--data_dir", str(tmp_path),

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO, data_prep_script
 
 from dnavec_jax.data import PrepSettings, load_prepared, prepare_dataset
 from dnavec_jax.data.prepared import find_prepared
 from dnavec_jax.data.tfrecord import decode_example, read_records
 from dnavec_jax.errors import DNAVecError
 from dnavec_jax.tokenization import CLS_ID, MASK_ID, NUM_SPECIAL, PAD_ID, SEP_ID, KmerTokenizer
-
-REPO = Path(__file__).resolve().parents[1]
 
 # Small settings with many chunk, shard and split edges: 62 tokens per example, chunks of
 # 4,960 bases, blocks of 4,000 bases with 20% held out.
@@ -315,11 +314,7 @@ def test_cli_prints_one_error_line_and_exits_2(tmp_path):
 
 
 def test_cli_flags_reach_the_settings(tmp_path):
-    sys.path.insert(0, str(REPO / "data_prep"))
-    try:
-        import prepare_data
-    finally:
-        sys.path.remove(str(REPO / "data_prep"))
+    prepare_data = data_prep_script("prepare_data")
     listing = tmp_path / "genomes.txt"
     listing.write_text("# more genomes\nmm39.fa.gz\ngs://bucket/danRer11.fa.gz  # zebrafish\n")
     args = prepare_data.build_parser().parse_args(
@@ -357,11 +352,7 @@ def test_download_helper_reports_offline_in_one_line(tmp_path):
 
 def test_tfds_build_command_prepares_a_config(tmp_path, genome):
     """data_prep/tfds_build.py runs TFDS's own build command (what `tfds build` runs)."""
-    sys.path.insert(0, str(REPO / "data_prep"))
-    try:
-        import tfds_build
-    finally:
-        sys.path.remove(str(REPO / "data_prep"))
+    tfds_build = data_prep_script("tfds_build")
     config = json.dumps({"name": "small", "settings": {"fasta": ["b.fa.gz"], "chromosomes": "all",
                                                        "seq_length": 32, "max_predictions": 5}})
     tfds_build.main(["dna_kmer_mlm", "--config", config, "--data_dir", str(tmp_path),

@@ -5,6 +5,7 @@ wheel per platform, one command that installs everything."""
 from __future__ import annotations
 
 import ast
+import functools
 import gzip
 import importlib.metadata
 import json
@@ -75,8 +76,14 @@ def _python_files(*roots):
         yield from [path] if path.is_file() else sorted(path.rglob("*.py"))
 
 
+@functools.cache
+def _packages_distributions() -> dict[str, list[str]]:
+    """importlib's module -> distributions map; once, since it reads every installed distribution's files."""
+    return importlib.metadata.packages_distributions()
+
+
 def _distributions(module: str) -> set[str]:
-    return {canonicalize_name(name) for name in importlib.metadata.packages_distributions().get(module, [])}
+    return {canonicalize_name(name) for name in _packages_distributions().get(module, [])}
 
 
 def test_every_imported_package_is_declared():
@@ -176,10 +183,11 @@ def _core_install(*argv, env=None, timeout=600):
                           env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def test_tools_and_export_run_on_the_core_install(trained_workdir, chr22_fasta, tmp_path, compile_cache):
+def test_tools_and_export_run_on_the_core_install(trained_workdir, chr22_fasta, demo_prep, tmp_path, compile_cache):
     from dnavec_jax.tools.classify import motif
 
-    motif.write_task(motif.planted_motif_task(chr22_fasta, num_windows=20, length=120, seed=2), tmp_path / "task")
+    motif.write_task(motif.planted_motif_task(chr22_fasta, pretraining=demo_prep, num_windows=20, length=120, seed=2),
+                     tmp_path / "task")
     with gzip.open(chr22_fasta, "rt") as handle:
         sequence = "".join(line.strip() for line in handle if not line.startswith(">"))[:6_000]
     fasta = tmp_path / "slice.fa"

@@ -25,9 +25,10 @@ STAGES = (
 TOOL_FLOORS = (
     ("tools.loaded_model", "tools.settings", "tools.classify.metrics"),
     ("tools.classify.settings", "tools.classify.tables", "tools.vectors", "tools.embed", "tools.tfidf",
-     "tools.structure"),
-    ("tools.attention", "tools.classify.baseline", "tools.classify.classifier", "tools.classify.motif"),
-    ("tools.classify.probes", "tools.classify.finetuning"),
+     "tools.structure", "tools.classify.held_out"),
+    ("tools.attention", "tools.classify.baseline", "tools.classify.classifier", "tools.classify.motif",
+     "tools.classify.curves"),
+    ("tools.classify.probes", "tools.classify.finetuning", "tools.classify.order"),
     ("tools.classify.report",),
     ("tools.classify.command",),
     ("tools.predict",),

@@ -155,3 +155,113 @@ def test_eval_sums_and_rows():
                        "copy_accuracy": 0.1, "copy_accuracy_ceiling": 0.5, "copy_accuracy_given_k": 0.4}
     assert objective.eval_columns(tokenizer, "vocabulary", None) == {  # train.copy_probe off
         "accuracy_ceiling": columns["accuracy_ceiling"], "loss_floor": columns["loss_floor"]}
+
+
+# ---- the cross-entropy's own gradient -----------------------------------------------------
+
+def _plain_cross_entropy(logits, labels, lo, hi):
+    """The textbook formula in float32 (what jax.grad of it gives is the reference gradient)."""
+    x = jnp.asarray(logits, jnp.float32)
+    inside = (jnp.arange(x.shape[-1]) >= lo[..., None]) & (jnp.arange(x.shape[-1]) < hi[..., None])
+    log_z = jax.nn.logsumexp(jnp.where(inside, x, -jnp.inf), axis=-1)
+    return log_z - jnp.take_along_axis(x, labels[..., None], axis=-1)[..., 0]
+
+
+@pytest.mark.parametrize("length_aware", [False, True])
+def test_cross_entropy_and_its_gradient_match_the_plain_float32_formula(length_aware):
+    tokenizer = KmerTokenizer(2, 3)
+    vocab, width = tokenizer.vocab_size, 128  # padded columns vocab..127 carry -inf, as the model's
+    rng = np.random.default_rng(3)
+    logits = np.full((3, 5, width), -np.inf, np.float32)
+    logits[..., :vocab] = rng.normal(size=(3, 5, vocab)) * 4
+    labels = jnp.asarray(rng.integers(NUM_SPECIAL, vocab, size=(3, 5)))
+    weights = jnp.asarray(rng.random((3, 5)), jnp.float32)  # any cotangent, not only ones
+    if length_aware:
+        lo, hi = objective.label_length_ranges(labels, tokenizer.kmer_lengths())
+    else:
+        lo, hi = jnp.zeros_like(labels), jnp.full_like(labels, width)
+    for dtype, tolerance in ((jnp.float32, 1e-6), (jnp.bfloat16, 1e-2)):
+        x = jnp.asarray(logits, dtype)
+        def ours(v):
+            return objective.cross_entropy(v, labels, *((lo, hi) if length_aware else ()))
+
+        def plain(v):
+            return _plain_cross_entropy(v, labels, lo, hi)
+
+        # The loss is float32 whatever the logits' dtype: the same numbers as the formula on those logits.
+        np.testing.assert_allclose(ours(x), plain(x), rtol=1e-6, atol=1e-6)
+        grad = jax.grad(lambda v: jnp.sum(ours(v) * weights))(x)
+        expected = jax.grad(lambda v: jnp.sum(plain(v.astype(jnp.float32)) * weights))(x.astype(jnp.float32))
+        assert grad.dtype == dtype  # the gradient comes back in the logits' dtype
+        # bf16: the float32 gradient rounded once to bf16 (8 bits of mantissa).
+        np.testing.assert_allclose(np.asarray(grad, np.float32), expected, rtol=tolerance, atol=tolerance * 1e-2)
+        assert np.all(np.asarray(grad, np.float32)[..., vocab:] == 0.0)  # the padded columns get nothing
+
+
+def test_the_bf16_base_loss_keeps_no_float32_logits_sized_buffer_for_the_backward_pass():
+    from dnavec_jax import model as model_lib
+    from dnavec_jax.training import steps
+
+    config = model_lib.BertConfig(dtype="bfloat16")  # base: 12 x 512, vocabulary 87,365 (padded to 87,424)
+    model = model_lib.BertForMaskedLM(config)
+    # Batch 8, as in the issue: B x P x V (53.9 M) is then larger than any parameter (the word table: 44.8 M).
+    rows, length, predictions = 8, 512, 77
+    params = jax.eval_shape(lambda: model_lib.init_params(config, jax.random.key(0)))
+    batch = steps.abstract_batch((rows,), length, predictions, None)
+
+    def loss(p, b):
+        logits = steps._apply(model, p, b, deterministic=False, rng=jax.random.key(0))
+        return objective.mlm_sums(logits, b["masked_lm_ids"], b["masked_lm_weights"], False)["loss_sum"]
+
+    # What jax.vjp's pullback closes over is what the backward pass keeps (traced only: nothing runs).
+    residuals = jax.eval_shape(lambda p, b: jax.tree.leaves(jax.vjp(lambda q: loss(q, b), p)[1]), params, batch)
+    big = [r for r in residuals if r.size >= rows * predictions * config.vocab_size]
+    assert [(r.shape, r.dtype) for r in big] == [((rows, predictions, config.padded_vocab_size), jnp.bfloat16)]
+
+
+def test_copy_stall_warning_after_several_evaluations_near_zero():
+    """The rule: warn once the last COPY_STALL_EVALUATIONS evaluations all stayed below COPY_STALL_ACCURACY."""
+    below, above = objective.COPY_STALL_ACCURACY * 0.5, objective.COPY_STALL_ACCURACY
+    stalled = [(100 * i, below) for i in range(1, objective.COPY_STALL_EVALUATIONS + 1)]
+    warning = objective.copy_stall_warning(stalled)
+    assert warning.startswith("copy accuracy given k is still") and "\n" not in warning
+    assert "at steps 100, 200, 300" in warning
+    assert objective.copy_stall_warning(stalled[:-1]) is None  # not yet several
+    assert objective.copy_stall_warning([*stalled[:-1], (300, above)]) is None  # learning
+    assert objective.copy_stall_warning([(50, above), *stalled]) is not None  # only the recent ones count
+
+
+def test_training_log_warns_once_when_copying_does_not_start(tiny_config, tmp_path, caplog):
+    """The tiny model on synthetic data learns nothing to copy in 4 steps: the 3rd and 4th evaluations leave one
+    warning line in the log."""
+    from conftest import train_and_evaluate
+
+    tiny_config.train.update(num_train_steps=4, eval_every_steps=1, checkpoint_every_steps=0)
+    with caplog.at_level("WARNING"):
+        train_and_evaluate(tiny_config, tmp_path / "run")
+    warnings = [record.getMessage() for record in caplog.records if "copy accuracy given k" in record.getMessage()]
+    assert len(warnings) == 1 and "at steps 1, 2, 3" in warnings[0], warnings
+
+
+def test_base_offers_the_demo_choices_and_keeps_the_papers_recipe_by_default():
+    """configs/base.py:words+positions (docs/training.md, "The base recipe on a CPU"); no variant: BERT's inits and
+    dropout 0.1; base_cpu.py changes only sizes, steps and dtype."""
+    import importlib
+
+    base, base_cpu = importlib.import_module("configs.base"), importlib.import_module("configs.base_cpu")
+    paper = base.get_config().model
+    assert (paper.word_init, paper.position_init, paper.hidden_dropout_rate) == ("normal", "normal", 0.1)
+    fast = base.get_config("words+positions").model
+    assert (fast.word_init, fast.position_init, fast.hidden_dropout_rate) == ("bases", "sinusoidal", 0.1)
+    with pytest.raises(ValueError, match="unknown config variant 'wide'"):
+        base.get_config("wide")
+    small, full = base_cpu.get_config("no_dropout"), base.get_config("no_dropout")
+    assert small.model.hidden_dropout_rate == 0.0
+    assert small.data.prep.to_dict() == {**full.data.prep.to_dict(), "dupe_factor": 4, "chunk_bases": 200_000,
+                                         "shard_bases": 400_000}
+    changed = {name for name in full.train if small.train[name] != full.train[name]}
+    assert changed <= {"num_train_steps", "warmup_steps", "log_every_steps", "eval_every_steps", "eval_batch_size",
+                       "checkpoint_every_steps", "keep_checkpoints"}, changed
+    ratio = full.train.warmup_steps / full.train.num_train_steps  # base's schedule shape: 12.5% warmup
+    assert small.train.warmup_steps / small.train.num_train_steps == ratio
+    assert small.train.learning_rate == full.train.learning_rate and small.train.schedule == full.train.schedule

@@ -39,11 +39,11 @@ def _one_error_line(capsys, after_log: bool = False) -> str:
 
 
 @pytest.fixture(scope="module")
-def classified(trained_workdir, chr22_fasta, tmp_path_factory):
+def classified(trained_workdir, chr22_fasta, demo_prep, tmp_path_factory):
     """classify with every method, --seeds 2 and --predictions all; test.csv has an extra column, in front."""
     root = tmp_path_factory.mktemp("classified")
-    paths = motif.write_task(motif.planted_motif_task(chr22_fasta, num_windows=40, length=150, seed=3),
-                                root / "task")
+    paths = motif.write_task(
+        motif.planted_motif_task(chr22_fasta, pretraining=demo_prep, num_windows=40, length=150, seed=3), root / "task")
     rows = _rows(paths["test"])
     with open(paths["test"], "w", newline="") as handle:  # the input's own columns must come through as they are
         writer = csv.writer(handle)

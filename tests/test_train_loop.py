@@ -259,3 +259,26 @@ def test_sigterm_saves_a_restorable_checkpoint(tmp_path, compile_cache):
     assert 3 <= step < 100000 and config["train"]["num_train_steps"] == 100000
     assert max(r["step"] for r in rows(workdir)) == step
     assert not (workdir / "lock").exists()
+
+
+@pytest.mark.usefixtures("stub_cudnn")
+@pytest.mark.parametrize("attention", ["auto", "cudnn"])
+def test_attention_auto_falls_back_to_xla_when_cudnn_does_not_compile(tiny_config, tmp_path, monkeypatch, caplog,
+                                                                      attention):
+    # As on an NVIDIA GPU whose cuDNN cannot run the kernel: 'auto' picks cuDNN (bf16, heads of 8), the steps
+    # trace and lower with cuDNN's custom calls, and compiling them fails (this CPU has no such kernel).
+    from dnavec_jax import model as model_lib
+
+    monkeypatch.setattr(model_lib, "on_nvidia_gpu", lambda: True)
+    tiny_config.model.update(dtype="bfloat16", attention_implementation=attention)
+    tiny_config.train.update(checkpoint_every_steps=0, num_train_steps=2, eval_every_steps=0, copy_probe=False)
+    if attention == "cudnn":  # asked for by name: no fallback, the compile error stands
+        with pytest.raises(Exception, match="custom_partitioner|cudnn|custom call"):
+            train_and_evaluate(tiny_config, tmp_path)
+        return
+    with caplog.at_level("WARNING"):
+        result = train_and_evaluate(tiny_config, tmp_path)
+    fallback = [r.getMessage() for r in caplog.records if "cuDNN flash attention did not compile" in r.getMessage()]
+    assert len(fallback) == 1 and "\n" not in fallback[0], fallback
+    assert fallback[0].endswith("compiling again with XLA attention") and "Error: " in fallback[0]
+    assert result["attention"] == "xla" and result["step"] == 2 and rows(tmp_path, "eval")  # it trained and evaluated

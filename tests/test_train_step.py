@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -11,8 +12,9 @@ import optax
 import pytest
 from conftest import jaxpr_equations, load_config_file, optimizer_of
 
+from dnavec_jax import model as model_lib
 from dnavec_jax.model import BertForMaskedLM
-from dnavec_jax.training import batches, metrics, objective, optim, settings, sharding, steps
+from dnavec_jax.training import batches, loop, metrics, objective, optim, settings, sharding, steps
 
 pytestmark = pytest.mark.usefixtures("compile_cache")
 
@@ -200,19 +202,38 @@ def test_each_prng_implementation_draws_its_own_reproducible_dropout(tiny_config
         assert other != losses[0]  # another dropout draw
 
 
-@pytest.mark.usefixtures("stub_cudnn")
-def test_cudnn_attention_traces_the_real_train_step_of_the_base_model():
+def base_steps_for_cuda(source: str, prng_impl: str, attention: str = "auto") -> tuple[str, str]:
+    """The base config's train and eval steps as loop.trace_steps jits them, lowered for CUDA on this CPU
+    (one device, as the GPU machine has; nothing compiles): their StableHLO text."""
     config = load_config_file("base")
-    config.model.attention_implementation = "cudnn"
-    model_config, model, tx, schedule, init_fn = make_parts(config)
-    abstract_state = jax.eval_shape(init_fn)
-    abstract = steps.abstract_batch((1, 8), 512, 77, None)
-    for padded, mask_type in ((True, "PADDING"), (False, "NO_MASK")):
-        step = steps.make_train_step(model, tx, schedule, accuracy_every=100, padded=padded)
-        equations = jaxpr_equations(jax.jit(step).trace(abstract_state, abstract).jaxpr)
-        calls = [e for e in equations if e.primitive.name.startswith("dot_product_attention_")]
-        assert len(calls) == 2 * model_config.num_layers  # forward and backward of every layer
-        assert {e.params["mask_type"].name for e in calls} == {mask_type}
+    config.train.update(prng_impl=prng_impl, eval_batch_size=16)
+    config.model.attention_implementation = attention
+    run = settings.RunSettings.from_config(config)
+    data = batches.DataInfo(source, 512, 77, num_validation_examples=16)
+    mesh = sharding.make_mesh(False, jax.devices()[:1])
+    tx, schedule = optim.make_optimizer(run.train.optimizer)
+    abstract = jax.eval_shape(steps.make_init_fn(run.model, tx, 0, prng_impl))
+    abstract = sharding.with_shardings(abstract, steps.train_state_shardings(abstract, mesh))
+    traced = loop.trace_steps(run, data, run.model, run.prep.tokenizer(), tx, schedule, abstract, mesh)
+    return tuple(step.lower(lowering_platforms=("cuda",)).as_text() for step in traced)
+
+
+@pytest.mark.usefixtures("stub_cudnn")
+@pytest.mark.parametrize("prng_impl", settings.PRNG_IMPLS)
+@pytest.mark.parametrize("source, mask_type", [("tfrecord", "PADDING"), ("synthetic", "NO_MASK")])
+def test_the_base_train_step_lowers_for_cuda_with_cudnn_attention(monkeypatch, source, mask_type, prng_impl):
+    # attention 'auto', as configs/base.py leaves it: what an NVIDIA GPU would pick (bf16, heads of 64).
+    monkeypatch.setattr(model_lib, "on_nvidia_gpu", lambda: True)
+    layers = load_config_file("base").model.num_layers
+    train_text, eval_text = base_steps_for_cuda(source, prng_impl)
+    # The eval step always passes the input mask: its batches end in filler rows.
+    for text, mask, forward, backward in ((train_text, mask_type, layers, layers), (eval_text, "PADDING", layers, 0)):
+        calls = re.findall(r"custom_call @(__cudnn\$fmha\w+)\(.*mask_type\\22: \\22(\w+)\\22", text)
+        assert calls.count(("__cudnn$fmhaSoftmax", mask)) == forward
+        assert calls.count(("__cudnn$fmhaSoftmaxBackward", mask)) == backward
+        assert len(calls) == forward + backward  # no other kernel (no dropout or bias variant), no other mask
+    # Padded batches pass their lengths (one int32 per example), never a (batch, 1, 1, keys) mask tensor.
+    assert "tensor<8x1x1x512xi1>" not in train_text
 
 
 def test_weight_decay_mask_and_schedule(tiny_config):

@@ -4,6 +4,8 @@ pyfaidx reads records as windows of about a chunk, never whole; gzip input is fi
 uncompressed copy (and its .fai index) in a work directory, never next to the user's file; a remote
 input (gs://, s3://) is copied to that directory first. Contigs are the A/C/G/T runs between N,
 IUPAC letters and (soft_masked="drop") lower-case bases. docs/data.md.
+read_in_memory reads a small genome whole instead (the in-memory training source: no pyfaidx, which is
+imported only by the indexed path).
 """
 
 from __future__ import annotations
@@ -18,15 +20,18 @@ import tempfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pyfaidx
 from tqdm import tqdm
 
 from dnavec_jax.data import storage
 from dnavec_jax.data.settings import parse_chromosome_selection, record_selected
 from dnavec_jax.errors import DNAVecError
 from dnavec_jax.tokenization import BASE_CODES, INVALID_CODE, acgt_runs
+
+if TYPE_CHECKING:  # imported where it is used: the in-memory source and the tools run without it
+    import pyfaidx
 
 DEMO_FASTA = Path(__file__).resolve().parent / "human_chr22_20-21M.fa.gz"
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -169,6 +174,7 @@ def _decompress(path: Path, target: Path, name: str) -> None:
 def open_source(path: str, workdir: Path, file_index: int) -> SourceFile:
     """Validates one FASTA(.gz), decompresses it if needed, and builds its pyfaidx index in workdir
     (a local directory; a remote input is copied into it first)."""
+    import pyfaidx  # here, not at the top: the in-memory source and the tools run without it (the GPU image)
 
     size = _check_exists(path)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -227,17 +233,23 @@ def read_index(source: SourceFile) -> list[tuple[str, int]]:
 
 def select_records(sources: Sequence[SourceFile], chromosomes: str) -> tuple[list[GenomeRecord], list[str]]:
     """The records the selection keeps (in file, then record order) and the names it leaves out."""
+    return _select([read_index(source) for source in sources], [source.path for source in sources], chromosomes)
+
+
+def _select(indexes: Sequence[Sequence[tuple[str, int]]], paths: Sequence[str],
+            chromosomes: str) -> tuple[list[GenomeRecord], list[str]]:
+    """indexes: (name, length) of every record of each file, in file order."""
     selection = parse_chromosome_selection(chromosomes)
     selected: list[GenomeRecord] = []
     skipped: list[str] = []
-    for file_index, source in enumerate(sources):
-        for name, length in read_index(source):
+    for file_index, index in enumerate(indexes):
+        for name, length in index:
             if record_selected(name, selection):
                 selected.append(GenomeRecord(len(selected), name, length, file_index))
             else:
                 skipped.append(name)
     if not selected:
-        files = ", ".join(source.path for source in sources)
+        files = ", ".join(paths)
         examples = ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else "")
         raise DNAVecError(
             f"{files}: no record matches the chromosome selection {chromosomes!r} (records: {examples}); "
@@ -275,6 +287,75 @@ def open_genome(paths: Sequence[str], work_dir: Path, chromosomes: str,
     return Genome(sources, records, skipped)
 
 
+def read_in_memory(paths: Sequence[str], chromosomes: str) -> tuple[list[GenomeRecord], InMemoryReader]:
+    """The selected records of small FASTA(.gz) files, read whole into memory (one byte per base), and a
+    reader of them that GenomeWorker takes in place of RecordReader. Records are named as pyfaidx names
+    them (the header up to the first white space); any line width is accepted."""
+    check_fasta_paths(paths)
+    indexes, sequences = [], []
+    for path in paths:
+        records = _parse_fasta(path)
+        indexes.append([(name, len(sequence)) for name, sequence in records])
+        sequences.append([sequence for _, sequence in records])
+    selected, _ = _select(indexes, list(paths), chromosomes)
+    # Record order within a file = parse order, so (file, position in the file) finds each selected record.
+    positions = {}
+    for file_index, index in enumerate(indexes):
+        for position, (name, _) in enumerate(index):
+            positions[(file_index, name)] = position
+    return selected, InMemoryReader({record.index: sequences[record.file_index][positions[(record.file_index,
+                                                                                           record.name)]]
+                                     for record in selected})
+
+
+def _parse_fasta(path: str) -> list[tuple[str, bytes]]:
+    """(name, bases) of every record of a FASTA(.gz) file, in file order."""
+    with open(path, "rb") as handle:
+        gzipped = handle.read(2) == _GZIP_MAGIC
+    try:
+        if gzipped:
+            with gzip.open(path, "rb") as handle:
+                text = handle.read()
+        else:
+            text = Path(path).read_bytes()
+    except EOFError:
+        raise DNAVecError(f"{path}: truncated gzip file (ends before the end-of-stream marker)") from None
+    except (gzip.BadGzipFile, zlib.error) as error:
+        raise DNAVecError(f"{path}: corrupt gzip data ({error})") from None
+    if not text:
+        raise DNAVecError(f"{path}: empty file (nothing after decompression)")
+    _check_fasta_head(text[:_SNIFF_BYTES], path)
+    records: list[tuple[str, list[bytes]]] = []
+    names: set[str] = set()
+    for line in text.splitlines():  # lines before the first header are blank or ';' comments (checked above)
+        if line.startswith(b">"):
+            try:
+                name = line[1:].decode("ascii").split()[0]
+            except (UnicodeDecodeError, IndexError):
+                raise DNAVecError(f"{path}: a record header is empty or not ASCII") from None
+            if name in names:
+                raise DNAVecError(f"{path}: duplicate record name {name!r} (record names must be unique within a "
+                                  "file)")
+            names.add(name)
+            records.append((name, []))
+        elif records:
+            records[-1][1].append(line.strip())
+    return [(name, b"".join(lines)) for name, lines in records]
+
+
+class InMemoryReader:
+    """RecordReader's interface over sequences held in memory (record index -> bytes)."""
+
+    def __init__(self, sequences: dict[int, bytes]):
+        self._sequences = {index: np.frombuffer(sequence, np.uint8) for index, sequence in sequences.items()}
+
+    def read(self, record: GenomeRecord, start: int, end: int) -> np.ndarray:
+        return self._sequences[record.index][start:max(start, end)]
+
+    def close(self) -> None:
+        pass
+
+
 def bases_bar(total: int, desc: str, enabled: bool) -> tqdm:
     """A progress bar over genome bases (bp/s); a no-op when disabled."""
     return tqdm(total=total, unit="bp", unit_scale=True, desc=desc, smoothing=0.05, disable=not enabled)
@@ -296,6 +377,8 @@ class RecordReader:
         self._copies: collections.OrderedDict[int, int] = collections.OrderedDict()  # file index -> bytes
 
     def _faidx(self, file_index: int) -> pyfaidx.Faidx:
+        import pyfaidx  # see open_source
+
         faidx = self._open.get(file_index)
         if faidx is not None:
             self._open.move_to_end(file_index)

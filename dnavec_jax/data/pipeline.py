@@ -175,6 +175,23 @@ class ChunkExamples:
     order: np.ndarray  # (n,) permutation
     stats: dict[str, dict[str, int]]
 
+    @property
+    def num_real(self) -> np.ndarray:
+        """(n,) positions holding [CLS], k-mers or [SEP]: the ones of input_mask."""
+        return self.num_tokens + 2
+
+    def features(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """BERT's features (data.features.BERT_FEATURES) of the given rows, as the shards hold them."""
+        seq_length = self.true_ids.shape[1]
+        return {
+            "input_ids": self.masked.input_ids[rows],
+            "input_mask": (np.arange(seq_length)[None, :] < self.num_real[rows, None]).astype(np.int64),
+            "segment_ids": np.zeros((len(rows), seq_length), np.int64),
+            "masked_lm_positions": self.masked.masked_lm_positions[rows],
+            "masked_lm_ids": self.masked.masked_lm_ids[rows],
+            "masked_lm_weights": self.masked.masked_lm_weights[rows],
+        }
+
 
 @dataclasses.dataclass
 class ChunkTokens:
@@ -214,7 +231,9 @@ class GenomeWorker:
     """Everything one process needs to turn chunks into examples and jobs into shard files."""
 
     def __init__(self, settings: PrepSettings, sources: Sequence[SourceFile], records: Sequence[GenomeRecord],
-                 out_dir: str):
+                 out_dir: str, reader=None):
+        """reader: what reads the records' bases (default: a RecordReader of the sources; the in-memory
+        source passes fasta.InMemoryReader)."""
         self.settings = settings
         self.records = {record.index: record for record in records}
         self.out_dir = str(out_dir)  # a local directory or a URL (storage.as_path)
@@ -223,7 +242,7 @@ class GenomeWorker:
         self.masker = Masker(self.tokenizer.vocab_size, settings.mask_rate, settings.max_predictions,
                              settings.mask_strategy, settings.mask_span)
         self.table = base_code_table(settings.soft_masked)
-        self.reader = RecordReader(sources)
+        self.reader = RecordReader(sources) if reader is None else reader
         self._splits: dict[int, RecordSplit] = {}
 
     def split_of(self, record: GenomeRecord) -> RecordSplit:
@@ -336,7 +355,7 @@ class GenomeWorker:
                 for row in chunk.order:
                     writer = writers["validation" if chunk.is_validation[row] else "train"]
                     writer.write(encoder.encode(
-                        masked.input_ids[row], chunk.num_tokens[row] + 2, masked.masked_lm_positions[row],
+                        masked.input_ids[row], chunk.num_real[row], masked.masked_lm_positions[row],
                         masked.masked_lm_ids[row], masked.masked_lm_weights[row], record_index,
                         chunk.start_offset[row], job.dupe,
                     ))

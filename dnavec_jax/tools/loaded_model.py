@@ -47,10 +47,18 @@ class LoadedModel:
     max_tokens: int
     step: int | None = None
     initialized: tuple[str, ...] = ()
+    # Where config's init settings (INIT_FIELDS) come from: what a random-init twin starts from (docs/classify.md).
+    init_source: str = "the run's config.json"
 
     @property
     def window_length(self) -> int:
         return self.max_tokens + 2
+
+
+# The settings model.init_params reads that config.json cannot hold (its initializer_range and dropout are
+# there): an export keeps them in dnavec.json's "model" (every export writes it); one written before a setting
+# existed lacks it and gets BertConfig's default (normal, BERT's), which its model was trained from.
+INIT_FIELDS = ("position_init", "word_init")
 
 
 def _inference_config(config: BertConfig) -> BertConfig:
@@ -111,15 +119,25 @@ def _load_export(path: Path) -> LoadedModel:
     tokenizer = imported.tokenizer
     if tokenizer is None:
         tokenizer = export.kmer_tokenizer_from_export(path)  # raises the reason it is not ours
-    step = None
+    info = {}
     try:
-        step = json.loads((path / export.DNAVEC_FILE).read_text(encoding="utf-8")).get("step")
-    except (OSError, ValueError, AttributeError):
+        info = json.loads((path / export.DNAVEC_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         pass
-    config = imported.model_config
+    info = info if isinstance(info, dict) else {}
+    step = info.get("step")
+    recorded = info.get("model") if isinstance(info.get("model"), dict) else {}
+    inits = {name: recorded[name] for name in INIT_FIELDS if name in recorded}
+    try:
+        config = dataclasses.replace(imported.model_config, **inits)
+    except (TypeError, ValueError) as error:
+        raise DNAVecError(f"--model {path}: {export.DNAVEC_FILE} model init settings: {error}") from None
+    missing = [name for name in INIT_FIELDS if name not in inits]
+    init_source = f"{export.DNAVEC_FILE}" + (f" (not recorded, BERT's default: {', '.join(missing)})" if missing
+                                             else "")
     source = f"export {path}" + (f" (step {step})" if step is not None else "")
     return LoadedModel(imported.params, _inference_config(config), tokenizer, source,
-                       config.max_position_embeddings - 2, step, tuple(imported.initialized))
+                       config.max_position_embeddings - 2, step, tuple(imported.initialized), init_source)
 
 
 # ---- tokenizing and windows ---------------------------------------------------------

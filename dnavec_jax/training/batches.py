@@ -1,4 +1,4 @@
-"""Input: the prepared TFRecord shards (or synthetic data) -> this process's batches (docs/training.md).
+"""Input: the prepared TFRecord shards (or in-memory or synthetic data) -> this process's batches (docs/training.md).
 
 Batches are dicts of numpy arrays (ids int32, masked_lm_weights float32): train
 (grad_accum_steps, per-process microbatch, ...), eval (per-process batch, ...);
@@ -8,7 +8,9 @@ buffers; a position is (epoch, batches consumed), and a resume rebuilds epoch e
 and skips the consumed records unparsed, so it sees exactly the batches the
 uninterrupted run would have. Evaluation covers the whole split on every process
 (padded with weight-0 examples). A damaged shard is a one-line DNAVecError.
-TensorFlow is imported (tf_runtime.tensorflow) inside the shard readers only: the synthetic source runs without it.
+TensorFlow is imported (tf_runtime.tensorflow) inside the shard readers only: the in-memory ('fasta') and
+synthetic sources run without it. The in-memory source's examples are data prep's (data/memory.py), in a seeded
+order per epoch.
 """
 
 from __future__ import annotations
@@ -298,11 +300,42 @@ def synthetic_eval_batches(num_examples: int, local_batch: int, seq_length: int,
     """A fixed synthetic 'validation split' of num_examples examples, split and padded like the real one."""
     examples = synthetic_examples(np.random.default_rng([seed, 2**31 - 1]), num_examples, seq_length,
                                   max_predictions, vocab_size)
+    return array_eval_batches(examples, local_batch, process_index, process_count)
+
+
+def array_eval_batches(examples: Batch, local_batch: int, process_index: int, process_count: int,
+                       ) -> Iterator[Batch]:
+    """A split held as arrays: this process's every P-th example, padded to the same number of batches on
+    every process (as tfrecord_eval_batches)."""
+    num_examples, seq_length = examples["input_ids"].shape
+    max_predictions = examples["masked_lm_ids"].shape[1]
     mine = {k: v[process_index::process_count] for k, v in examples.items()}
     for index in range(num_eval_batches(num_examples, local_batch, process_count)):
         part = {k: v[index * local_batch:(index + 1) * local_batch] for k, v in mine.items()}
         yield pad_batch(part, local_batch) if len(part["input_ids"]) else zeros_batch(
             local_batch, seq_length, max_predictions)
+
+
+def array_train_batches(examples: Batch, shape: BatchShape, seed: int, process_index: int, process_count: int,
+                        start: Position = (0, 0)) -> Iterator[tuple[Batch, Position]]:
+    """Endless (batch, position after it) pairs over a training split held as arrays (the in-memory source).
+
+    Epoch e visits the examples in a (seed, e) permutation, whole global batches only; this process takes
+    its rows of each microbatch, so the global batches do not depend on the number of processes, and a
+    position (epoch, batches consumed) resumes exactly.
+    """
+    count = len(examples["input_ids"])
+    global_micro = shape.micro_batch * process_count
+    per_step = shape.grad_accum_steps * global_micro
+    steps_per_epoch = count // per_step  # resolve_data checked that one step fits
+    mine = slice(process_index * shape.micro_batch, (process_index + 1) * shape.micro_batch)
+    epoch, consumed = int(start[0]), int(start[1])
+    while True:
+        order = np.random.default_rng([seed, epoch]).permutation(count)
+        for step in range(consumed, steps_per_epoch):
+            rows = order[step * per_step:(step + 1) * per_step].reshape(shape.grad_accum_steps, global_micro)[:, mine]
+            yield {k: v[rows] for k, v in examples.items()}, (epoch, step + 1)
+        epoch, consumed = epoch + 1, 0
 
 
 # ---- the run's data: found (or prepared), checked, and its batch streams ----------------------------
@@ -318,6 +351,8 @@ class DataInfo:
     path: str = ""
     settings: dict[str, Any] | None = None  # the data-prep settings the shards were written with
     fingerprint: str = ""
+    # The in-memory source's examples (data.memory.InMemoryExamples); None for the other sources.
+    examples: Any = dataclasses.field(default=None, compare=False, repr=False)
 
 
 def resolve_data(settings: RunSettings) -> DataInfo:
@@ -332,6 +367,9 @@ def resolve_data(settings: RunSettings) -> DataInfo:
                         num_validation_examples=settings.data.synthetic_eval_examples)
         _check_data_shapes(info, model_config, "config.data.prep")
         return info
+
+    if settings.data.source == "fasta":
+        return _in_memory_data(settings)
 
     data_dir = settings.data.data_dir
     if not data_dir:
@@ -371,6 +409,29 @@ def resolve_data(settings: RunSettings) -> DataInfo:
                     tuple(str(f) for f in dataset.files("validation")), dataset.num_examples("validation"),
                     where, dict(stored.get("settings") or {}), str(stored.get("fingerprint", "")))
     _check_data_shapes(info, model_config, where)
+    return info
+
+
+def _in_memory_data(settings: RunSettings) -> DataInfo:
+    """data.source 'fasta': data.prep.fasta tokenized and masked now, by data prep's own code (data/memory.py)."""
+    from dnavec_jax.data.memory import build_examples  # numpy only, but not needed by the other sources
+
+    prep = settings.prep
+    examples = build_examples(prep)
+    where = "data.prep.fasta " + ", ".join(examples.fasta)
+    info = DataInfo("fasta", prep.seq_length, prep.max_predictions, train_files=examples.fasta,
+                    num_validation_examples=examples.num_examples("validation"), path=where,
+                    fingerprint=prep.fingerprint(), examples=examples)
+    _check_data_shapes(info, settings.model, where)
+    train = settings.train
+    if examples.num_examples("train") < train.global_batch_size:
+        raise DNAVecError(f"{where}: {examples.num_examples('train')} training examples, fewer than one global batch "
+                          f"({train.global_batch_size}); use a smaller train.global_batch_size, more data or a "
+                          "larger data.prep.dupe_factor")
+    logging.info("in-memory data from %s: %d training and %d validation examples, %.1f%% of the masked tokens "
+                 "readable from their neighbours", where, examples.num_examples("train"),
+                 examples.num_examples("validation"),
+                 100 * examples.stats["train"]["leaked"] / max(examples.stats["train"]["predictions"], 1))
     return info
 
 
@@ -416,6 +477,8 @@ def train_batches(settings: RunSettings, data: DataInfo, shape: BatchShape, star
     index, count = jax.process_index(), jax.process_count()
     if data.source == "synthetic":
         return synthetic_train_batches(shape, settings.model.vocab_size, settings.train.seed, index, count, start)
+    if data.source == "fasta":
+        return array_train_batches(data.examples.splits["train"], shape, settings.train.seed, index, count, start)
     files = process_files(data.train_files, index, count)
     return tfrecord_train_batches(files, shape, settings.train.seed, settings.data.shuffle_buffer, start)
 
@@ -424,6 +487,8 @@ def eval_batches(settings: RunSettings, data: DataInfo) -> Iterator[Batch]:
     """This process's batches of the whole validation split (the same count on every process)."""
     index, count = jax.process_index(), jax.process_count()
     local = settings.train.eval_batch_size // count
+    if data.source == "fasta":
+        return array_eval_batches(data.examples.splits["validation"], local, index, count)
     if data.source == "synthetic":
         return synthetic_eval_batches(data.num_validation_examples, local, data.seq_length, data.max_predictions,
                                       settings.model.vocab_size, settings.train.seed, index, count)

@@ -13,6 +13,7 @@ import dataclasses
 import logging as py_logging
 import math
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +28,7 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from dnavec_jax.errors import DNAVecError
-from dnavec_jax.model import BertForMaskedLM, flops_per_token
+from dnavec_jax.model import BertConfig, BertForMaskedLM, attention_implementation, flops_per_token
 from dnavec_jax.tf_runtime import TRAIN_INSTALL, tensorflow_installed
 from dnavec_jax.tokenization import KmerTokenizer
 from dnavec_jax.training import batches, checkpointing, objective, sharding
@@ -58,6 +59,7 @@ class Run:
     eval_batch_sharding: jax.sharding.NamedSharding
     train_step: Any  # compiled
     eval_step: Any  # compiled, or None without validation examples
+    attention: str  # the attention implementation the steps run (after compile_steps' fallback)
     tokenizer: KmerTokenizer  # the data's, for the objective's ceiling and the copy probe
     state: TrainState
     step: int
@@ -69,6 +71,8 @@ class Run:
     train_time: float
     writer: MetricWriter
     meter: TrainMeter
+    copy_history: list[tuple[int, float]] = dataclasses.field(default_factory=list)  # (step, copy given k)
+    copy_warned: bool = False
 
 
 def train_and_evaluate(settings: RunSettings, workdir: str | os.PathLike, *, preempt_at_step: int | None = None
@@ -80,9 +84,9 @@ def train_and_evaluate(settings: RunSettings, workdir: str | os.PathLike, *, pre
     workdir = Path(workdir)
     quiet_library_logs()
     have_tf = tensorflow_installed()
-    if not have_tf and settings.data.source != "synthetic":
+    if not have_tf and settings.data.source == "tfrecord":
         raise DNAVecError(f"data.source {settings.data.source!r} reads TFRecord shards with TensorFlow, which is not "
-                          f"installed ({TRAIN_INSTALL}); data.source='synthetic' needs none")
+                          f"installed ({TRAIN_INSTALL}); data.source='fasta' or 'synthetic' needs none")
     is_main = jax.process_index() == 0
     try:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -111,10 +115,8 @@ def setup(settings: RunSettings, workdir: Path, tensorboard: bool) -> Run:
     saved_config = checkpointing.read_config(workdir)
     if latest is not None and saved_config is not None:
         checkpointing.check_config_compatible(saved_config, config_dict, str(workdir))
-    model = BertForMaskedLM(settings.model)
     prep = config_dict["data"]["prep"]  # as the shards were written
     tokenizer = KmerTokenizer(int(prep["k_min"]), int(prep["k_max"]), prep.get("k_weights"))
-    train_sums, eval_sums = objective.sums_fns(train.mlm_objective, tokenizer)
     tx, schedule = make_optimizer(train.optimizer)
     init_fn = make_init_fn(settings.model, tx, train.seed, train.prng_impl)
     abstract_state = jax.eval_shape(init_fn)
@@ -140,23 +142,8 @@ def setup(settings: RunSettings, workdir: Path, tensorboard: bool) -> Run:
                                                     workdir)
 
     # -- compile ahead of time --
-    # The synthetic source's batches have no padding: then no attention mask is built at all.
-    step_fn = make_train_step(model, tx, schedule, prng_impl=train.prng_impl, accuracy_every=train.log_every_steps,
-                              last_step=train.num_train_steps, padded=data.source != "synthetic", sums_fn=train_sums)
-    train_step = jax.jit(step_fn, in_shardings=(state_sh, train_batch_sh),
-                         out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
-    train_step = train_step.lower(abstract_state, abstract_batch(
-        (train.grad_accum_steps, train.micro_batch_size), data.seq_length, data.max_predictions,
-        train_batch_sh)).compile()
-    log_memory("train step", train_step)
-    eval_step = None
-    if data.num_validation_examples > 0:
-        eval_step = jax.jit(make_eval_step(model, eval_sums), in_shardings=(state_sh.params, eval_batch_sh),
-                            out_shardings=sharding.replicated(mesh))
-        eval_step = eval_step.lower(abstract_state.params, abstract_batch(
-            (train.eval_batch_size,), data.seq_length, data.max_predictions, eval_batch_sh)).compile()
-        log_memory("eval step", eval_step)
-    else:
+    train_step, eval_step, attention = compile_steps(settings, data, tokenizer, tx, schedule, abstract_state, mesh)
+    if eval_step is None:
         logging.warning("no validation examples: evaluation is skipped")
 
     is_main = jax.process_index() == 0
@@ -165,10 +152,74 @@ def setup(settings: RunSettings, workdir: Path, tensorboard: bool) -> Run:
                        peak_flops_per_device(jax.devices()[0]), jax.device_count())
     return Run(settings=settings, workdir=workdir, data=data, mesh=mesh, state_shardings=state_sh,
                train_batch_sharding=train_batch_sh, eval_batch_sharding=eval_batch_sh, train_step=train_step,
-               eval_step=eval_step, tokenizer=tokenizer, state=state, step=step,
+               eval_step=eval_step, attention=attention, tokenizer=tokenizer, state=state, step=step,
                train_batches=batches.train_batches(settings, data, shape, position),
                position=position, fingerprint=fingerprint, manager=manager, last_saved=latest, train_time=train_time,
                writer=MetricWriter(workdir, is_main, resume_step=step, tensorboard=tensorboard), meter=meter)
+
+
+def trace_steps(settings: RunSettings, data: batches.DataInfo, model_config: BertConfig, tokenizer: KmerTokenizer,
+                tx, schedule, abstract_state: TrainState, mesh: jax.sharding.Mesh):
+    """(train step, eval step or None) jitted as the loop runs them (shardings, donation) and traced for the
+    run's abstract state (carrying its shardings) and batches; model_config is settings.model or the
+    attention fallback's. Lowering and compiling are the caller's (tests lower them for CUDA on a CPU)."""
+    train = settings.train
+    model = BertForMaskedLM(model_config)
+    train_sums, eval_sums = objective.sums_fns(train.mlm_objective, tokenizer)
+    state_sh = jax.tree.map(lambda leaf: leaf.sharding, abstract_state)
+    train_batch_sh, eval_batch_sh = sharding.batch_sharding(mesh, 1), sharding.batch_sharding(mesh, 0)
+    # The synthetic source's batches have no padding: then no attention mask is built at all.
+    step_fn = make_train_step(model, tx, schedule, prng_impl=train.prng_impl, accuracy_every=train.log_every_steps,
+                              last_step=train.num_train_steps, padded=data.source != "synthetic", sums_fn=train_sums)
+    train_step = jax.jit(step_fn, in_shardings=(state_sh, train_batch_sh),
+                         out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
+    train_step = train_step.trace(abstract_state, abstract_batch(
+        (train.grad_accum_steps, train.micro_batch_size), data.seq_length, data.max_predictions, train_batch_sh))
+    eval_step = None
+    if data.num_validation_examples > 0:
+        eval_step = jax.jit(make_eval_step(model, eval_sums), in_shardings=(state_sh.params, eval_batch_sh),
+                            out_shardings=sharding.replicated(mesh))
+        eval_step = eval_step.trace(abstract_state.params, abstract_batch(
+            (train.eval_batch_size,), data.seq_length, data.max_predictions, eval_batch_sh))
+    return train_step, eval_step
+
+
+def compile_steps(settings: RunSettings, data: batches.DataInfo, tokenizer: KmerTokenizer, tx, schedule,
+                  abstract_state: TrainState, mesh: jax.sharding.Mesh) -> tuple[Any, Any, str]:
+    """(compiled train step, compiled eval step or None, the attention that runs), memory logged.
+
+    Attention 'auto' on an NVIDIA GPU picks cuDNN flash attention; if the steps do not compile with it
+    (a cuDNN or driver the kernel does not support), that is one warning line and both steps compile
+    again with XLA attention. An explicit 'cudnn' fails as it is: the user asked for that kernel.
+    """
+    model_config = settings.model
+
+    def compiled(config: BertConfig):
+        traced = trace_steps(settings, data, config, tokenizer, tx, schedule, abstract_state, mesh)
+        return [step.lower().compile() if step is not None else None for step in traced]
+
+    try:
+        train_step, eval_step = compiled(model_config)
+    except Exception as error:  # whatever XLA or cuDNN raise: the fallback is tried for every failure
+        if not (model_config.attention_implementation == "auto" and attention_implementation(model_config) == "cudnn"):
+            raise
+        logging.warning("cuDNN flash attention did not compile (%s); compiling again with XLA attention",
+                        one_line(error))
+        model_config = dataclasses.replace(model_config, attention_implementation="xla")
+        train_step, eval_step = compiled(model_config)
+    log_memory("train step", train_step)
+    if eval_step is not None:
+        log_memory("eval step", eval_step)
+    return train_step, eval_step, attention_implementation(model_config)
+
+
+def one_line(error: BaseException) -> str:
+    """An exception as one short line: its type and first line, or, when XLA wraps a Python traceback (an
+    error raised in a callback such as cuDNN attention's custom partitioner), the error line inside it."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [""]
+    inner = [line for line in lines[1:] if re.match(r"[\w.]*(Error|Exception)\b", line)]
+    line = inner[-1] if "Traceback (most recent call last)" in lines[0] and inner else lines[0]
+    return f"{type(error).__name__}: {line[:300]}"
 
 
 def recorded_config(settings: RunSettings, data: batches.DataInfo) -> dict[str, Any]:
@@ -207,7 +258,7 @@ def restore(manager: ocp.CheckpointManager, latest: int, abstract_state: TrainSt
 # ---- the loop ----------------------------------------------------------------------------------------
 
 def run_loop(run: Run, preemption: Preemption) -> dict[str, Any]:
-    """Trains to num_train_steps (or a preemption); returns {"step", "train", "eval", "preempted"}."""
+    """Trains to num_train_steps (or a preemption); returns {"step", "train", "eval", "preempted", "attention"}."""
     train = run.settings.train
     total = train.num_train_steps
     resumed_finished = run.step >= total
@@ -270,7 +321,8 @@ def run_loop(run: Run, preemption: Preemption) -> dict[str, Any]:
             run.writer.close()
     if preempted:
         logging.warning("preemption: saved step %d; run the same command again to resume", run.step)
-    return {"step": run.step, "train": last_train, "eval": last_eval, "preempted": preempted}
+    return {"step": run.step, "train": last_train, "eval": last_eval, "preempted": preempted,
+            "attention": run.attention}
 
 
 def record(run: Run, pending: tuple[int, dict[str, jax.Array]]) -> None:
@@ -319,6 +371,12 @@ def evaluate(run: Run) -> dict[str, float]:
     run.writer.write(run.step, "eval", row)
     logging.info("eval at step %d: loss %.4f, accuracy %.4f (ceiling %.4f) over %d masked tokens", run.step,
                  row["loss"], row["accuracy"], row["accuracy_ceiling"], row["masked_tokens"])
+    if "copy_accuracy_given_k" in row:
+        run.copy_history.append((run.step, row["copy_accuracy_given_k"]))
+        warning = objective.copy_stall_warning(run.copy_history)
+        if warning and not run.copy_warned:
+            logging.warning(warning)
+            run.copy_warned = True
     return row
 
 

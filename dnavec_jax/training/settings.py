@@ -20,7 +20,7 @@ from dnavec_jax.training.objective import OBJECTIVES
 from dnavec_jax.training.optim import OptimizerSettings
 
 SCHEDULES = ("linear", "cosine", "constant")
-SOURCES = ("tfrecord", "synthetic")
+SOURCES = ("tfrecord", "fasta", "synthetic")
 # jax.random implementations for dropout: threefry is reproducible on any mesh; rbg and unsafe_rbg draw
 # with XLA's RngBitGenerator, much cheaper on GPUs and TPUs (docs/training.md).
 PRNG_IMPLS = {"threefry": "threefry2x32", "rbg": "rbg", "unsafe_rbg": "unsafe_rbg"}  # setting -> jax's name
@@ -98,8 +98,10 @@ class TrainSettings:
 @dataclasses.dataclass(frozen=True)
 class DataSettings:
     data_dir: str = setting("data_cache/genome", "the prepared dataset's directory (what data prep wrote)")
-    source: str = setting("tfrecord", "tfrecord: the prepared shards; synthetic: random data of the same shapes "
-                                      "(throughput runs; needs no TensorFlow)", choices=SOURCES)
+    source: str = setting("tfrecord", "tfrecord: the prepared shards; fasta: data.prep.fasta (empty: the embedded "
+                                      "chr22 megabase) tokenized and masked in memory at start-up as data prep "
+                                      "would (small genomes; needs no TensorFlow or pyfaidx); synthetic: random data "
+                                      "of the same shapes (throughput runs; needs no TensorFlow)", choices=SOURCES)
     prepare_if_missing: bool = setting(False, "run data prep with data.prep when data_dir holds no such dataset")
     shuffle_buffer: int = setting(10_000, "examples in the shuffle buffer; the shuffle is seeded per epoch")
     synthetic_eval_examples: int = setting(256, "size of the synthetic source's validation split")

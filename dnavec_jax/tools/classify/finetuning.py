@@ -236,7 +236,17 @@ def finetune(loaded, task: Task, settings: FinetuneSettings,
 
 
 def random_init_model(loaded, seed: int):
-    """`loaded` with the weights pretraining starts from (model.init_params, key `seed`): the control model."""
+    """`loaded` with the weights pretraining starts from (model.init_params, key `seed`): the control model, its
+    random-init twin. Same architecture, init settings (word_init, position_init, initializer_range), dropout and
+    tokenizer, from a run directory or an export alike (loaded_model.INIT_FIELDS); only the weights differ."""
     params = jax.device_get(init_params(loaded.config, jax.random.key(seed)))
     return dataclasses.replace(loaded, params=params, source=f"random init (seed {seed}) of {loaded.source}",
                                step=None, initialized=())
+
+
+def twin_settings(loaded) -> dict[str, Any]:
+    """What the random-init twin is built with (results.json): its init settings, dropout and their source."""
+    config = loaded.config
+    return {"word_init": config.word_init, "position_init": config.position_init,
+            "initializer_range": config.initializer_range, "hidden_dropout_rate": config.hidden_dropout_rate,
+            "init_settings_from": loaded.init_source}

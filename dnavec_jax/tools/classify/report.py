@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ import numpy as np
 from dnavec_jax import files
 from dnavec_jax.errors import DNAVecError
 from dnavec_jax.tools.classify.classifier import CLASSIFIER_DIR, export_classifier
+from dnavec_jax.tools.classify.curves import CSV_FILE, FIGURE_FILE
 from dnavec_jax.tools.classify.metrics import METRICS
 from dnavec_jax.tools.classify.probes import TOKEN_FEATURES
 from dnavec_jax.tools.classify.tables import Task, prediction_cells, prediction_columns, write_table
@@ -32,14 +34,30 @@ PRIVATE = ("probs", "classifier")  # method-result keys kept in memory (predicti
 PREDICTIONS_DIR = "predictions"
 
 
-OUTPUT_NAMES = (RESULTS_FILE, PREDICTIONS_DIR, "classifier")  # classifier: classifier.CLASSIFIER_DIR
+CURVE_FILES = (CSV_FILE, FIGURE_FILE)  # what --train_sizes writes next to results.json
+
+
+OUTPUT_NAMES = (RESULTS_FILE, PREDICTIONS_DIR, "classifier", *CURVE_FILES)  # classifier: classifier.CLASSIFIER_DIR
 
 
 PREDICTION_CHOICES = ("finetune", "all")
 
 
-
-
+def seed_variation(settings) -> dict[str, list[str]]:
+    """What --seeds varies and what it keeps (results.json "seeds", the printed header): the spread over seeds
+    measures only the first list."""
+    varies = ["the random-k tokenization of every sequence (probe features, fine-tuning)",
+              "fine-tuning's example order, dropout and head initialisation", "the token probes' example order"]
+    fixed = ["the dev and test rows"]
+    if settings.random_init_control or settings.train_sizes:
+        varies.append("the random-init twin's weights")
+    if settings.train_sizes:
+        varies.append("the train subsample of each size (nested, class-stratified)")
+    else:
+        fixed.append("the train rows (the tables as given: another task sample needs other tables)")
+    fixed.append("the k-mer baseline" + (" at a given subsample" if settings.train_sizes else "")
+                 + " (deterministic)")
+    return {"seeds": list(settings.run_seeds), "varies": varies, "fixed": fixed}
 
 
 def mean_sd(values: list[float | None]) -> tuple[float | None, float | None]:
@@ -108,10 +126,12 @@ def prediction_blocks(task: Task, results: dict[str, dict[str, Any]], split: str
 
 
 def write_outputs(output_dir: Path, report: dict[str, Any], tables: dict[str, tuple], classifier, details: dict,
-                  overwrite: bool) -> None:
-    """results.json, predictions/ and classifier/, all or nothing: everything is written in a staging directory
-    inside output_dir, then renamed into place (results.json last); outputs of an earlier run that this one
-    does not make are removed (only with overwrite: otherwise any earlier output is refused up front)."""
+                  overwrite: bool, curve_files: dict[str, bytes] | None = None) -> None:
+    """results.json, predictions/, classifier/ and (--train_sizes) CURVE_FILES, all or nothing: everything is
+    written in a staging directory inside output_dir, then renamed into place (results.json last); outputs of an
+    earlier run that this one does not make are removed (only with overwrite: otherwise any earlier output is
+    refused up front)."""
+    curve_files = curve_files or {}
     created = not output_dir.exists()
     output_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".classify-partial-", dir=output_dir))
@@ -126,12 +146,21 @@ def write_outputs(output_dir: Path, report: dict[str, Any], tables: dict[str, tu
         if classifier is not None:
             export_classifier(classifier, staging / CLASSIFIER_DIR, details)
             made.append(CLASSIFIER_DIR)
+        for name, data in curve_files.items():
+            (staging / name).write_bytes(data)
         for name in made:
             refused = DNAVecError(f"--output_dir {output_dir}: {name}/ exists (pass --overwrite to replace it)")
             files.replace_directory(staging / name, output_dir / name, overwrite, lambda error=refused: error)
+        for name in curve_files:
+            if (output_dir / name).exists() and not overwrite:
+                raise DNAVecError(f"--output_dir {output_dir}: {name} exists (pass --overwrite to replace it)")
+            os.replace(staging / name, output_dir / name)
         for name in {PREDICTIONS_DIR, CLASSIFIER_DIR} - set(made):
             if overwrite and (output_dir / name).is_dir():
                 shutil.rmtree(output_dir / name)
+        for name in set(CURVE_FILES) - set(curve_files):
+            if overwrite and (output_dir / name).is_file():
+                (output_dir / name).unlink()
         files.write_atomic(output_dir / RESULTS_FILE,
                            lambda handle: handle.write(json.dumps(report, indent=2) + "\n"), binary=False)
     except BaseException:

@@ -87,6 +87,15 @@ def comma_list(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(item.strip() for item in (text or "").split(",") if item.strip()))
 
 
+def parse_sizes(items: tuple[str | int, ...]) -> tuple[int, ...]:
+    """('150', '50', 500) -> (50, 150, 500): --train_sizes (comma_list's items), each a positive integer,
+    ascending, no repeats; checked when the settings are built, so a mistake is a one-line DNAVecError."""
+    if not all(re.fullmatch(r"\d+", str(item).strip()) and int(item) > 0 for item in items):
+        raise DNAVecError(f"--train_sizes {','.join(map(str, items))!r}: expected a comma list of positive "
+                          "integers, e.g. 50,150,500")
+    return tuple(sorted({int(item) for item in items}))
+
+
 def parse_k_range(text: str) -> tuple[int, int]:
     """'6' -> (6, 6); '3-6' or '3..6' -> (3, 6)."""
     match = re.fullmatch(r"\s*(\d+)\s*(?:(?:-|\.\.)\s*(\d+)\s*)?", text or "")
@@ -119,7 +128,14 @@ class ClassifySettings(ModelSettings):
                                        parse=comma_list)
     seed: int = setting(0, "tokenization, fine-tuning order/dropout/head and scikit-learn seed")
     seeds: int = setting(1, "run the probe and fine-tune rows with N seeds (--seed, --seed+1, ...) and report mean "
-                            "± sd; predictions and classifier/ are the --seed run's (default %(default)s)")
+                            "± sd; predictions and classifier/ are the --seed run's (default %(default)s). With "
+                            "--train_sizes each seed also draws its own train subsamples")
+    train_sizes: tuple[int, ...] = setting((), "label-efficiency curves: comma list of train-set sizes, e.g. "
+                                           "50,150,500. Every method runs at each size on nested, class-stratified "
+                                           "subsamples of --train, one draw per seed (--seeds 2 or more), with the "
+                                           "model and its random-init twin; writes label_efficiency.csv and .png "
+                                           "and results.json instead of predictions/ and classifier/",
+                                           parse=comma_list)
     predictions: str = setting("finetune", "predictions/*.csv columns: the fine-tuned model's (default), or every "
                                "method's too", choices=("finetune", "all"))
     max_length: int = setting(0, "use only the first N bases of each sequence, for every method (default "
@@ -151,6 +167,13 @@ class ClassifySettings(ModelSettings):
         for name in ("seeds", "probe_tokenizations"):
             if getattr(self, name) < 1:
                 raise DNAVecError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        object.__setattr__(self, "train_sizes", parse_sizes(self.train_sizes))  # strings from the flag -> ints
+        if self.train_sizes and self.seeds < 2:
+            raise DNAVecError("--train_sizes draws one subsample per seed: pass --seeds 2 or more (the interval is "
+                              "over draws as well as test rows; docs/classify.md uses 5)")
+        if self.train_sizes and not set(self.methods) & {"probe", "finetune"}:
+            raise DNAVecError("--train_sizes compares the model with its random-init twin: --methods needs probe or "
+                              "finetune")
         if self.embed_batch_size < 1:
             raise DNAVecError(f"--embed_batch_size must be positive, got {self.embed_batch_size}")
         self.baseline_k_range  # noqa: B018  (a bad --baseline_k fails here, before any work)
