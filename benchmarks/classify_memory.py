@@ -10,8 +10,9 @@ k-mers a window) exported to a temporary directory, unless --model: memory does 
 the weights. `dnavec classify` runs as a child process (`python -m dnavec_jax.cli`, with --source
 first on PYTHONPATH, default this checkout) with every method and the default settings except
 --epochs and --probe_epochs (fewer epochs change the time, not what is held). Its resident
-memory is the sum over the process tree, sampled with psutil every --interval seconds.
-Prints one Markdown table row per size, then the settings as JSON.
+memory is the sum over the process tree, sampled with psutil every --interval seconds; its CPU time
+(user + system) and the load average at the start and the end come with it. Prints one Markdown table row
+per size, each row's seconds from results.json as JSON, then the settings as JSON.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -69,10 +71,14 @@ def tree_rss(process) -> int:
     return total
 
 
-def measure(command: list[str], env: dict[str, str], cwd: Path, interval: float) -> tuple[int, float, int]:
-    """(peak tree RSS in bytes, wall seconds, exit status) of a command."""
+def measure(command: list[str], env: dict[str, str], cwd: Path, interval: float) -> tuple[int, float, float, int]:
+    """(peak tree RSS in bytes, wall seconds, CPU seconds of the tree, exit status) of a command. On a shared
+    machine the CPU seconds (user + system of the command and its children) move less with the load."""
+    import resource
+
     import psutil
 
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     child = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     process = psutil.Process(child.pid)
@@ -85,9 +91,11 @@ def measure(command: list[str], env: dict[str, str], cwd: Path, interval: float)
         time.sleep(interval)
     output = child.stdout.read()
     seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if child.returncode:
         print(output[-3000:], file=sys.stderr)
-    return peak, seconds, child.returncode
+    return peak, seconds, cpu, child.returncode
 
 
 def main() -> None:
@@ -113,8 +121,8 @@ def main() -> None:
     package = str(Path(probe.stdout.strip()).parent)
     if not package.startswith(str(Path(args.source).resolve())):
         sys.exit(f"--source {args.source}: the child would import dnavec_jax from {package}")
-    print("| rows x bases | train rows | peak RSS (GB) | wall time (s) |")
-    print("|---|---|---|---|")
+    print("| rows x bases | train rows | peak RSS (GB) | wall time (s) | CPU time (s) | load average, start-end |")
+    print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="classify_memory_") as tmp:
         tmp = Path(tmp)
         model = args.model or str(random_model_export(args.config, tmp))
@@ -127,10 +135,18 @@ def main() -> None:
                            *(f"--{split}={paths[split]}" for split in ("train", "dev", "test")),
                            "--output_dir", str(work / "out"), "--epochs", str(args.epochs),
                            "--probe_epochs", str(args.probe_epochs), *args.extra.split()]
-                peak, seconds, status = measure(command, env, work, args.interval)
+                load = os.getloadavg()[0]
+                peak, seconds, cpu, status = measure(command, env, work, args.interval)
                 train_rows = sum(1 for _ in open(paths["train"])) - 1
                 note = "" if status == 0 else f" (exit status {status})"
-                print(f"| {rows:,} x {length} | {train_rows:,} | {peak / 1e9:.2f} | {seconds:.0f}{note} |", flush=True)
+                print(f"| {rows:,} x {length} | {train_rows:,} | {peak / 1e9:.2f} | {seconds:.0f}{note} | {cpu:.0f} | "
+                      f"{load:.1f}-{os.getloadavg()[0]:.1f} |", flush=True)
+                if status == 0:  # where the time went: each row's seconds (and the probes' features)
+                    methods = json.loads((work / "out" / "results.json").read_text())["methods"]
+                    print(json.dumps({f"{rows}x{length}": {name: {key: row.get(key, row["selected"].get(key))
+                                                                  for key in ("time_s", "features_time_s")}
+                                                           for name, row in methods.items()}}), flush=True)
+                shutil.rmtree(work)  # its spilled and written files, before the next size
     model = args.model or f"random weights of {Path(args.config).name}"
     print(json.dumps({"source": args.source, "dnavec_jax": package, "model": model,
                       "epochs": args.epochs, "probe_epochs": args.probe_epochs, "extra": args.extra,

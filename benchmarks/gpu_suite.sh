@@ -18,7 +18,8 @@
 #   4. base_dna: base's model, masking and optimizer on the embedded chr22 megabase (the in-memory source, no
 #      TensorFlow) for the seconds left to it, eval rows with ceilings and the copy probe; its batches carry real
 #      padding, so it is also the row of the cuDNN lengths path;
-#   5. ours with XLA attention, ours with the rbg PRNG for dropout, embed against transformers, the checkpoint save.
+#   5. ours with XLA attention, ours with the rbg PRNG for dropout, embed against transformers (float32, then
+#      bf16), the checkpoint save.
 # One persistent JAX compilation cache (JAX_COMPILATION_CACHE_DIR, default /tmp/dnavec_jax_cache) serves every
 # process, and a second call on a warm machine. TF32 is allowed for float32 matmuls on both sides.
 # CPU dry run (docs/benchmarks.md): PYTHON=... CONFIG=configs/tiny.py BATCHES=16,8 STEPS=4 INTERVAL=2 EMBED_SEQUENCES=32
@@ -129,6 +130,8 @@ measure ours_bf16_xla_attention 45 90 "${ours[@]}" --batch_sizes "$best" --confi
 measure ours_bf16_rbg 45 90 "${ours[@]}" --batch_sizes "$best" --config.train.prng_impl=rbg
 measure embed 30 60 benchmarks/embed_throughput.py --config "$config" --num_sequences "${EMBED_SEQUENCES:-256}" \
   --length 2000 --batch_size 64
+measure embed_bf16 30 60 benchmarks/embed_throughput.py --config "$config" --num_sequences "${EMBED_SEQUENCES:-256}" \
+  --length 2000 --batch_size 64 --dtype bfloat16
 measure checkpoint_save 20 45 benchmarks/checkpoint_save.py --config "$config"
 row "{\"run\": \"suite\", \"wall_s\": $((SECONDS - started)), \"budget_s\": $budget}"
 cut -c1-700 "$results"

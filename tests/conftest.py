@@ -44,6 +44,15 @@ def demo_prep():
 REPO = Path(__file__).resolve().parents[1]
 
 
+def free_port() -> int:
+    """A free localhost TCP port (a jax.distributed coordinator of a multi-process test)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return sock.getsockname()[1]
+
+
 def load_config_file(name: str):
     """get_config() of configs/<name>.py (an unlocked ml_collections ConfigDict)."""
     return importlib.import_module(f"configs.{name}").get_config()

@@ -179,7 +179,8 @@ def test_per_head_attention_is_the_xla_path(run_model):
                                                               method=BertForMaskedLM.encode))
               for name, config in configs.items()}
     np.testing.assert_allclose(states["xla_per_head"], states["xla"], atol=1e-6)
-    assert loaded_model.inference_config(run_model.config).attention_implementation == "xla_per_head"
+    inference = loaded_model.inference_config(run_model.config)
+    assert (inference.attention_implementation, inference.gelu_form) == ("xla_per_head", "erf")
 
 
 def test_bfloat16_inference(run_model):
@@ -190,8 +191,8 @@ def test_bfloat16_inference(run_model):
     assert half.dtype == np.float32 and half.shape == full.shape
     difference = np.abs(half - full)
     assert 0 < difference.max() and difference.mean() < 0.05 * np.abs(full).mean()  # bf16: ~3 significant digits
-    with pytest.raises(DNAVecError, match="--dtype must be one of float32, bfloat16"):
-        loaded_model.Encoder(run_model, dtype="float16")
+    with pytest.raises(DNAVecError, match="--dtype 'float64': model.dtype must be float32, bfloat16 or float16"):
+        loaded_model.Encoder(run_model, dtype="float64")
 
 
 def test_encode_windows_does_not_hold_a_rare_length_forever(run_model):
@@ -229,8 +230,7 @@ def test_two_processes_encode_like_one(run_model, trained_workdir, tmp_path, com
     import subprocess
     import sys
 
-    from conftest import REPO
-    from test_train_multiprocess import free_port
+    from conftest import REPO, free_port
 
     windows = _windows(run_model.tokenizer, (5, 30, 62, 12, 1, 40, 62))
     input_ids, input_mask = loaded_model.pack_windows(windows, 64)

@@ -43,6 +43,12 @@ def test_heads_must_divide_hidden_and_base_config_says_why():
 
 def test_bert_numerics():
     assert float(M.gelu(jnp.float32(1.0))) == pytest.approx(0.8413447, abs=1e-6)  # erf form, not tanh (0.841192)
+    # Inference's form (transformers'): the same function to float32 rounding (a couple of ulps; in the
+    # negative tail 1 + erf cancels, and values below 1e-6 there become 0).
+    x = jnp.linspace(-12.0, 12.0, 4801, dtype=jnp.float32)
+    np.testing.assert_allclose(M.gelu(x, "erf"), M.gelu(x), atol=1e-6, rtol=0)
+    assert float(jnp.abs(M.gelu(x, "erf") - M.gelu(x)).max()) > 0  # two computations, not one
+    assert float(M.gelu(jnp.float32(1.0), "erf")) == pytest.approx(0.8413447, abs=1e-6)
     assert M._layer_norm(CFG).epsilon == 1e-12
 
 

@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
-from conftest import REPO, load_config_file, train_and_evaluate
+from conftest import REPO, free_port, load_config_file, train_and_evaluate
 
 from dnavec_jax.training import checkpointing
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("compile_cache")]
 
 STEPS = 5
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("localhost", 0))
-        return sock.getsockname()[1]
 
 
 def losses(workdir):

@@ -32,7 +32,6 @@ from dnavec_jax.tokenization import (
     non_dna_positions,
     sequence_to_raw,
 )
-from dnavec_jax.tools.settings import INFERENCE_DTYPES
 from dnavec_jax.training import checkpointing, sharding
 
 MIN_LENGTH = 8  # shortest padded input: [CLS] + up to 6 k-mers + [SEP]
@@ -243,13 +242,17 @@ def last_hidden(hidden, input_ids, input_mask):
 
 
 def inference_config(config: BertConfig, dtype: str = "float32") -> BertConfig:
-    """`config` as inference runs it: compute dtype `dtype` (parameters stay float32), no remat; attention one
-    (example, head) at a time on a CPU (model.per_head_attention: the same numbers, about 2x faster there), "auto"
-    elsewhere (cuDNN flash attention for bfloat16 on an NVIDIA GPU, XLA otherwise)."""
-    if dtype not in INFERENCE_DTYPES:
-        raise DNAVecError(f"--dtype must be one of {', '.join(INFERENCE_DTYPES)}, got {dtype!r}")
+    """`config` as inference runs it: compute dtype `dtype` (parameters stay float32; DNAVecError for a dtype
+    the model has not), no remat, transformers' form of the exact GELU (model.gelu: float rounding apart, the
+    same function, cheaper); attention one (example, head) at a time on a CPU (model.per_head_attention: the
+    same numbers, about 2x faster there), "auto" elsewhere (cuDNN flash attention for bfloat16 on an NVIDIA
+    GPU, XLA otherwise)."""
     attention = "xla_per_head" if jax.default_backend() == "cpu" else "auto"
-    return dataclasses.replace(config, dtype=dtype, attention_implementation=attention, remat=False)
+    try:  # the model's own check of the dtype (the flags offer float32 and bfloat16: tools/settings.py)
+        return dataclasses.replace(config, dtype=dtype, attention_implementation=attention, remat=False,
+                                   gelu_form="erf")
+    except ValueError as error:
+        raise DNAVecError(f"--dtype {dtype!r}: {error}") from None
 
 
 def compiler_options() -> dict[str, Any]:

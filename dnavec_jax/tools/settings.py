@@ -15,7 +15,7 @@ from dnavec_jax.errors import DNAVecError
 from dnavec_jax.fields import setting
 
 VECTOR_KINDS = ("input", "contextual")
-INFERENCE_DTYPES = ("float32", "bfloat16")  # what loaded_model.inference_config accepts
+INFERENCE_DTYPES = ("float32", "bfloat16")  # the compute dtypes the tools offer (loaded_model.inference_config)
 EMBED_FORMATS = ("npz", "shards")
 
 
