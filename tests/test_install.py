@@ -137,7 +137,11 @@ def test_test_extra_installs_everything_and_torch_is_a_range():
     # The README installs with exactly one command, and CI runs that command.
     install = re.search(r"^(pip install [^#\n]+?)\s+#", (REPO / "README.md").read_text(), re.MULTILINE).group(1)
     assert install == 'pip install -e ".[test]"'
-    assert f"python -m {install}" in (REPO / ".ci" / "run").read_text()
+    ci = (REPO / ".ci" / "run").read_text()
+    assert f"python -m {install}" in ci
+    # ...and lints with one pinned ruff release, before the tests.
+    assert re.search(r'pip install "ruff==[0-9.]+"', ci)
+    assert ci.index("ruff check .") < ci.index("python -m pytest")
 
 
 @pytest.mark.parametrize("platform, machine, wheel", [
