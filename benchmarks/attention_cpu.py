@@ -7,7 +7,7 @@ products alone and a bare softmax over scores of the same shape (what the time s
 that divides by the softmax's sum after the product with V (the 512 x 64 output, not the 512 x 512
 scores), one that takes all heads of an example at once, and one over blocks of 128 queries; each
 compiled with the inference options (loaded_model.compiler_options()) and with XLA's defaults, plus the
-inference options with fast math. torch's scaled_dot_product_attention with 2 threads (a flash-style CPU
+inference options with fast math. torch's scaled_dot_product_attention on every core (a flash-style CPU
 kernel) is the reference. Best of --repeats; CPU time / wall time shows whether both cores are busy.
 Prints one JSON line: (seconds, cpu/wall, max |difference| from per_head_attention) per variant.
 """
@@ -20,7 +20,7 @@ import os
 import resource
 import time
 
-from common import versions
+from common import torch_masked_attention, versions
 
 
 def cpu_seconds() -> float:
@@ -111,12 +111,11 @@ def main() -> None:
         difference = None if parts else float(np.max(np.abs(out - reference)))
         runs[name] = (lambda c=compiled: jax.block_until_ready(c(x, x, x, mask)), difference)
 
-    tx, tkeep = torch.from_numpy(x).transpose(1, 2), torch.from_numpy(keep)
+    tx, tkeep = torch.from_numpy(x), torch.from_numpy(keep)
 
     def torch_sdpa():
-        bias = torch.zeros(tkeep.shape).masked_fill(~tkeep, torch.finfo(torch.float32).min)[:, None, None, :]
         with torch.no_grad():
-            torch.nn.functional.scaled_dot_product_attention(tx, tx, tx, attn_mask=bias)
+            torch_masked_attention(tx, tx, tx, tkeep)
     runs["torch scaled_dot_product_attention"] = (torch_sdpa, None)
 
     results = {}

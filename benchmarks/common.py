@@ -44,6 +44,16 @@ def versions(*names: str) -> dict[str, str]:
     return found
 
 
+def torch_masked_attention(q, k, v, keep):
+    """torch's scaled_dot_product_attention on (batch, L, heads, d) tensors, keys where `keep` (batch, L) is
+    False masked out: the torch side of the CPU attention benchmarks (encoder_parts.py, attention_cpu.py)."""
+    import torch
+
+    bias = torch.zeros(keep.shape).masked_fill(~keep, torch.finfo(torch.float32).min)[:, None, None, :]
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias).transpose(1, 2)
+
+
 def set_jax_matmul_precision(precision: str) -> None:
     import jax
 

@@ -16,7 +16,7 @@ import json
 import os
 import time
 
-from common import versions
+from common import torch_masked_attention, versions
 
 
 def main() -> None:
@@ -42,11 +42,6 @@ def main() -> None:
     keep[:, 500:] = False  # windows of 498 k-mers, as in benchmarks/embed_throughput.py
     mask = keep[:, None, None, :]
 
-    def torch_attention(q, k, v, keep):
-        bias = torch.zeros(keep.shape).masked_fill(~keep, torch.finfo(torch.float32).min)[:, None, None, :]
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias).transpose(1, 2)
-
     def batched(q, k, v, m):
         return jax.nn.dot_product_attention(q, k, v, mask=m, implementation="xla")
 
@@ -56,8 +51,8 @@ def main() -> None:
         "dense 2048x512": (lambda a, b: a @ b, (u, w_out), lambda a, b: a @ b, (u, w_out)),
         "gelu erfc form": (lambda a: model.gelu(a, "erfc"), (u,), torch.nn.functional.gelu, (u,)),
         "gelu erf form": (lambda a: model.gelu(a, "erf"), (u,), torch.nn.functional.gelu, (u,)),
-        "attention batched": (batched, (q, q, q, mask), torch_attention, (q, q, q, keep)),
-        "attention per head": (model.per_head_attention, (q, q, q, mask), torch_attention, (q, q, q, keep)),
+        "attention batched": (batched, (q, q, q, mask), torch_masked_attention, (q, q, q, keep)),
+        "attention per head": (model.per_head_attention, (q, q, q, mask), torch_masked_attention, (q, q, q, keep)),
     }
     compiled = {}
     for name, (function, inputs, _, _) in parts.items():
