@@ -18,13 +18,14 @@ import numpy as np
 from flax import linen as nn
 
 from dnavec_jax.fields import setting
+from dnavec_jax.kernels import cpu_attention
 from dnavec_jax.tokenization import KmerTokenizer, k_range_of_vocab_size
 
 # Opt-in attention probabilities: apply the model with mutable=[ATTENTION_COLLECTION] (see
 # apply_with_attention) and each layer computes its attention explicitly and sows the probabilities.
 # Parameters and the default path (jax.nn.dot_product_attention) are unchanged.
 ATTENTION_COLLECTION = "attention"
-ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "xla_per_head")
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "xla_per_head", "cpu_fused")
 GELU_FORMS = ("erfc", "erf")
 POSITION_INITS = ("normal", "sinusoidal")
 WORD_INITS = ("normal", "bases")
@@ -53,7 +54,9 @@ class BertConfig:
                                     "on GPUs and TPUs", choices=("float32", "bfloat16", "float16"))
     attention_implementation: str = setting("auto", "auto: cuDNN flash attention where it runs (NVIDIA GPU, "
                                                     "bf16/fp16), else XLA; xla or cudnn force one; xla_per_head: "
-                                                    "XLA one (example, head) at a time (CPU inference)",
+                                                    "XLA one (example, head) at a time; cpu_fused: the fused "
+                                                    "float32 CPU kernel (kernels/cpu_attention.py; CPU inference "
+                                                    "picks it where it builds, else xla_per_head)",
                                             choices=ATTENTION_IMPLEMENTATIONS)
     remat: bool = setting(False, "recompute each layer's activations in the backward pass")
     gelu_form: str = setting("erfc", "how the exact GELU is computed: erfc, 0.5 x erfc(-x / sqrt 2) (jax.nn.gelu's, "
@@ -122,6 +125,9 @@ def validate_model_config(config: BertConfig) -> None:
     if config.attention_implementation == "cudnn" and config.dtype == "float32":
         raise ValueError("model.attention_implementation='cudnn' needs model.dtype bfloat16 or float16 "
                          "(cuDNN flash attention has no float32 kernel); use 'auto' or 'xla' for float32")
+    if config.attention_implementation == "cpu_fused" and config.dtype != "float32":
+        raise ValueError("model.attention_implementation='cpu_fused' needs model.dtype float32 (the fused CPU "
+                         "kernel computes in float32); use 'xla_per_head' or 'xla'")
 
 
 def attention_implementation(config: BertConfig) -> str:
@@ -284,6 +290,8 @@ class BertSelfAttention(nn.Module):
                                                    implementation="cudnn")
         elif attention_implementation(cfg) == "xla_per_head":
             context = per_head_attention(query, key, value, padding.mask)
+        elif attention_implementation(cfg) == "cpu_fused":
+            context = cpu_attention.attention(query, key, value, padding.mask)
         else:
             context = jax.nn.dot_product_attention(query, key, value, mask=padding.mask, implementation="xla")
         context = context.reshape(batch, length, cfg.hidden_size)

@@ -167,20 +167,24 @@ def test_encoder_splits_batches_over_every_device_with_single_device_numbers(run
                 np.testing.assert_allclose(a[row], b[order[key]], atol=1e-6)
 
 
-def test_per_head_attention_is_the_xla_path(run_model):
-    """What inference runs on a CPU (one example and head at a time) gives the batched XLA path's numbers."""
+def test_per_head_and_fused_attention_are_the_xla_path(run_model):
+    """What inference runs on a CPU (the fused kernel; where it cannot build, one example and head at a time)
+    gives the batched XLA path's numbers; this machine builds the kernel."""
     import dataclasses
 
     windows = _windows(run_model.tokenizer, (62, 3, 40, 17, 62, 9))
     input_ids, input_mask = loaded_model.pack_windows(windows, 64)
     configs = {name: dataclasses.replace(run_model.config, attention_implementation=name)
-               for name in ("xla", "xla_per_head")}
+               for name in ("xla", "xla_per_head", "cpu_fused")}
     states = {name: np.asarray(BertForMaskedLM(config).apply({"params": run_model.params}, input_ids, input_mask,
                                                               method=BertForMaskedLM.encode))
               for name, config in configs.items()}
     np.testing.assert_allclose(states["xla_per_head"], states["xla"], atol=1e-6)
+    np.testing.assert_allclose(states["cpu_fused"], states["xla"], atol=1e-5)
     inference = loaded_model.inference_config(run_model.config)
-    assert (inference.attention_implementation, inference.gelu_form) == ("xla_per_head", "erf")
+    assert (inference.attention_implementation, inference.gelu_form) == ("cpu_fused", "erf")
+    half = loaded_model.inference_config(run_model.config, "bfloat16")
+    assert half.attention_implementation == "xla_per_head"  # the kernel is float32
 
 
 def test_bfloat16_inference(run_model):

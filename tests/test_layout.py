@@ -13,7 +13,7 @@ from conftest import REPO
 PACKAGE = REPO / "dnavec_jax"
 # Stages, lowest first: a module imports from its own stage or lower ones.
 STAGES = (
-    ("errors", "tokenization", "fields", "files", "tf_runtime", "model"),
+    ("errors", "tokenization", "fields", "files", "tf_runtime", "kernels", "model"),
     ("data",),
     ("training",),
     ("export",),

@@ -1,0 +1,1 @@
+"""Native kernels that XLA lacks, called through jax.ffi; each falls back to XLA where it cannot be built."""
