@@ -128,3 +128,15 @@ def test_without_a_build_inference_keeps_xla(tmp_path, env, reason):
         assert "fused CPU attention unavailable, using XLA's" in result.stderr and reason in result.stderr
     cache = tmp_path / "cache"
     assert not cache.exists() or not any(cache.iterdir())
+
+
+def test_the_kernel_source_ships_in_the_package():
+    """A non-editable install compiles the .cc it carries: pyproject's package data must list it."""
+    import fnmatch
+    import tomllib
+
+    from conftest import REPO
+
+    package_data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    relative = cpu_attention.SOURCE.relative_to(REPO / "dnavec_jax").as_posix()
+    assert any(fnmatch.fnmatch(relative, pattern) for pattern in package_data["dnavec_jax"]), relative

@@ -16,6 +16,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -50,8 +51,9 @@ inline void store(float* p, Vec v) { std::memcpy(p, &v, sizeof(Vec)); }
 inline Vec splat(float x) { return x - Vec{}; }  // x - 0 is x (also for -0): one broadcast
 inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
-// exp(x) for x <= 0 (x = score - row max), Cephes' expf polynomial after reduction by ln 2 (< 2 ulp);
-// exactly 0 below -87.3, where float32's exp underflows: masked keys get weight 0, as in XLA.
+// exp(x) for x <= 0 (x = score - row max): Cephes' expf polynomial after reduction by ln 2, within 1 ulp
+// of exp over [-87, 0] (checked); exactly 0 below -87.3, where float32's exp underflows, so masked keys
+// get weight 0, as in XLA.
 inline Vec exp_nonpositive(Vec x) {
   const Vec low = splat(-87.33654f);
   const IVec underflow = x < low;
@@ -89,6 +91,10 @@ struct Scratch {
       std::free(data);
       size = round_up(n, 4096);
       data = static_cast<float*>(std::aligned_alloc(kAlign, size * sizeof(float)));
+      if (data == nullptr) {  // a few hundred KB: the process is out of memory anyway
+        std::fputs("dnavec cpu attention: out of memory for scratch\n", stderr);
+        std::abort();
+      }
     }
     return data;
   }
