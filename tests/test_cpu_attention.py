@@ -51,6 +51,31 @@ def test_fused_attention_gives_xla_numbers(batch, length, heads, head_dim):
     np.testing.assert_allclose(fused(q, k, v, None), xla_attention(q, k, v, None), atol=1e-5)
 
 
+def _cpu_has(flag: str) -> bool:
+    import platform
+    from pathlib import Path
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return False
+    return any(line.startswith("flags") and flag in line.split()
+               for line in Path("/proc/cpuinfo").read_text().splitlines())
+
+
+@pytest.mark.skipif(not _cpu_has("avx2"), reason="builds the x86 vector widths: needs an AVX2 x86 CPU")
+@pytest.mark.parametrize("march", ["haswell", "x86-64"])  # AVX2 (8 floats a vector), SSE (4)
+def test_every_vector_width_gives_xla_numbers(march):
+    """Users' CPUs build other widths than this one (-march=native): the AVX2 and SSE builds are checked here
+    on shapes that leave part-full tiles at each width."""
+    target = cpu_attention.register(march)
+    for batch, length, heads, head_dim in ((2, 77, 2, 24), (1, 130, 1, 64)):
+        q, k, v = random_inputs(length, batch, length, heads, head_dim)
+        keep = np.ones((batch, length), bool)
+        keep[0, length // 2:] = False
+        mask = keep[:, None, None, :]
+        out = jax.jit(lambda *a: cpu_attention.attention(*a, target=target))(q, k, v, mask)
+        np.testing.assert_allclose(out, xla_attention(q, k, v, mask), atol=1e-5)
+
+
 def test_a_row_without_real_keys_attends_uniformly_as_in_xla():
     """The filler rows of a part-full batch have no real key: XLA's mask gives them uniform weights."""
     q, k, v = random_inputs(1, 2, 40, 2, 16)

@@ -35,9 +35,12 @@ constexpr int kRows = 6;    // query rows per register tile: 6 x 4 accumulators 
 #elif defined(__AVX__)
 constexpr int kWidth = 8;
 constexpr int kRows = 3;    // 3 x 4 accumulators of 16 registers
-#else
+#elif defined(__aarch64__)
 constexpr int kWidth = 4;
 constexpr int kRows = 6;    // NEON: 32 registers
+#else
+constexpr int kWidth = 4;
+constexpr int kRows = 3;    // SSE and others: 16 registers
 #endif
 constexpr int kCols = 4;                  // vectors per register-tile row
 constexpr int kTile = kWidth * kCols;     // keys (scores) or head dims (output) per register tile

@@ -56,14 +56,15 @@ def _compiler() -> str | None:
     return shutil.which(os.environ.get("CXX") or "c++")
 
 
-def _build(compiler: str) -> Path:
-    """The shared library, compiled into the cache unless there already; written to a temporary name and
-    renamed, so that concurrent builders (pytest workers) never load half a file. Raises RuntimeError."""
+def _build(compiler: str, march: str) -> Path:
+    """The shared library for `-march={march}`, compiled into the cache unless there already; written to a
+    temporary name and renamed, so that concurrent builders (pytest workers) never load half a file. Raises
+    RuntimeError."""
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
-    flags = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-isystem", jax.ffi.include_dir()]
+    flags = ["-O3", f"-march={march}", "-std=c++17", "-shared", "-fPIC", "-isystem", jax.ffi.include_dir()]
     key = hashlib.sha256("\0".join([SOURCE.read_text(), version, " ".join(flags), jax.__version__,
                                     _cpu_flags()]).encode()).hexdigest()[:16]
-    library = cache_dir() / f"cpu_attention-{key}.so"
+    library = cache_dir() / f"cpu_attention-{march}-{key}.so"
     if library.exists():
         return library
     library.parent.mkdir(parents=True, exist_ok=True)
@@ -81,36 +82,46 @@ def _build(compiler: str) -> Path:
     return library
 
 
+def register(march: str = "native") -> str:
+    """Builds the kernel for `-march={march}` (cached) and registers it with XLA; returns its target name.
+    Raises RuntimeError, OSError or SubprocessError. Inference uses "native" (available()); tests also build
+    the narrower vector widths (e.g. "haswell": AVX2, "x86-64": SSE) to check them on one machine."""
+    compiler = _compiler()
+    if compiler is None:
+        raise RuntimeError(f"no C++ compiler ({os.environ.get('CXX') or 'c++'} not found)")
+    library = ctypes.cdll.LoadLibrary(str(_build(compiler, march)))
+    target = TARGET if march == "native" else f"{TARGET}_{march.replace('-', '_')}"
+    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(library.DnavecCpuAttention), platform="cpu")
+    return target
+
+
 @functools.cache
 def available() -> bool:
     """Whether the kernel is built and registered for this process (builds it on the first call); warns once,
     with the reason, where it cannot be."""
     if os.environ.get(DISABLE_ENV, "1") == "0" or jax.default_backend() != "cpu":
         return False
-    compiler = _compiler()
     try:
-        if compiler is None:
-            raise RuntimeError(f"no C++ compiler ({os.environ.get('CXX') or 'c++'} not found)")
-        library = ctypes.cdll.LoadLibrary(str(_build(compiler)))
-        jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.DnavecCpuAttention), platform="cpu")
+        register()
     except (OSError, RuntimeError, subprocess.SubprocessError) as error:
         warnings.warn(f"fused CPU attention unavailable, using XLA's (slower on a CPU): {error}", stacklevel=2)
         return False
     return True
 
 
-@jax.custom_vjp
-def _fused(query, key, value, keep):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _fused(target, query, key, value, keep):
     head_dim = query.shape[-1]
-    call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(query.shape, jnp.float32))
+    call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(query.shape, jnp.float32))
     return call(query, key, value, keep, scale=np.float32(1.0 / head_dim ** 0.5))
 
 
-def _fused_forward(query, key, value, keep):
-    return _fused(query, key, value, keep), (query, key, value, keep)
+def _fused_forward(target, query, key, value, keep):
+    return _fused(target, query, key, value, keep), (query, key, value, keep)
 
 
-def _fused_backward(residuals, cotangent):
+def _fused_backward(target, residuals, cotangent):
+    del target  # the gradient is XLA's, whatever the build
     query, key, value, keep = residuals
     mask = keep[:, None, None, :]
     _, pullback = jax.vjp(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla"),
@@ -121,15 +132,15 @@ def _fused_backward(residuals, cotangent):
 _fused.defvjp(_fused_forward, _fused_backward)
 
 
-def attention(query, key, value, mask):
+def attention(query, key, value, mask, target: str = TARGET):
     """softmax(Q K^T / sqrt(head_dim), masked) V for float32 (batch, L, heads, head_dim) inputs; mask
     (batch, 1, 1, keys) bool (True: a real key) or None. The numbers of jax.nn.dot_product_attention's XLA
     path (scores scaled after the product, masked keys at 0.7 x the float32 minimum). Where the kernel is
-    not available(), that XLA path itself."""
-    if not available():
+    not available(), that XLA path itself. `target`: another build's (register())."""
+    if target == TARGET and not available():
         return jax.nn.dot_product_attention(query, key, value, mask=mask, implementation="xla")
     batch, keys = query.shape[0], key.shape[1]
     keep = jnp.ones((batch, keys), bool) if mask is None else jnp.broadcast_to(mask, (batch, 1, 1, keys))
     keep = keep.reshape(batch, keys)
     as_f32 = [jnp.asarray(x, jnp.float32) for x in (query, key, value)]
-    return _fused(*as_f32, keep)
+    return _fused(target, *as_f32, keep)
