@@ -135,3 +135,21 @@ def test_add_arguments_prefix_rename_switch(parse_defaults):
     assert empty == ({"rate": 0.5, "fresh": True} if parse_defaults else {})
     assert "--x_hidden" not in parser.format_help()
     assert ("(default: 0.5)" in parser.format_help()) == (not parse_defaults)
+
+
+def test_dnavec_caps_malloc_arenas_first_unless_the_user_set_them(monkeypatch):
+    """`dnavec` caps glibc's arenas before any thread starts (docs/classify.md: XLA's threads otherwise grew
+    classify's peak memory with the task); MALLOC_ARENA_MAX in the environment wins."""
+    import platform
+
+    calls = []
+    monkeypatch.setattr(cli, "build_parser", lambda: calls.append("parser") or pytest.fail("stop here"))
+    monkeypatch.setattr(cli, "limit_malloc_arenas", lambda: calls.append("arenas"))
+    with pytest.raises(pytest.fail.Exception):
+        cli.main(["tfidf", "--help"])
+    assert calls == ["arenas", "parser"]
+    monkeypatch.undo()
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert cli.limit_malloc_arenas() is False
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    assert cli.limit_malloc_arenas() is (platform.libc_ver()[0] == "glibc")
