@@ -17,14 +17,12 @@ Usage: dnavec export-hf --workdir DIR --output_dir OUT [--step N] [--overwrite]
 from __future__ import annotations
 
 import argparse
-import ctypes
-import os
-import platform
 import sys
 from collections.abc import Sequence
 
 from dnavec_jax.errors import run_cli
 from dnavec_jax.fields import add_arguments, from_args
+from dnavec_jax.tools import malloc
 from dnavec_jax.tools.classify.settings import (
     PROBE_FLAGS,
     PROBE_PREFIX,
@@ -210,23 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-MALLOC_ARENAS = 2
-
-
-def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
-    """Caps glibc's malloc arenas (M_ARENA_MAX) unless MALLOC_ARENA_MAX is set; True if it did. glibc gives
-    each thread that meets contention an arena of its own, up to 8 per core, and keeps their freed memory:
-    XLA's threads allocating batch-sized buffers grew `classify`'s peak with the task (1.03 GB at 16k x 1 kb
-    sequences, 0.69 GB with 2 arenas, same time; docs/classify.md). Call before the threads start."""
-    if "MALLOC_ARENA_MAX" in os.environ or platform.libc_ver()[0] != "glibc":
-        return False
-    m_arena_max = -8  # malloc.h
-    return bool(ctypes.CDLL(None).mallopt(m_arena_max, arenas))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point `dnavec`; returns the exit status."""
-    limit_malloc_arenas()
+    malloc.limit_arenas()  # before any thread starts (tools/malloc.py)
     args = build_parser().parse_args(argv)
     return run_cli(lambda: args.handler(args))
 

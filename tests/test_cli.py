@@ -138,18 +138,22 @@ def test_add_arguments_prefix_rename_switch(parse_defaults):
 
 
 def test_dnavec_caps_malloc_arenas_first_unless_the_user_set_them(monkeypatch):
-    """`dnavec` caps glibc's arenas before any thread starts (docs/classify.md: XLA's threads otherwise grew
+    """`dnavec` caps glibc's arenas before any thread starts (tools/malloc.py: XLA's threads otherwise grew
     classify's peak memory with the task); MALLOC_ARENA_MAX in the environment wins."""
     import platform
 
+    from dnavec_jax.tools import malloc
+
     calls = []
     monkeypatch.setattr(cli, "build_parser", lambda: calls.append("parser") or pytest.fail("stop here"))
-    monkeypatch.setattr(cli, "limit_malloc_arenas", lambda: calls.append("arenas"))
+    monkeypatch.setattr(malloc, "limit_arenas", lambda: calls.append("arenas"))
     with pytest.raises(pytest.fail.Exception):
         cli.main(["tfidf", "--help"])
     assert calls == ["arenas", "parser"]
     monkeypatch.undo()
+    glibc = platform.libc_ver()[0] == "glibc"
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
-    assert cli.limit_malloc_arenas() is False
+    assert malloc.limit_arenas() is False
     monkeypatch.delenv("MALLOC_ARENA_MAX")
-    assert cli.limit_malloc_arenas() is (platform.libc_ver()[0] == "glibc")
+    assert malloc.limit_arenas() is glibc
+    assert malloc.release_free_memory() in ((True, False) if glibc else (False,))

@@ -23,7 +23,7 @@ STAGES = (
 # Floors inside tools/, lowest first: the settings, then the shared model loader, under the tools, the classifier
 # commands' parts under the command, `dnavec predict` (a command on a classifier) on top.
 TOOL_FLOORS = (
-    ("tools.settings", "tools.classify.metrics"),
+    ("tools.settings", "tools.malloc", "tools.classify.metrics"),
     ("tools.loaded_model", "tools.classify.settings"),
     ("tools.classify.tables", "tools.vectors", "tools.embed", "tools.tfidf",
      "tools.structure", "tools.classify.held_out"),

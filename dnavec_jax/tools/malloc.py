@@ -1,0 +1,37 @@
+"""glibc malloc settings for the tools' long runs (elsewhere these do nothing).
+
+Measured on `dnavec classify` over 1 kb sequences (docs/classify.md, "Memory and time"): glibc gives each
+thread that meets contention an arena of its own, up to 8 per core, and keeps what is freed in them; XLA's
+threads allocating batch-sized buffers made the peak grow with the task (1.03 GB at 16k sequences, 0.75 GB
+with 2 arenas, same time). The token probes' steps allocate and free batch-sized arrays hundreds of times
+an epoch; trimming returns the freed pages, so the process holds what it uses.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import platform
+
+ARENAS = 2
+_M_ARENA_MAX = -8  # malloc.h
+
+
+@functools.cache
+def _glibc():
+    return ctypes.CDLL(None) if platform.libc_ver()[0] == "glibc" else None
+
+
+def limit_arenas(arenas: int = ARENAS) -> bool:
+    """Caps glibc's malloc arenas unless MALLOC_ARENA_MAX is set; True if it did. Call before threads start."""
+    libc = _glibc()
+    if "MALLOC_ARENA_MAX" in os.environ or libc is None:
+        return False
+    return bool(libc.mallopt(_M_ARENA_MAX, arenas))
+
+
+def release_free_memory() -> bool:
+    """Returns the free pages of every arena to the system (glibc's malloc_trim); True if any were."""
+    libc = _glibc()
+    return bool(libc.malloc_trim(0)) if libc is not None else False
