@@ -1,10 +1,9 @@
-"""glibc malloc settings for the tools' long runs (elsewhere these do nothing).
+"""glibc malloc settings for the tools' long runs (elsewhere this does nothing).
 
 Measured on `dnavec classify` over 1 kb sequences (docs/classify.md, "Memory and time"): glibc gives each
 thread that meets contention an arena of its own, up to 8 per core, and keeps what is freed in them; XLA's
 threads allocating batch-sized buffers made the peak grow with the task (1.03 GB at 16k sequences, 0.75 GB
-with 2 arenas, same time). The token probes' steps allocate and free batch-sized arrays hundreds of times
-an epoch; trimming returns the freed pages, so the process holds what it uses.
+with 2 arenas, same time).
 """
 
 from __future__ import annotations
@@ -29,9 +28,3 @@ def limit_arenas(arenas: int = ARENAS) -> bool:
     if "MALLOC_ARENA_MAX" in os.environ or libc is None:
         return False
     return bool(libc.mallopt(_M_ARENA_MAX, arenas))
-
-
-def release_free_memory() -> bool:
-    """Returns the free pages of every arena to the system (glibc's malloc_trim); True if any were."""
-    libc = _glibc()
-    return bool(libc.malloc_trim(0)) if libc is not None else False

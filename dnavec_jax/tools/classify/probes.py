@@ -20,7 +20,6 @@ from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
 from dnavec_jax.errors import DNAVecError
-from dnavec_jax.tools import malloc
 from dnavec_jax.tools.classify.baseline import logistic_regression
 from dnavec_jax.tools.classify.metrics import SELECT_METRIC, better, classification_metrics
 from dnavec_jax.tools.classify.settings import PROBE_FEATURES, TOKEN_FEATURES, TokenProbeSettings
@@ -28,8 +27,6 @@ from dnavec_jax.tools.classify.tables import SPLITS, Task
 from dnavec_jax.tools.embed import embedded_records, record_seed
 from dnavec_jax.tools.loaded_model import check_dna, tokenize_sequence
 from dnavec_jax.tools.vectors import input_embeddings
-
-TRIM_EVERY = 16  # token-probe steps between returns of freed memory to the system
 
 
 class SpilledRows:
@@ -248,8 +245,6 @@ def token_probe(features: dict[str, TokenFeatures], labels: dict[str, np.ndarray
             params, opt_state, loss = train_step(params, opt_state, tokens, mask,
                                                  np.pad(labels["train"][rows], (0, batch_size - len(rows))), weights)
             losses.append((loss, len(rows)))
-            if len(losses) % TRIM_EVERY == 0:
-                malloc.release_free_memory()  # batch-sized arrays come and go each step (tools/malloc.py)
         loss = math.fsum(float(value) * rows for value, rows in losses) / len(order)
         dev = classification_metrics(labels["dev"], predict(params, "dev"))
         history.append({"epoch": epoch + 1, "train_loss": round(loss, 6), f"dev_{SELECT_METRIC}": dev[SELECT_METRIC]})
