@@ -256,3 +256,16 @@ def test_two_processes_encode_like_one(run_model, trained_workdir, tmp_path, com
     expected = loaded_model.Encoder(run_model, batch_size=3).encode(input_ids, input_mask)
     for index in range(2):
         np.testing.assert_allclose(np.load(tmp_path / f"hidden{index}.npy"), expected, atol=1e-6)
+
+
+def test_training_loops_keep_two_steps_in_flight(monkeypatch):
+    """bound_in_flight waits for the step two places back, so a loop that dispatches a step per batch holds at
+    most three batches (docs/classify.md: unbounded, the token probe's peak grew with the task)."""
+    waited = []
+    monkeypatch.setattr(loaded_model.jax, "block_until_ready", waited.append)
+    steps = []
+    for step in range(6):
+        steps.append(step)
+        loaded_model.bound_in_flight(steps)
+        assert len(steps) - 1 - (waited[-1] if waited else -1) <= 3
+    assert waited == [0, 1, 2, 3]

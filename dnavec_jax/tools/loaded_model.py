@@ -269,6 +269,18 @@ def compiler_options() -> dict[str, Any]:
     return {"xla_cpu_experimental_ynn_fusion_type": "", "xla_cpu_enable_fast_min_max": True}
 
 
+MAX_STEPS_IN_FLIGHT = 2
+
+
+def bound_in_flight(step_outputs: list, limit: int = MAX_STEPS_IN_FLIGHT) -> None:
+    """Waits for the step `limit` places back in `step_outputs` (each dispatched step's outputs, appended in
+    order). JAX dispatches asynchronously: a training loop that never waits queues every step of an epoch,
+    each holding its input batch until it runs (32 MiB a token-probe step at 1 kb sequences), so the peak
+    memory grew with the task (docs/classify.md). Two in flight keep the host one batch ahead."""
+    if len(step_outputs) > limit:
+        jax.block_until_ready(step_outputs[-limit - 1])
+
+
 class DataParallel:
     """Inference over every device of every process: the training mesh (sharding.make_mesh, data parallel),
     parameters replicated, the batch axis split. Batches hold whole rows per device (rows()); every process

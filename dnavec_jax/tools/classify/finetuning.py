@@ -25,7 +25,7 @@ from dnavec_jax.tools.classify.classifier import Classifier, Predictor, pooler_i
 from dnavec_jax.tools.classify.metrics import SELECT_METRIC, better, classification_metrics
 from dnavec_jax.tools.classify.settings import FinetuneSettings
 from dnavec_jax.tools.classify.tables import SPLITS, Task
-from dnavec_jax.tools.loaded_model import check_dna, kmer_tokens, padded_length
+from dnavec_jax.tools.loaded_model import bound_in_flight, check_dna, kmer_tokens, padded_length
 from dnavec_jax.training import optim, sharding, steps
 
 
@@ -198,7 +198,8 @@ def finetune(loaded, task: Task, settings: FinetuneSettings,
                           disable=not progress, leave=False):
             rows = order[start:start + batch_size]
             state, metrics = train_step(state, make_batch([windows[i] for i in rows], labels["train"][rows]))
-            step_metrics.append(metrics)  # fetched once per epoch: the host never waits on a step
+            step_metrics.append(metrics)  # fetched once per epoch
+            bound_in_flight(step_metrics)
         fetched = jax.device_get(step_metrics)
         loss = math.fsum(float(m["loss"]) * float(m["weight"]) for m in fetched) / len(order)
         if not math.isfinite(loss):

@@ -25,7 +25,7 @@ from dnavec_jax.tools.classify.metrics import SELECT_METRIC, better, classificat
 from dnavec_jax.tools.classify.settings import PROBE_FEATURES, TOKEN_FEATURES, TokenProbeSettings
 from dnavec_jax.tools.classify.tables import SPLITS, Task
 from dnavec_jax.tools.embed import embedded_records, record_seed
-from dnavec_jax.tools.loaded_model import check_dna, tokenize_sequence
+from dnavec_jax.tools.loaded_model import bound_in_flight, check_dna, tokenize_sequence
 from dnavec_jax.tools.vectors import input_embeddings
 
 
@@ -245,6 +245,7 @@ def token_probe(features: dict[str, TokenFeatures], labels: dict[str, np.ndarray
             params, opt_state, loss = train_step(params, opt_state, tokens, mask,
                                                  np.pad(labels["train"][rows], (0, batch_size - len(rows))), weights)
             losses.append((loss, len(rows)))
+            bound_in_flight(losses)
         loss = math.fsum(float(value) * rows for value, rows in losses) / len(order)
         dev = classification_metrics(labels["dev"], predict(params, "dev"))
         history.append({"epoch": epoch + 1, "train_loss": round(loss, 6), f"dev_{SELECT_METRIC}": dev[SELECT_METRIC]})
