@@ -169,8 +169,10 @@ def test_encoder_splits_batches_over_every_device_with_single_device_numbers(run
 
 def test_per_head_and_fused_attention_are_the_xla_path(run_model):
     """What inference runs on a CPU (the fused kernel; where it cannot build, one example and head at a time)
-    gives the batched XLA path's numbers; this machine builds the kernel."""
+    gives the batched XLA path's numbers; a machine with a compiler builds the kernel."""
     import dataclasses
+
+    from dnavec_jax.kernels import cpu_attention
 
     windows = _windows(run_model.tokenizer, (62, 3, 40, 17, 62, 9))
     input_ids, input_mask = loaded_model.pack_windows(windows, 64)
@@ -182,7 +184,8 @@ def test_per_head_and_fused_attention_are_the_xla_path(run_model):
     np.testing.assert_allclose(states["xla_per_head"], states["xla"], atol=1e-6)
     np.testing.assert_allclose(states["cpu_fused"], states["xla"], atol=1e-5)
     inference = loaded_model.inference_config(run_model.config)
-    assert (inference.attention_implementation, inference.gelu_form) == ("cpu_fused", "erf")
+    expected = "cpu_fused" if cpu_attention._compiler() else "xla_per_head"  # no compiler: XLA, one warning
+    assert (inference.attention_implementation, inference.gelu_form) == (expected, "erf")
     half = loaded_model.inference_config(run_model.config, "bfloat16")
     assert half.attention_implementation == "xla_per_head"  # the kernel is float32
 

@@ -3,12 +3,13 @@
 
 XLA:CPU runs attention as separate passes over each head's L x L scores; the kernel keeps them in cache
 and ran 2.9x faster than model.per_head_attention, and 1.14x faster than torch's SDPA, at the base shape
-(benchmarks/attention_cpu.py), with the same numbers to float rounding. It is compiled at first use with the machine's C++ compiler (`$CXX`, else
-`c++`) and -march=native, and cached under $DNAVEC_CACHE_DIR (default ~/.cache/dnavec_jax), keyed by the
-source, the compiler, jaxlib's version and the CPU's flags. available() says whether it can run here;
-where it cannot (no compiler, no jaxlib FFI headers, an unwritable cache, another platform) inference
-warns once and keeps XLA's path; DNAVEC_CPU_ATTENTION=0 keeps it without a warning. Its gradient is XLA's attention's (recomputed), so a model that uses it
-can also be differentiated.
+(benchmarks/attention_cpu.py), with the same numbers to float rounding. It is compiled at first use with
+the machine's C++ compiler (`$CXX`, else `c++`) and -march=native, and cached under $DNAVEC_CACHE_DIR
+(default ~/.cache/dnavec_jax), keyed by the source, the compiler, jaxlib's version and the CPU's flags.
+available() says whether it can run here; where it cannot (no compiler, no jaxlib FFI headers, an
+unwritable cache, another platform) inference warns once and keeps XLA's path; DNAVEC_CPU_ATTENTION=0
+keeps it without a warning. Its gradient is XLA's attention's (recomputed), so a model that uses it can
+also be differentiated.
 """
 
 from __future__ import annotations
