@@ -2,8 +2,9 @@
 
     python benchmarks/attention_cpu.py                 # 32 windows x 512 positions, 8 heads of 64
 
-The fused kernel inference runs on a CPU (kernels/cpu_attention.py, through jax.ffi) and XLA's fallback
-path (model.per_head_attention, one (example, head) at a time), beside the latter's parts: its two matrix
+The fused kernel inference runs on a CPU (kernels/cpu_attention.py, through jax.ffi; also its AVX2 and
+SSE builds, where this CPU runs them) and XLA's fallback path (model.per_head_attention, one (example,
+head) at a time), beside the latter's parts: its two matrix
 products alone and a bare softmax over scores of the same shape (what the time splits into), a version
 that divides by the softmax's sum after the product with V (the 512 x 64 output, not the 512 x 512
 scores), one that takes all heads of an example at once, and one over blocks of 128 queries; each
@@ -16,6 +17,7 @@ Prints one JSON line: (seconds, cpu/wall, max |difference| from per_head_attenti
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -96,8 +98,18 @@ def main() -> None:
 
     inference = compiler_options()
     assert cpu_attention.available(), "the fused kernel did not build (see the warning)"
+    narrower = {}  # the kernel built for narrower vectors than this CPU's, as other users' CPUs build it
+    for name, march in (("AVX2", "haswell"), ("SSE", "x86-64")):
+        try:
+            target = cpu_attention.register(march)
+        except (OSError, RuntimeError) as error:  # another architecture, or a CPU without AVX2
+            print(f"no {name} build: {error}", flush=True)
+            continue
+        narrower[f"fused kernel, {name} build (-march={march}) / inference"] = (
+            functools.partial(cpu_attention.attention, target=target), inference)
     variants = {
         "fused kernel (kernels/cpu_attention) / inference": (cpu_attention.attention, inference),
+        **narrower,
         "per_head_attention / inference": (model.per_head_attention, inference),
         "per_head_attention / XLA defaults": (model.per_head_attention, {}),
         "per_head_attention / inference + fast math": (model.per_head_attention,
