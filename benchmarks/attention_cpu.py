@@ -21,6 +21,7 @@ import functools
 import json
 import os
 import resource
+import subprocess
 import time
 
 from common import torch_masked_attention, versions
@@ -102,7 +103,7 @@ def main() -> None:
     for name, march in (("AVX2", "haswell"), ("SSE", "x86-64")):
         try:
             target = cpu_attention.register(march)
-        except (OSError, RuntimeError) as error:  # another architecture, or a CPU without AVX2
+        except (OSError, RuntimeError, subprocess.SubprocessError) as error:  # another architecture, say
             print(f"no {name} build: {error}", flush=True)
             continue
         narrower[f"fused kernel, {name} build (-march={march}) / inference"] = (

@@ -58,18 +58,9 @@ def test_fused_attention_gives_xla_numbers(batch, length, heads, head_dim):
     np.testing.assert_allclose(fused(q, k, v, None), xla_attention(q, k, v, None), atol=1e-5)
 
 
-def _cpu_has(flag: str) -> bool:
-    import platform
-    from pathlib import Path
-
-    if platform.machine() not in ("x86_64", "AMD64"):
-        return False
-    return any(line.startswith("flags") and flag in line.split()
-               for line in Path("/proc/cpuinfo").read_text().splitlines())
-
-
 @needs_compiler
-@pytest.mark.skipif(not _cpu_has("avx2"), reason="builds the x86 vector widths: needs an AVX2 x86 CPU")
+@pytest.mark.skipif("avx2" not in cpu_attention._cpu_flags().split(),
+                    reason="builds the x86 vector widths: needs an AVX2 x86 CPU")
 @pytest.mark.parametrize("march", ["haswell", "x86-64"])  # AVX2 (8 floats a vector), SSE (4)
 def test_every_vector_width_gives_xla_numbers(march):
     """Users' CPUs build other widths than this one (-march=native): the AVX2 and SSE builds are checked here

@@ -1,4 +1,4 @@
-// Fused multi-head attention for XLA:CPU inference, called through jax.ffi (dnavec_jax/kernels/__init__.py).
+// Fused multi-head attention for XLA:CPU inference, called through jax.ffi (dnavec_jax/kernels/cpu_attention.py).
 //
 // softmax(Q K^T * scale, padding masked) V for (batch, length, heads, head_dim) float32 inputs, with the
 // numbers of jax.nn.dot_product_attention's XLA path: scores scaled after the product, masked keys at
@@ -10,7 +10,7 @@
 // never touched (their weight is exactly 0). Work items run on XLA's intra-op thread pool.
 //
 // Built at first use with the machine's C++ compiler and -march=native (so the vector width is the CPU's);
-// GCC/Clang vector extensions, no intrinsics, so it builds for AVX-512, AVX2 and NEON alike.
+// GCC/Clang vector extensions, no intrinsics, so it builds for AVX-512, AVX2, SSE and NEON alike.
 
 #include <algorithm>
 #include <atomic>
@@ -116,12 +116,12 @@ void attend(const Shape& s, const float* q, const float* k, const float* v, cons
             float* out, int64_t b, int64_t h, int64_t q0, int64_t q1) {
   const int64_t d = s.head_dim, row = s.heads * d;  // row: stride between positions
   const bool* keep_b = keep + b * s.keys;
-  int64_t used = 0, real = 0;  // keys up to the last real one; real keys
+  int64_t used = 0;  // keys up to the last real one
   for (int64_t j = 0; j < s.keys; ++j) {
-    if (keep_b[j]) { used = j + 1; ++real; }
+    if (keep_b[j]) used = j + 1;
   }
   const float masked = 0.7f * std::numeric_limits<float>::lowest();
-  if (real == 0) used = s.keys;  // no real key: every score is `masked`, uniform weights over all keys
+  if (used == 0) used = s.keys;  // no real key: every score is `masked`, uniform weights over all keys
   const int64_t kp = round_up(used, kTile), dp = round_up(d, kTile), tiles = kp / kTile;
   // K^T tile-major (tiles x head_dim x kTile) and V (kp x dp), zero-padded; the query block (kBlock x
   // head_dim), its scores (kBlock x kp) and output (kBlock x dp).
@@ -180,7 +180,7 @@ void attend(const Shape& s, const float* q, const float* k, const float* v, cons
             store(sg + r * kp + u * kWidth, real_u[u] ? acc[r][u] * splat(scale) : fill_u[u]);
       }
     }
-    // Softmax numerators in place (masked and padding keys are at `masked`: weight exactly 0).
+    // Softmax numerators in place (masked keys at `masked`, padding at -infinity: weight exactly 0).
     for (int64_t r = 0; r < rows; ++r) {
       float* sr = &sc[r * kp];
       Vec top = splat(masked);

@@ -110,6 +110,11 @@ def available() -> bool:
     return True
 
 
+def _xla_attention(query, key, value, mask):
+    """XLA's path, whose numbers the kernel keeps: the fallback and the gradient."""
+    return jax.nn.dot_product_attention(query, key, value, mask=mask, implementation="xla")
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _fused(target, query, key, value, keep):
     head_dim = query.shape[-1]
@@ -125,8 +130,7 @@ def _fused_backward(target, residuals, cotangent):
     del target  # the gradient is XLA's, whatever the build
     query, key, value, keep = residuals
     mask = keep[:, None, None, :]
-    _, pullback = jax.vjp(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla"),
-                          query, key, value)
+    _, pullback = jax.vjp(lambda q, k, v: _xla_attention(q, k, v, mask), query, key, value)
     return (*pullback(cotangent), None)
 
 
@@ -139,7 +143,7 @@ def attention(query, key, value, mask, target: str = TARGET):
     path (scores scaled after the product, masked keys at 0.7 x the float32 minimum). Where the kernel is
     not available(), that XLA path itself. `target`: another build's (register())."""
     if target == TARGET and not available():
-        return jax.nn.dot_product_attention(query, key, value, mask=mask, implementation="xla")
+        return _xla_attention(query, key, value, mask)
     batch, keys = query.shape[0], key.shape[1]
     keep = jnp.ones((batch, keys), bool) if mask is None else jnp.broadcast_to(mask, (batch, 1, 1, keys))
     keep = keep.reshape(batch, keys)

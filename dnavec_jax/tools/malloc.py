@@ -9,7 +9,6 @@ with 2 arenas, same time).
 from __future__ import annotations
 
 import ctypes
-import functools
 import os
 import platform
 
@@ -17,14 +16,8 @@ ARENAS = 2
 _M_ARENA_MAX = -8  # malloc.h
 
 
-@functools.cache
-def _glibc():
-    return ctypes.CDLL(None) if platform.libc_ver()[0] == "glibc" else None
-
-
 def limit_arenas(arenas: int = ARENAS) -> bool:
     """Caps glibc's malloc arenas unless MALLOC_ARENA_MAX is set; True if it did. Call before threads start."""
-    libc = _glibc()
-    if "MALLOC_ARENA_MAX" in os.environ or libc is None:
+    if "MALLOC_ARENA_MAX" in os.environ or platform.libc_ver()[0] != "glibc":
         return False
-    return bool(libc.mallopt(_M_ARENA_MAX, arenas))
+    return bool(ctypes.CDLL(None).mallopt(_M_ARENA_MAX, arenas))
